@@ -1,0 +1,28 @@
+/** Who logged in. `home` and `maildir` come from the user database when it has them. */
+export interface Principal {
+  readonly username: string;
+  readonly home?: string;
+  readonly maildir?: string;
+}
+
+export interface ConnectionInfo {
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  readonly localAddress: string;
+  readonly localPort: number;
+  readonly secure: boolean;
+}
+
+export type Credentials =
+  | { readonly kind: 'password'; readonly username: string; readonly password: string; readonly authzid?: string }
+  | { readonly kind: 'bearer'; readonly username: string; readonly token: string };
+
+/**
+ * Verifies credentials. Returns the principal, or null for "wrong credentials"
+ * (unknown user and wrong password are indistinguishable). Throws
+ * Pop3Error(..., 'SYS/TEMP') when the backend is unavailable.
+ */
+export interface Authenticator {
+  authenticate(c: Credentials, conn: ConnectionInfo, signal?: AbortSignal): Promise<Principal | null>;
+  close?(): Promise<void>;
+}

@@ -1,0 +1,28 @@
+import type { Readable } from 'node:stream';
+import type { Principal } from '../auth/types.js';
+
+/** One message of a maildrop snapshot; `size` is in CRLF octets as RETR sends it (before dot-stuffing). */
+export interface MessageInfo {
+  readonly uidl: string;
+  readonly size: number;
+}
+
+/** An opened, exclusively locked maildrop (RFC 1939 §8: the lock lives from PASS to the end of UPDATE). */
+export interface Maildrop {
+  /** Snapshot at open; index i is message number i + 1 for the whole session. */
+  readonly messages: readonly MessageInfo[];
+  /** Raw stored bytes of message `index` (0-based). The protocol codec converts line ends and stuffs dots. */
+  read(index: number, signal?: AbortSignal): Promise<Readable>;
+  /** UPDATE state: remove exactly these (0-based) messages, or throw. */
+  commit(deleted: readonly number[]): Promise<void>;
+  /** Release the lock. Always called, exactly once, whatever happened before. */
+  release(): Promise<void>;
+}
+
+export interface MailStore {
+  /** Takes the exclusive lock or throws Pop3Error('...', 'IN-USE'). */
+  open(user: Principal, signal?: AbortSignal): Promise<Maildrop>;
+  /** Atomic: the message is either fully delivered and durable, or not visible at all. */
+  deliver(user: string, message: Readable | Buffer, signal?: AbortSignal): Promise<void>;
+  close?(): Promise<void>;
+}
