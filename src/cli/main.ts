@@ -1,0 +1,75 @@
+#!/usr/bin/env node
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { ConfigError } from '../config/load.js';
+import { EX_CONFIG, EX_SOFTWARE, EX_USAGE } from './exit-codes.js';
+import { startServer } from './serve.js';
+import { registerUserCommands } from './user.js';
+
+const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
+
+function positiveInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive whole number');
+  return n;
+}
+
+export function buildProgram(): Command {
+  const program = new Command('poplar')
+    .description('Poplar: a POP3 mail system (server, storage, authentication, fetcher)')
+    .showSuggestionAfterError(true)
+    .exitOverride();
+
+  program
+    .command('serve')
+    .description('run the POP3 server (with no options: the embedded default in ./poplar-data)')
+    .option('--config <file>', 'TOML configuration file')
+    .option('--data-dir <dir>', 'data directory (default ./poplar-data)')
+    .option('--listen <host:port>', 'plaintext listener with STLS (repeatable)', collect)
+    .option('--listen-tls <host:port>', 'implicit TLS listener (repeatable)', collect)
+    .option('--maildir-root <dir>', 'maildrop of user U is DIR/U')
+    .option('--users <file>', 'passwd-file with the users')
+    .option('--tls-cert <pem>', 'certificate chain (PEM)')
+    .option('--tls-key <pem>', 'private key (PEM)')
+    .option('--workers <n>', 'worker processes', positiveInt)
+    .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
+    .action(async (opts: Record<string, unknown>) => {
+      const running = await startServer(opts);
+      let stopping = false;
+      const stop = (signal: string): void => {
+        if (stopping) return;
+        stopping = true;
+        running.logger.info({ signal }, 'shutting down');
+        void running.stop().then(() => {
+          running.logger.flush();
+          process.exit(0);
+        });
+      };
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      process.on('SIGINT', () => stop('SIGINT'));
+      process.on('SIGHUP', () => void running.reload());
+    });
+
+  registerUserCommands(program);
+  return program;
+}
+
+async function main(): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(process.argv);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.exitCode === 0 || e.code === 'commander.helpDisplayed' || e.code === 'commander.version') process.exit(0);
+      // commander already printed its one-line message
+      process.exit(e.code === 'commander.unknownCommand' || e.code === 'commander.help' ? EX_USAGE : EX_CONFIG);
+    }
+    if (e instanceof ConfigError) {
+      process.stderr.write(`poplar: ${e.message}\n`);
+      process.exit(EX_CONFIG);
+    }
+    process.stderr.write(`poplar: ${(e as Error).stack ?? String(e)}\n`);
+    process.exit(EX_SOFTWARE);
+  }
+}
+
+await main();

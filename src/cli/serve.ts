@@ -1,0 +1,133 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { PasswdFileAuthenticator } from '../auth/passwd-file/authenticator.js';
+import { addUser, listUsers } from '../auth/passwd-file/passwd-file.js';
+import { hashPassword } from '../auth/schemes.js';
+import { ConfigError, loadConfig, parseHostPort, type ResolvedConfig, type ServeFlags } from '../config/load.js';
+import { ensureSelfSignedCertificate, readTlsFiles } from '../config/tls-material.js';
+import { createLogger, type Logger } from '../observability/log.js';
+import { Pop3Server, type BoundListener, type ListenSpec } from '../server/server.js';
+import { MaildirStore } from '../store/maildir/maildir-store.js';
+
+export interface RunningServer {
+  readonly server: Pop3Server;
+  readonly listeners: BoundListener[];
+  readonly config: ResolvedConfig;
+  readonly logger: Logger;
+  reload(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Compose config → store, authenticator, listeners. No protocol logic here. */
+export async function startServer(flags: ServeFlags, out: (line: string) => void = (l) => process.stdout.write(l + '\n')): Promise<RunningServer> {
+  const config = loadConfig(flags);
+  const logger = createLogger({ level: config.log_level, format: config.log_format });
+  await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  await fs.mkdir(config.maildirRoot, { recursive: true, mode: 0o700 });
+
+  const needTls = config.server.listen_tls.length > 0 || !config.generateCertificate || config.server.listen.length > 0;
+  let tls: { cert: Buffer; key: Buffer; minVersion: 'TLSv1.2' | 'TLSv1.3' } | undefined;
+  if (needTls) {
+    if (config.generateCertificate && (await ensureSelfSignedCertificate(config.tlsCertFile, config.tlsKeyFile, config.server.hostname ?? 'localhost'))) {
+      logger.info({ cert: config.tlsCertFile }, 'created a self-signed certificate');
+    }
+    try {
+      tls = { ...(await readTlsFiles(config.tlsCertFile, config.tlsKeyFile)), minVersion: config.tls.min_version };
+    } catch (e) {
+      throw new ConfigError(`cannot read TLS certificate or key: ${(e as Error).message}`);
+    }
+  }
+
+  const store = new MaildirStore({ root: config.maildirRoot, logger, fsync: config.store.fsync, uidlistStaleSeconds: config.store.uidlist_lock_stale });
+  const authenticator = new PasswdFileAuthenticator(config.usersFile, { logger: (m) => logger.warn({ users: config.usersFile }, m) });
+
+  const listenSpecs: ListenSpec[] = [
+    ...config.server.listen.map((a) => ({ ...parseHostPort(a), tls: false })),
+    ...config.server.listen_tls.map((a) => ({ ...parseHostPort(a), tls: true })),
+  ];
+  if (listenSpecs.length === 0) throw new ConfigError('invalid configuration: no listeners (server.listen and server.listen_tls are both empty)');
+
+  const demo = await ensureDemoUser(config, store);
+
+  let server: Pop3Server;
+  let listeners: BoundListener[];
+  try {
+    server = new Pop3Server({ settings: config.server, authenticator, store, logger, tls });
+    listeners = await server.listen(listenSpecs);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException & { address?: string; port?: number };
+    if (err.code === 'EADDRINUSE' || err.code === 'EACCES' || err.code === 'EADDRNOTAVAIL') {
+      throw new ConfigError(`cannot listen on ${err.address ?? '?'}:${err.port ?? '?'}: ${err.code}`);
+    }
+    throw e;
+  }
+  for (const l of listeners) logger.info({ host: l.host, port: l.port, tls: l.tls ? 'implicit' : 'stls' }, 'listening');
+
+  if (demo !== null) {
+    const plain = listeners.find((l) => !l.tls);
+    const secure = listeners.find((l) => l.tls);
+    out('');
+    out('Poplar is running. A demo user was created because there were no users yet:');
+    out(`  user: demo    password: ${demo.password}`);
+    out('Retrieve its welcome message with:');
+    if (plain) out(`  curl --user 'demo:${demo.password}' pop3://${hostFor(plain.host)}:${plain.port}/1`);
+    if (secure) out(`  curl --cacert ${path.relative(process.cwd(), config.tlsCertFile) || config.tlsCertFile} --user 'demo:${demo.password}' pop3s://localhost:${secure.port}/1`);
+    out(`Manage users with: npx poplar user add NAME --users ${path.relative(process.cwd(), config.usersFile) || config.usersFile}`);
+    out('');
+  }
+
+  const reload = async (): Promise<void> => {
+    if (!tls) return;
+    try {
+      const fresh = await readTlsFiles(config.tlsCertFile, config.tlsKeyFile);
+      server.reloadTls({ ...fresh, minVersion: config.tls.min_version });
+      logger.info('TLS certificate and key reloaded');
+    } catch (e) {
+      logger.error({ err: e }, 'TLS reload failed; keeping the previous certificate');
+    }
+  };
+  return {
+    server,
+    listeners,
+    config,
+    logger,
+    reload,
+    stop: () => server.close(config.server.shutdown_grace * 1000),
+  };
+}
+
+function hostFor(h: string): string {
+  return h.includes(':') ? `[${h}]` : h === '0.0.0.0' ? '127.0.0.1' : h;
+}
+
+/** The embedded default's first run: a demo user with a random password and a welcome message. */
+async function ensureDemoUser(config: ResolvedConfig, store: MaildirStore): Promise<{ password: string } | null> {
+  const exists = await fs.access(config.usersFile).then(() => true, () => false);
+  const users = exists ? await listUsers(config.usersFile) : [];
+  if (users.length > 0) return null;
+  const password = randomBytes(12).toString('base64url');
+  await fs.mkdir(path.dirname(config.usersFile), { recursive: true, mode: 0o700 });
+  await addUser(config.usersFile, { username: 'demo', password: await hashPassword(password) });
+  const now = new Date();
+  const welcome = [
+    `From: Poplar <postmaster@localhost>`,
+    `To: demo@localhost`,
+    `Subject: Welcome to Poplar`,
+    `Date: ${now.toUTCString().replace('GMT', '+0000')}`,
+    `Message-ID: <${randomBytes(8).toString('hex')}.welcome@localhost>`,
+    `MIME-Version: 1.0`,
+    `Content-Type: text/plain; charset=utf-8`,
+    ``,
+    `Hello,`,
+    ``,
+    `this message was delivered into the demo maildrop when Poplar first started.`,
+    `You just retrieved it over POP3.`,
+    ``,
+    `Next steps: add real users with "poplar user add", point your MTA at the`,
+    `Maildir root (${config.maildirRoot}), and read docs/ for the configuration.`,
+    ``,
+  ].join('\r\n');
+  await store.deliver('demo', Buffer.from(welcome));
+  return { password };
+}

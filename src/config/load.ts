@@ -1,0 +1,112 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parse as parseToml } from 'smol-toml';
+import { z } from 'zod';
+import { ConfigSchema, type Config } from './schema.js';
+
+/** A configuration mistake: the CLI prints the message as one line and exits with EX_CONFIG (78). */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export interface ServeFlags {
+  config?: string;
+  dataDir?: string;
+  listen?: string[];
+  listenTls?: string[];
+  maildirRoot?: string;
+  users?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  logLevel?: string;
+  workers?: number;
+}
+
+/** Fully resolved settings: every path absolute, every default filled in. */
+export interface ResolvedConfig extends Config {
+  readonly dataDir: string;
+  readonly maildirRoot: string;
+  readonly usersFile: string;
+  readonly tlsCertFile: string;
+  readonly tlsKeyFile: string;
+  /** True when the certificate is ours to create (no cert configured). */
+  readonly generateCertificate: boolean;
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  const where = issue.path.length > 0 ? issue.path.join('.') : '(top level)';
+  if (issue.code === 'unrecognized_keys') return `unknown setting ${issue.keys.map((k) => (issue.path.length ? `${where}.${k}` : k)).join(', ')}`;
+  return `${where}: ${issue.message}`;
+}
+
+export function loadConfig(flags: ServeFlags, cwd = process.cwd()): ResolvedConfig {
+  let raw: Record<string, unknown> = {};
+  let base = cwd;
+  if (flags.config !== undefined) {
+    const file = path.resolve(cwd, flags.config);
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (e) {
+      throw new ConfigError(`cannot read config file ${file}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+    }
+    try {
+      raw = parseToml(text) as Record<string, unknown>;
+    } catch (e) {
+      const msg = (e as Error).message.split('\n')[0] ?? 'syntax error';
+      throw new ConfigError(`config file ${file}: ${msg}`);
+    }
+    base = path.dirname(file);
+  }
+  const obj = structuredClone(raw) as Record<string, Record<string, unknown> | unknown>;
+  const section = (name: string): Record<string, unknown> => {
+    const s = obj[name];
+    if (s === undefined) return ((obj[name] = {}) as Record<string, unknown>);
+    if (typeof s !== 'object' || s === null || Array.isArray(s)) throw new ConfigError(`${name}: expected a table`);
+    return s as Record<string, unknown>;
+  };
+  // Command-line flags override the file; relative paths given on the command line are relative to cwd.
+  if (flags.dataDir !== undefined) obj.data_dir = path.resolve(cwd, flags.dataDir);
+  if (flags.logLevel !== undefined) obj.log_level = flags.logLevel;
+  if (flags.listen !== undefined || flags.listenTls !== undefined) {
+    // Naming any listener replaces both defaults: the admin says exactly what to open.
+    section('server').listen = flags.listen ?? [];
+    section('server').listen_tls = flags.listenTls ?? [];
+  }
+  if (flags.maildirRoot !== undefined) section('store').maildir_root = path.resolve(cwd, flags.maildirRoot);
+  if (flags.users !== undefined) section('auth').users = path.resolve(cwd, flags.users);
+  if (flags.tlsCert !== undefined) section('tls').cert = path.resolve(cwd, flags.tlsCert);
+  if (flags.tlsKey !== undefined) section('tls').key = path.resolve(cwd, flags.tlsKey);
+
+  const parsed = ConfigSchema.safeParse(obj);
+  if (!parsed.success) {
+    const first = parsed.error.issues[0];
+    throw new ConfigError(first ? `invalid configuration: ${describeIssue(first)}` : 'invalid configuration');
+  }
+  const c = parsed.data;
+  if ((c.tls.cert === undefined) !== (c.tls.key === undefined)) {
+    throw new ConfigError('invalid configuration: tls.cert and tls.key must be given together');
+  }
+  for (const a of [...c.server.listen, ...c.server.listen_tls]) {
+    const port = Number(a.slice(a.lastIndexOf(':') + 1));
+    if (port > 65535) throw new ConfigError(`invalid configuration: port out of range in ${a}`);
+  }
+  const dataDir = path.resolve(base, c.data_dir);
+  const generateCertificate = c.tls.cert === undefined;
+  return {
+    ...c,
+    dataDir,
+    maildirRoot: path.resolve(base, c.store.maildir_root ?? path.join(dataDir, 'mail')),
+    usersFile: path.resolve(base, c.auth.users ?? path.join(dataDir, 'users')),
+    tlsCertFile: path.resolve(base, c.tls.cert ?? path.join(dataDir, 'tls', 'cert.pem')),
+    tlsKeyFile: path.resolve(base, c.tls.key ?? path.join(dataDir, 'tls', 'key.pem')),
+    generateCertificate,
+  };
+}
+
+export function parseHostPort(a: string): { host: string; port: number } {
+  const i = a.lastIndexOf(':');
+  let host = a.slice(0, i);
+  if (host.startsWith('[')) host = host.slice(1, -1);
+  return { host, port: Number(a.slice(i + 1)) };
+}

@@ -1,0 +1,65 @@
+import { z } from 'zod';
+
+/** host:port, IPv6 in brackets: `[::1]:110`. */
+const listenAddress = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'expected HOST:PORT');
+
+const seconds = z.number().nonnegative();
+
+export const ConfigSchema = z
+  .object({
+    data_dir: z.string().min(1).default('./poplar-data'),
+    log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    log_format: z.enum(['auto', 'json', 'pretty']).default('auto'),
+    server: z
+      .object({
+        listen: z.array(listenAddress).default(['127.0.0.1:1110']),
+        listen_tls: z.array(listenAddress).default(['127.0.0.1:1995']),
+        hostname: z.string().min(1).optional(),
+        implementation: z.string().regex(/^[\x21-\x7e][\x20-\x7e]*$/).max(100).default('Poplar'),
+        /** Cleartext logins without TLS: never, only from loopback addresses, or always. */
+        plaintext_auth: z.enum(['never', 'loopback', 'always']).default('loopback'),
+        max_line_length: z.number().int().min(255).max(1_048_576).default(4096),
+        max_auth_line_length: z.number().int().min(255).max(1_048_576).default(16_384),
+        max_bad_commands: z.number().int().min(1).default(10),
+        max_connections: z.number().int().min(1).default(20_000),
+        max_connections_per_ip: z.number().int().min(1).default(100),
+        login_timeout: seconds.default(60),
+        idle_timeout: seconds.min(600, 'RFC 1939 §3 requires at least 10 minutes').default(600),
+        auth_failure_delay: seconds.default(2),
+        shutdown_grace: seconds.default(10),
+        /** RFC 2449 LOGIN-DELAY, seconds between logins; advertised only when set. */
+        login_delay: z.number().int().nonnegative().optional(),
+        /** RFC 2449 EXPIRE: days messages are kept, or "NEVER"; advertised only when set. */
+        expire: z.union([z.number().int().nonnegative(), z.literal('NEVER')]).optional(),
+      })
+      .strict()
+      .prefault({}),
+    tls: z
+      .object({
+        cert: z.string().min(1).optional(),
+        key: z.string().min(1).optional(),
+        min_version: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
+      })
+      .strict()
+      .prefault({}),
+    store: z
+      .object({
+        type: z.literal('maildir').default('maildir'),
+        maildir_root: z.string().min(1).optional(),
+        /** Seconds after which another process's dovecot-uidlist.lock is considered stale. */
+        uidlist_lock_stale: seconds.default(120),
+        fsync: z.boolean().default(true),
+      })
+      .strict()
+      .prefault({}),
+    auth: z
+      .object({
+        type: z.literal('passwd-file').default('passwd-file'),
+        users: z.string().min(1).optional(),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export type Config = z.infer<typeof ConfigSchema>;

@@ -1,0 +1,245 @@
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { DotStuffer, createDotStuffTransform, stuffMessage, type DotStuffOptions } from './dot-stuff.js';
+import { unstuffMessage } from './dot-unstuff.js';
+import { edgeCorpus, expectedRetr, expectedTop } from '../../test/corpus/corpus.js';
+import { TRICKY, allChunkings, b, canonical, chunked, chunkedArb, cut, show } from '../../test/corpus/chunking.js';
+
+function encodeChunks(chunks: Buffer[], opts?: DotStuffOptions): Buffer {
+  const s = new DotStuffer(opts);
+  const out: Buffer[] = [];
+  for (const c of chunks) out.push(...s.push(c));
+  out.push(...s.end());
+  return Buffer.concat(out);
+}
+
+function encodeChunksJoined(chunks: Buffer[], opts?: DotStuffOptions): Buffer {
+  const s = new DotStuffer(opts);
+  const out: Buffer[] = [];
+  for (const c of chunks) {
+    const j = s.pushJoined(c);
+    if (j !== null) out.push(j);
+  }
+  out.push(...s.end());
+  return Buffer.concat(out);
+}
+
+describe('DotStuffer: tricky inputs at every split point', () => {
+  for (const [input, encoded] of TRICKY) {
+    it(`encodes ${JSON.stringify(input)}`, () => {
+      const raw = b(input);
+      const want = b(encoded);
+      expect(show(stuffMessage(raw))).toBe(show(want));
+      expect(show(expectedRetr(raw))).toBe(show(want));
+      for (const chunks of allChunkings(raw)) {
+        const got = encodeChunks(chunks);
+        if (!got.equals(want)) {
+          throw new Error(`chunks ${JSON.stringify(chunks.map((c) => c.toString('latin1')))} -> ${show(got)}`);
+        }
+        expect(encodeChunksJoined(chunks).equals(want)).toBe(true);
+      }
+    });
+  }
+
+  it('never emits anything after end()', () => {
+    const s = new DotStuffer();
+    s.push(b('a'));
+    expect(Buffer.concat(s.end()).toString()).toBe('\r\n.\r\n');
+    expect(s.end()).toEqual([]);
+    expect(s.push(b('more'))).toEqual([]);
+  });
+
+  it('emits zero-copy subarrays when nothing needs changing', () => {
+    const chunk = b('line one\r\nline two\r\n');
+    const s = new DotStuffer();
+    const out = s.push(chunk);
+    expect(out).toHaveLength(1);
+    expect(out[0]!.buffer).toBe(chunk.buffer);
+    const j = new DotStuffer().pushJoined(chunk);
+    expect(j!.buffer).toBe(chunk.buffer);
+  });
+
+  it('rejects a bad bodyLines', () => {
+    expect(() => new DotStuffer({ bodyLines: -1 })).toThrow(RangeError);
+    expect(() => new DotStuffer({ bodyLines: 1.5 })).toThrow(RangeError);
+  });
+});
+
+describe('properties (fast-check)', () => {
+  it('chunking never changes the output, and it matches the reference', () => {
+    fc.assert(
+      fc.property(chunkedArb, ({ raw, cuts }) => {
+        const enc = encodeChunks(cut(raw, cuts));
+        expect(enc.equals(stuffMessage(raw))).toBe(true);
+        expect(encodeChunksJoined(cut(raw, cuts)).equals(enc)).toBe(true);
+        expect(enc.equals(expectedRetr(raw))).toBe(true);
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('the terminator sequence appears only at the very end', () => {
+    fc.assert(
+      fc.property(chunkedArb, ({ raw, cuts }) => {
+        const enc = encodeChunks(cut(raw, cuts));
+        if (raw.length === 0) {
+          expect(enc.toString()).toBe('.\r\n');
+          return;
+        }
+        expect(enc.subarray(0, 3).equals(b('.\r\n'))).toBe(false);
+        expect(enc.indexOf(b('\r\n.\r\n'))).toBe(enc.length - 5);
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('TOP agrees with the reference for any n and chunking', () => {
+    fc.assert(
+      fc.property(chunkedArb, fc.nat({ max: 6 }), ({ raw, cuts }, n) => {
+        const s = new DotStuffer({ bodyLines: n });
+        const out: Buffer[] = [];
+        for (const ch of cut(raw, cuts)) out.push(...s.push(ch));
+        out.push(...s.end());
+        expect(show(Buffer.concat(out))).toBe(show(expectedTop(raw, n)));
+      }),
+      { numRuns: 3000 },
+    );
+  });
+});
+
+describe('TOP', () => {
+  const top = (input: string, n: number): string =>
+    new Set(allChunkings(b(input)).map((c) => encodeChunks(c, { bodyLines: n }).toString('latin1'))).size === 1
+      ? encodeChunks([b(input)], { bodyLines: n }).toString('latin1')
+      : 'chunking-dependent!';
+
+  it('LF-only message', () => {
+    const m = 'A: 1\nB: 2\n\nl1\n.l2\nl3\n';
+    expect(top(m, 0)).toBe('A: 1\r\nB: 2\r\n\r\n.\r\n');
+    expect(top(m, 1)).toBe('A: 1\r\nB: 2\r\n\r\nl1\r\n.\r\n');
+    expect(top(m, 2)).toBe('A: 1\r\nB: 2\r\n\r\nl1\r\n..l2\r\n.\r\n');
+    expect(top(m, 10)).toBe('A: 1\r\nB: 2\r\n\r\nl1\r\n..l2\r\nl3\r\n.\r\n');
+  });
+
+  it('CRLF-only message', () => {
+    const m = 'A: 1\r\n\r\n.\r\nl2\r\nl3';
+    expect(top(m, 0)).toBe('A: 1\r\n\r\n.\r\n');
+    expect(top(m, 1)).toBe('A: 1\r\n\r\n..\r\n.\r\n');
+    expect(top(m, 3)).toBe('A: 1\r\n\r\n..\r\nl2\r\nl3\r\n.\r\n');
+    expect(top(m, 99)).toBe('A: 1\r\n\r\n..\r\nl2\r\nl3\r\n.\r\n');
+  });
+
+  it('no blank line: everything is header', () => {
+    expect(top('A: 1\nB: 2\n', 0)).toBe('A: 1\r\nB: 2\r\n.\r\n');
+    expect(top('A: 1\r\nB: 2', 0)).toBe('A: 1\r\nB: 2\r\n.\r\n');
+  });
+
+  it('a line holding only a bare CR is not the blank line', () => {
+    expect(top('A: 1\n\rx\n\nbody\n', 0)).toBe('A: 1\r\n\rx\r\n\r\n.\r\n');
+    expect(top('A: 1\n\r\n', 0)).toBe('A: 1\r\n\r\n.\r\n');
+  });
+
+  it('empty message and empty body', () => {
+    expect(top('', 0)).toBe('.\r\n');
+    expect(top('A: 1\n\n', 5)).toBe('A: 1\r\n\r\n.\r\n');
+  });
+
+  it('becomes done early for a big body with n = 0 and ignores the rest', () => {
+    const s = new DotStuffer({ bodyLines: 0 });
+    const head = s.push(b('Subject: big\nX: y\n\nfirst body line\n'));
+    expect(s.done).toBe(true);
+    expect(Buffer.concat(head).toString()).toBe('Subject: big\r\nX: y\r\n\r\n');
+    expect(s.push(Buffer.alloc(1 << 20, 0x61))).toEqual([]);
+    expect(Buffer.concat(s.end()).toString()).toBe('.\r\n');
+  });
+});
+
+describe('createDotStuffTransform', () => {
+  async function collect(chunks: Buffer[], opts?: DotStuffOptions): Promise<Buffer> {
+    const out: Buffer[] = [];
+    await pipeline(
+      Readable.from(chunks),
+      createDotStuffTransform(opts),
+      new Writable({
+        write(c: Buffer, _e, cb) {
+          out.push(c);
+          cb();
+        },
+      }),
+    );
+    return Buffer.concat(out);
+  }
+
+  it('encodes a chunked stream', async () => {
+    const got = await collect([b('.a\n'), b('b\r'), b('\n.'), b('\r')]);
+    expect(show(got)).toBe(show(b('..a\r\nb\r\n..\r\r\n.\r\n')));
+    expect((await collect([])).toString()).toBe('.\r\n');
+  });
+
+  it('TOP: stops reading the source early', async () => {
+    let reads = 0;
+    const total = 10_000;
+    const source = new Readable({
+      read() {
+        reads++;
+        if (reads === 1) this.push(b('Subject: x\n\nbody 1\nbody 2\n'));
+        else if (reads < total) this.push(Buffer.alloc(64 * 1024, 0x0a));
+        else this.push(null);
+      },
+    });
+    const out: Buffer[] = [];
+    const t = createDotStuffTransform({
+      bodyLines: 1,
+      onDone: () => {
+        source.unpipe(t);
+        source.destroy();
+      },
+    });
+    let doneEvents = 0;
+    t.on('done', () => doneEvents++);
+    t.on('data', (c: Buffer) => out.push(c));
+    const ended = new Promise<void>((resolve) => t.on('end', resolve));
+    source.pipe(t);
+    await ended;
+    expect(Buffer.concat(out).toString()).toBe('Subject: x\r\n\r\nbody 1\r\n.\r\n');
+    expect(doneEvents).toBe(1);
+    expect(reads).toBeLessThan(50);
+    expect(source.destroyed).toBe(true);
+  });
+
+  it('TOP inside pipeline(): completes normally, discarding input after the limit', async () => {
+    const got = await collect([b('A: 1\n\nx\ny\n'), b('z\n'), b('w\n')], { bodyLines: 1 });
+    expect(got.toString()).toBe('A: 1\r\n\r\nx\r\n.\r\n');
+  });
+});
+
+describe('corpus: reference and DotStuffer agree', () => {
+  const corpus = edgeCorpus();
+
+  it('is deterministic and covers the required cases', () => {
+    const again = edgeCorpus();
+    expect(again.map((m) => m.name)).toEqual(corpus.map((m) => m.name));
+    for (let i = 0; i < corpus.length; i++) expect(again[i]!.raw.equals(corpus[i]!.raw)).toBe(true);
+    const big = corpus.find((m) => m.raw.length === 5 * 1024 * 1024);
+    expect(big).toBeDefined();
+    expect(corpus.some((m) => m.raw.length === 0)).toBe(true);
+  });
+
+  for (const m of corpus) {
+    it(`RETR/TOP: ${m.name}`, () => {
+      const want = expectedRetr(m.raw);
+      expect(stuffMessage(m.raw).equals(want)).toBe(true);
+      // Odd-sized chunks so boundaries fall everywhere, including mid-CRLF.
+      for (const size of [1, 2, 3, 7, 4096, 65_537]) {
+        if (size < 8 && m.raw.length > 20_000) continue;
+        expect(encodeChunksJoined(chunked(m.raw, size)).equals(want)).toBe(true);
+      }
+      for (const n of [0, 1, 3, 1000]) {
+        expect(stuffMessage(m.raw, { bodyLines: n }).equals(expectedTop(m.raw, n))).toBe(true);
+      }
+      expect(unstuffMessage(want).equals(canonical(m.raw))).toBe(true);
+    });
+  }
+});

@@ -1,0 +1,87 @@
+import { decodeBase64Strict, encodeBase64 } from '../protocol/sasl/base64.js';
+import { hasForbiddenControl } from '../protocol/sasl/mechanism.js';
+import { SERVER_MECHANISMS } from '../protocol/sasl/index.js';
+import type { AuthorizationState, Handler, Session } from './session.js';
+
+const PLAINTEXT_REFUSED = 'Cleartext logins are not allowed without TLS; use STLS or port 995.';
+
+async function capa(s: Session): Promise<void> {
+  await s.multiline('Capability list follows', s.capabilities());
+}
+
+async function user(s: Session, st: AuthorizationState, args: string): Promise<void> {
+  st.pendingUser = undefined;
+  if (!s.plaintextAllowed) return s.err(PLAINTEXT_REFUSED, 'AUTH');
+  if (args === '' || hasForbiddenControl(args) || Buffer.byteLength(args) > 255) return s.badCommand('Invalid user name.');
+  st.pendingUser = args;
+  s.ok();
+}
+
+async function pass(s: Session, st: AuthorizationState, args: string): Promise<void> {
+  const name = st.pendingUser;
+  st.pendingUser = undefined; // PASS must directly follow USER (RFC 1939 §7)
+  if (name === undefined) return s.badCommand('No user name given; send USER first.');
+  if (!s.plaintextAllowed) return s.err(PLAINTEXT_REFUSED, 'AUTH');
+  // The rest of the line, spaces included, is the password.
+  await s.login({ kind: 'password', username: name, password: args }, 'USER');
+}
+
+async function quit(s: Session): Promise<void> {
+  s.close('QUIT', '+OK Logging out.\r\n');
+}
+
+async function stls(s: Session, _st: AuthorizationState, args: string): Promise<void> {
+  if (args !== '') return s.badCommand('STLS takes no arguments.');
+  const ctx = s.ctx.tlsContext();
+  if (s.conn.secure) return s.badCommand('TLS is already active.');
+  if (ctx === null) return s.badCommand('TLS is not available.');
+  s.ok('Begin TLS negotiation now.');
+  const ok = await s.conn.startTls(ctx, Math.max(1, s.ctx.settings.login_timeout) * 1000);
+  if (!ok) s.close('TLS handshake failed');
+}
+
+/** RFC 5034: `AUTH mech [initial-response]`; bare `AUTH` lists the mechanisms (the RFC 1734 habit clients still use). */
+async function auth(s: Session, _st: AuthorizationState, args: string): Promise<void> {
+  const parts = args.split(' ');
+  const name = (parts[0] ?? '').toUpperCase();
+  if (name === '') {
+    await s.multiline('Supported mechanisms follow', s.mechanisms());
+    return;
+  }
+  if (Buffer.byteLength(args) + 7 > s.ctx.settings.max_auth_line_length || parts.length > 2) return s.badCommand('Invalid AUTH command.');
+  const info = SERVER_MECHANISMS.find((m) => m.name === name);
+  if (info === undefined) return s.err('Unsupported authentication mechanism.');
+  if (info.plaintext && !s.plaintextAllowed) return s.err(PLAINTEXT_REFUSED, 'AUTH');
+  const mech = info.create();
+  let response: Buffer | null = null;
+  const ir = parts[1];
+  if (ir !== undefined) {
+    response = ir === '=' ? Buffer.alloc(0) : decodeBase64Strict(ir);
+    if (response === null) return s.err('Invalid base64 data in initial response.');
+  }
+  let exchanges = 0;
+  for (;;) {
+    const step = mech.step(response);
+    if (step.kind === 'credentials') return s.login(step.credentials, name);
+    if (step.kind === 'fail') return s.authFailed(undefined, name);
+    if (++exchanges > 10) return s.err('Too many authentication steps.');
+    s.conn.write(step.data.length === 0 ? '+ \r\n' : `+ ${encodeBase64(step.data)}\r\n`);
+    const ev = await s.conn.nextLine();
+    if (ev === null) return;
+    if (ev.kind === 'overlong') return s.err('Authentication response too long.');
+    if (ev.line.length + 2 > s.ctx.settings.max_auth_line_length) return s.err('Authentication response too long.');
+    const text = ev.line.toString('latin1');
+    if (text === '*') return s.err('Authentication cancelled.');
+    response = decodeBase64Strict(text);
+    if (response === null) return s.err('Invalid base64 data in response.');
+  }
+}
+
+export const AUTHORIZATION_COMMANDS: ReadonlyMap<string, Handler<AuthorizationState>> = new Map<string, Handler<AuthorizationState>>([
+  ['CAPA', capa],
+  ['USER', user],
+  ['PASS', pass],
+  ['AUTH', auth],
+  ['STLS', stls],
+  ['QUIT', quit],
+]);

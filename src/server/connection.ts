@@ -1,0 +1,231 @@
+import type net from 'node:net';
+import tls from 'node:tls';
+import { once } from 'node:events';
+import { LineReader, type LineEvent } from '../protocol/line-reader.js';
+
+/** Lines queued beyond this pause reading from the socket (input backpressure for pipelining). */
+const HIGH_WATER_LINES = 32;
+const LOW_WATER_LINES = 4;
+
+/**
+ * The byte-level side of one client connection: a bounded line queue in,
+ * corked writes with drain-aware flushing out, the STLS upgrade, timeouts.
+ * It knows nothing about POP3 commands.
+ */
+export class Connection {
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  readonly localAddress: string;
+  readonly localPort: number;
+  readonly #abort = new AbortController();
+  readonly #reader: LineReader;
+  readonly #queue: LineEvent[] = [];
+  readonly #raw: net.Socket;
+  #sock: net.Socket;
+  #secure: boolean;
+  #waiter: ((ev: LineEvent | null) => void) | null = null;
+  #paused = false;
+  #corked = false;
+  #closed = false;
+  #inputEnded = false;
+  #onTimeout: (() => void) | null = null;
+  #tlsInfo: { protocol: string; cipher: string } | null = null;
+  readonly #onData = (chunk: Buffer): void => this.#ingest(chunk);
+
+  constructor(socket: net.Socket, secure: boolean, maxLineLength: number) {
+    this.#raw = socket;
+    this.#sock = socket;
+    this.#secure = secure;
+    this.#reader = new LineReader(maxLineLength);
+    this.remoteAddress = normalizeAddress(socket.remoteAddress ?? '');
+    this.remotePort = socket.remotePort ?? 0;
+    this.localAddress = normalizeAddress(socket.localAddress ?? '');
+    this.localPort = socket.localPort ?? 0;
+    if (secure) this.#noteTls(socket as tls.TLSSocket);
+    this.#attach(socket);
+    socket.setNoDelay(true);
+    socket.on('timeout', () => this.#onTimeout?.());
+  }
+
+  get secure(): boolean {
+    return this.#secure;
+  }
+  get tls(): { protocol: string; cipher: string } | null {
+    return this.#tlsInfo;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+  /** Aborted when the connection is gone: cancels pending storage and auth work. */
+  get signal(): AbortSignal {
+    return this.#abort.signal;
+  }
+
+  #attach(sock: net.Socket): void {
+    sock.on('data', this.#onData);
+    sock.on('error', () => this.destroy());
+    // The client may half-close after its last command: answer what is queued, then close.
+    sock.on('end', () => {
+      this.#inputEnded = true;
+      if (this.#queue.length === 0) this.#wake();
+    });
+    sock.on('close', () => this.#markClosed());
+  }
+
+  #ingest(chunk: Buffer): void {
+    this.#reader.push(chunk, this.#queue);
+    this.#deliver();
+    if (!this.#paused && this.#queue.length >= HIGH_WATER_LINES) {
+      this.#paused = true;
+      this.#sock.pause();
+    }
+  }
+
+  #deliver(): void {
+    if (this.#waiter !== null && this.#queue.length > 0) {
+      const w = this.#waiter;
+      this.#waiter = null;
+      w(this.#queue.shift()!);
+    }
+  }
+
+  /** The next input line, or null once the connection is closed. */
+  nextLine(): Promise<LineEvent | null> {
+    if (this.#paused && this.#queue.length <= LOW_WATER_LINES) {
+      this.#paused = false;
+      this.#sock.resume();
+    }
+    const ev = this.#queue.shift();
+    if (ev !== undefined) return Promise.resolve(ev);
+    if (this.#closed || this.#inputEnded) return Promise.resolve(null);
+    // Nothing waiting: send what the batch produced before blocking on input.
+    this.#uncork();
+    return new Promise((resolve) => {
+      this.#waiter = resolve;
+    });
+  }
+
+  /** More input is already queued: a pipelined batch is being answered. */
+  get hasPendingInput(): boolean {
+    return this.#queue.length > 0;
+  }
+
+  set maxLineLength(n: number) {
+    this.#reader.maxLength = n;
+  }
+
+  write(data: string | Buffer): void {
+    if (this.#closed) return;
+    if (!this.#corked) {
+      this.#corked = true;
+      this.#sock.cork();
+    }
+    this.#sock.write(data);
+  }
+
+  get needsDrain(): boolean {
+    return this.#sock.writableNeedDrain;
+  }
+
+  #uncork(): void {
+    if (this.#corked) {
+      this.#corked = false;
+      this.#sock.uncork();
+    }
+  }
+
+  /** Wait until the socket accepts more output (output backpressure); false if the connection closed. */
+  async drain(): Promise<boolean> {
+    this.#uncork();
+    if (this.#closed) return false;
+    if (!this.#sock.writableNeedDrain) return true;
+    const ac = new AbortController();
+    try {
+      await Promise.race([once(this.#sock, 'drain', { signal: ac.signal }), once(this.#abort.signal, 'abort', { signal: ac.signal })]);
+    } catch {
+      // aborted listener cleanup
+    } finally {
+      ac.abort();
+    }
+    return !this.#closed;
+  }
+
+  setTimeout(ms: number, onTimeout: () => void): void {
+    this.#onTimeout = onTimeout;
+    this.#raw.setTimeout(ms);
+  }
+
+  /**
+   * RFC 2595 §4: after `+OK` to STLS the handshake starts at once, and any
+   * plaintext already received after the STLS line is thrown away.
+   */
+  async startTls(context: tls.SecureContext, handshakeTimeoutMs: number): Promise<boolean> {
+    this.#queue.length = 0;
+    this.#reader.reset();
+    this.#uncork();
+    const raw = this.#sock;
+    raw.removeListener('data', this.#onData);
+    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: context, requestCert: false });
+    this.#sock = secure;
+    this.#paused = false;
+    this.#attach(secure);
+    const timer = setTimeout(() => this.destroy(), handshakeTimeoutMs);
+    try {
+      await Promise.race([once(secure, 'secure'), once(this.#abort.signal, 'abort')]);
+    } catch {
+      this.destroy();
+    } finally {
+      clearTimeout(timer);
+    }
+    if (this.#closed) return false;
+    this.#secure = true;
+    this.#noteTls(secure);
+    return true;
+  }
+
+  #noteTls(s: tls.TLSSocket): void {
+    try {
+      s.disableRenegotiation();
+    } catch {
+      // not available on every socket type; the context also forbids it
+    }
+    this.#tlsInfo = { protocol: s.getProtocol() ?? '', cipher: s.getCipher()?.name ?? '' };
+  }
+
+  /** Send the last words, then close gracefully once they are out. */
+  end(last?: string): void {
+    if (this.#closed) return;
+    if (last !== undefined) this.write(last);
+    this.#uncork();
+    this.#sock.end();
+    // A client that never reads must not keep the socket: bound the wait.
+    setTimeout(() => this.destroy(), 5000).unref();
+  }
+
+  destroy(): void {
+    if (!this.#sock.destroyed) this.#sock.destroy();
+    if (!this.#raw.destroyed) this.#raw.destroy();
+    this.#markClosed();
+  }
+
+  #markClosed(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#abort.abort();
+    this.#wake();
+  }
+
+  #wake(): void {
+    const w = this.#waiter;
+    this.#waiter = null;
+    w?.(null);
+  }
+}
+
+export function normalizeAddress(a: string): string {
+  return a.startsWith('::ffff:') && a.includes('.') ? a.slice(7) : a;
+}
+
+export function isLoopback(address: string): boolean {
+  return address === '::1' || address.startsWith('127.');
+}

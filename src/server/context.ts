@@ -1,0 +1,18 @@
+import type tls from 'node:tls';
+import type { Authenticator } from '../auth/types.js';
+import type { ResolvedConfig } from '../config/load.js';
+import type { Logger } from '../observability/log.js';
+import type { MailStore } from '../store/types.js';
+
+/** The settings a session reads; a subset of the config so tests can build one directly. */
+export type ServerSettings = ResolvedConfig['server'];
+
+/** Everything a session needs from the server around it. */
+export interface ServerContext {
+  readonly settings: ServerSettings;
+  readonly authenticator: Authenticator;
+  readonly store: MailStore;
+  readonly logger: Logger;
+  /** The current certificate for STLS (re-read on SIGHUP), or null when TLS is not configured. */
+  tlsContext(): tls.SecureContext | null;
+}

@@ -1,0 +1,176 @@
+import net from 'node:net';
+import tls from 'node:tls';
+import { constants as cryptoConstants } from 'node:crypto';
+import { once } from 'node:events';
+import type { Authenticator } from '../auth/types.js';
+import type { Logger } from '../observability/log.js';
+import type { MailStore } from '../store/types.js';
+import { Connection, normalizeAddress } from './connection.js';
+import type { ServerContext, ServerSettings } from './context.js';
+import { Session } from './session.js';
+
+export interface TlsMaterial {
+  cert: string | Buffer;
+  key: string | Buffer;
+  minVersion?: 'TLSv1.2' | 'TLSv1.3';
+}
+
+export interface Pop3ServerOptions {
+  settings: ServerSettings;
+  authenticator: Authenticator;
+  store: MailStore;
+  logger: Logger;
+  tls?: TlsMaterial | undefined;
+}
+
+export interface ListenSpec {
+  host: string;
+  port: number;
+  /** Implicit TLS (RFC 8314, port 995): handshake first, then the greeting. */
+  tls: boolean;
+}
+
+export interface BoundListener {
+  host: string;
+  port: number;
+  tls: boolean;
+}
+
+function tlsOptions(m: TlsMaterial): tls.SecureContextOptions {
+  return {
+    cert: m.cert,
+    key: m.key,
+    minVersion: m.minVersion ?? 'TLSv1.2',
+    // No renegotiation at all (checklist 23): TLS 1.3 has none, and TLS 1.2's is refused.
+    secureOptions: cryptoConstants.SSL_OP_NO_RENEGOTIATION,
+  };
+}
+
+/**
+ * The POP3 listeners: plaintext (with STLS) and implicit TLS, connection
+ * limits in total and per client address, certificate reload, graceful close.
+ */
+export class Pop3Server {
+  readonly #opts: Pop3ServerOptions;
+  readonly #ctx: ServerContext;
+  readonly #servers: (net.Server | tls.Server)[] = [];
+  readonly #tlsServers: tls.Server[] = [];
+  readonly #connections = new Set<Connection>();
+  readonly #sockets = new Set<net.Socket>();
+  readonly #perIp = new Map<string, number>();
+  readonly #sessions = new Set<Promise<void>>();
+  #secureContext: tls.SecureContext | null = null;
+  #tlsMaterial: TlsMaterial | undefined;
+
+  constructor(opts: Pop3ServerOptions) {
+    this.#opts = opts;
+    this.#tlsMaterial = opts.tls;
+    if (opts.tls) this.#secureContext = tls.createSecureContext(tlsOptions(opts.tls));
+    this.#ctx = {
+      settings: opts.settings,
+      authenticator: opts.authenticator,
+      store: opts.store,
+      logger: opts.logger,
+      tlsContext: () => this.#secureContext,
+    };
+  }
+
+  get connectionCount(): number {
+    return this.#sockets.size;
+  }
+
+  /** Replace the certificate and key; sessions already running keep theirs. */
+  reloadTls(material: TlsMaterial): void {
+    const ctx = tls.createSecureContext(tlsOptions(material));
+    this.#tlsMaterial = material;
+    this.#secureContext = ctx;
+    for (const s of this.#tlsServers) s.setSecureContext(tlsOptions(material));
+  }
+
+  async listen(specs: ListenSpec[]): Promise<BoundListener[]> {
+    const bound: BoundListener[] = [];
+    for (const spec of specs) {
+      let server: net.Server | tls.Server;
+      if (spec.tls) {
+        if (!this.#tlsMaterial) throw new Error('implicit TLS listener without a certificate');
+        const s = tls.createServer({
+          ...tlsOptions(this.#tlsMaterial),
+          allowHalfOpen: true,
+          handshakeTimeout: Math.max(1, this.#opts.settings.login_timeout) * 1000,
+        });
+        s.on('connection', (raw: net.Socket) => this.#admit(raw, true));
+        s.on('secureConnection', (sock: tls.TLSSocket) => this.#start(sock, true));
+        s.on('tlsClientError', (err, sock) => {
+          this.#opts.logger.debug({ rip: normalizeAddress(sock.remoteAddress ?? ''), err: err.message }, 'TLS handshake failed');
+        });
+        this.#tlsServers.push(s);
+        server = s;
+      } else {
+        const s = net.createServer({ allowHalfOpen: true, noDelay: true });
+        s.on('connection', (sock: net.Socket) => {
+          if (this.#admit(sock, false)) this.#start(sock, false);
+        });
+        server = s;
+      }
+      server.maxConnections = this.#opts.settings.max_connections + 64; // our own check answers first
+      server.listen({ host: spec.host, port: spec.port, backlog: 1024 });
+      await once(server, 'listening');
+      this.#servers.push(server);
+      const addr = server.address() as net.AddressInfo;
+      bound.push({ host: addr.address, port: addr.port, tls: spec.tls });
+    }
+    return bound;
+  }
+
+  /** Connection limits, checked before any protocol work. */
+  #admit(sock: net.Socket, implicitTls: boolean): boolean {
+    const s = this.#opts.settings;
+    const ip = normalizeAddress(sock.remoteAddress ?? '');
+    const n = this.#perIp.get(ip) ?? 0;
+    const over = this.#sockets.size >= s.max_connections ? 'total' : n >= s.max_connections_per_ip ? 'per-ip' : null;
+    if (over !== null) {
+      this.#opts.logger.warn({ rip: ip, limit: over }, 'connection refused: limit reached');
+      if (implicitTls) sock.destroy();
+      else sock.end('-ERR [SYS/TEMP] Too many connections, try again later.\r\n');
+      sock.on('error', () => undefined);
+      return false;
+    }
+    this.#sockets.add(sock);
+    this.#perIp.set(ip, n + 1);
+    sock.once('close', () => {
+      this.#sockets.delete(sock);
+      const left = (this.#perIp.get(ip) ?? 1) - 1;
+      if (left <= 0) this.#perIp.delete(ip);
+      else this.#perIp.set(ip, left);
+    });
+    return true;
+  }
+
+  #start(sock: net.Socket, secure: boolean): void {
+    const s = this.#opts.settings;
+    const conn = new Connection(sock, secure, Math.max(s.max_line_length, s.max_auth_line_length));
+    this.#connections.add(conn);
+    const session = new Session(conn, this.#ctx);
+    const p = session.run().finally(() => {
+      this.#connections.delete(conn);
+      this.#sessions.delete(p);
+    });
+    this.#sessions.add(p);
+  }
+
+  /**
+   * Stop accepting, give running sessions `graceMs` to finish, then drop the
+   * rest without UPDATE (nothing is removed unless the client said QUIT).
+   */
+  async close(graceMs = 0): Promise<void> {
+    // net.Server.close() calls back only after every connection is gone, so wait for it last.
+    const closed = Promise.all(this.#servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    if (this.#sessions.size > 0 && graceMs > 0) {
+      await Promise.race([Promise.allSettled([...this.#sessions]), new Promise((r) => setTimeout(r, graceMs).unref())]);
+    }
+    for (const c of this.#connections) c.destroy();
+    for (const s of this.#sockets) s.destroy();
+    await Promise.allSettled([...this.#sessions]);
+    await closed;
+  }
+}

@@ -1,0 +1,267 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { ConnectionInfo, Credentials, Principal } from '../auth/types.js';
+import { Pop3Error, type RespCode } from '../protocol/codes.js';
+import type { Maildrop } from '../store/types.js';
+import { AUTHORIZATION_COMMANDS } from './authorization.js';
+import { capabilityLines } from './capabilities.js';
+import { isLoopback, type Connection } from './connection.js';
+import type { ServerContext } from './context.js';
+import { TRANSACTION_COMMANDS, TransactionState } from './transaction.js';
+import { SERVER_MECHANISMS } from '../protocol/sasl/index.js';
+
+export type Handler<S> = (session: Session, state: S, args: string) => Promise<void>;
+
+/** AUTHORIZATION state (RFC 1939 §4). Deliberately holds no maildrop: storage is out of reach before login. */
+export class AuthorizationState {
+  /** Name from a successful USER, waiting for PASS. */
+  pendingUser: string | undefined;
+}
+
+export interface SessionStats {
+  retr: number;
+  retrBytes: number;
+  top: number;
+  topBytes: number;
+  dele: number;
+  expunged: number;
+}
+
+/**
+ * One POP3 session: reads command lines strictly in order, dispatches them
+ * through the table of the current state, and answers each fully before the
+ * next (RFC 2449 §6.6 PIPELINING).
+ */
+export class Session {
+  readonly conn: Connection;
+  readonly ctx: ServerContext;
+  readonly stats: SessionStats = { retr: 0, retrBytes: 0, top: 0, topBytes: 0, dele: 0, expunged: 0 };
+  #state: AuthorizationState | TransactionState = new AuthorizationState();
+  #badCommands = 0;
+  #ended = false;
+  #endReason = 'disconnected';
+  readonly #started = Date.now();
+
+  constructor(conn: Connection, ctx: ServerContext) {
+    this.conn = conn;
+    this.ctx = ctx;
+  }
+
+  get loggedIn(): boolean {
+    return this.#state instanceof TransactionState;
+  }
+
+  get connectionInfo(): ConnectionInfo {
+    const c = this.conn;
+    return { remoteAddress: c.remoteAddress, remotePort: c.remotePort, localAddress: c.localAddress, localPort: c.localPort, secure: c.secure };
+  }
+
+  /** RFC 2595 §4 / checklist 22: cleartext passwords only over TLS, from loopback, or when configured. */
+  get plaintextAllowed(): boolean {
+    const p = this.ctx.settings.plaintext_auth;
+    return p === 'always' || this.conn.secure || (p === 'loopback' && isLoopback(this.conn.remoteAddress));
+  }
+
+  get stlsAvailable(): boolean {
+    return !this.conn.secure && this.ctx.tlsContext() !== null;
+  }
+
+  mechanisms(): string[] {
+    const allowPlain = this.plaintextAllowed;
+    return SERVER_MECHANISMS.filter((m) => allowPlain || !m.plaintext).map((m) => m.name);
+  }
+
+  capabilities(): string[] {
+    return capabilityLines(this.ctx.settings, {
+      secure: this.conn.secure,
+      loggedIn: this.loggedIn,
+      plaintextAllowed: this.plaintextAllowed,
+      stlsAvailable: this.stlsAvailable,
+      mechanisms: this.mechanisms(),
+    });
+  }
+
+  ok(text = ''): void {
+    this.conn.write(text === '' ? '+OK\r\n' : `+OK ${text}\r\n`);
+  }
+
+  err(text: string, code?: RespCode): void {
+    this.conn.write(code !== undefined ? `-ERR [${code}] ${text}\r\n` : `-ERR ${text}\r\n`);
+  }
+
+  /** A multi-line reply from ready-made lines; lines are dot-stuffed here (RFC 1939 §3). */
+  async multiline(first: string, lines: Iterable<string>): Promise<void> {
+    let batch = `+OK ${first}\r\n`;
+    for (const l of lines) {
+      batch += (l.charCodeAt(0) === 0x2e ? '.' : '') + l + '\r\n';
+      if (batch.length >= 16384) {
+        this.conn.write(batch);
+        batch = '';
+        if (this.conn.needsDrain && !(await this.conn.drain())) return;
+      }
+    }
+    this.conn.write(batch + '.\r\n');
+  }
+
+  /** Counts a bad command; after too many the client is dropped (a scanner, not a mail client). */
+  badCommand(text: string): void {
+    this.#badCommands++;
+    if (this.#badCommands >= this.ctx.settings.max_bad_commands) {
+      this.err('Too many invalid commands.');
+      this.close('too many bad commands');
+      return;
+    }
+    this.err(text);
+  }
+
+  close(reason: string, last?: string): void {
+    this.#ended = true;
+    this.#endReason = reason;
+    this.conn.end(last);
+  }
+
+  async run(): Promise<void> {
+    const s = this.ctx.settings;
+    this.conn.setTimeout(s.login_timeout * 1000, () => this.#timeout());
+    this.ok(`${s.implementation} ready.`);
+    try {
+      while (!this.#ended) {
+        const ev = await this.conn.nextLine();
+        if (ev === null) break;
+        if (ev.kind === 'overlong') {
+          this.badCommand('Line too long.');
+          continue;
+        }
+        await this.#dispatch(ev.line);
+        if (this.conn.needsDrain && !(await this.conn.drain())) break;
+      }
+    } catch (e) {
+      this.ctx.logger.error({ err: e, rip: this.conn.remoteAddress }, 'session failed');
+      this.#endReason = 'internal error';
+    } finally {
+      await this.#finish();
+    }
+  }
+
+  async #dispatch(lineBuf: Buffer): Promise<void> {
+    const line = lineBuf.toString('utf8');
+    const sp = line.indexOf(' ');
+    const keyword = (sp === -1 ? line : line.slice(0, sp)).toUpperCase();
+    const args = sp === -1 ? '' : line.slice(sp + 1);
+    if (keyword !== 'AUTH' && lineBuf.length + 2 > this.ctx.settings.max_line_length) {
+      this.badCommand('Line too long.');
+      return;
+    }
+    const state = this.#state;
+    try {
+      if (state instanceof TransactionState) {
+        const h = TRANSACTION_COMMANDS.get(keyword);
+        if (h === undefined) return this.badCommand(AUTHORIZATION_COMMANDS.has(keyword) ? 'Already logged in.' : 'Unknown command.');
+        await h(this, state, args);
+      } else {
+        const h = AUTHORIZATION_COMMANDS.get(keyword);
+        if (h === undefined) return this.badCommand(TRANSACTION_COMMANDS.has(keyword) ? 'Not logged in.' : 'Unknown command.');
+        await h(this, state, args);
+      }
+    } catch (e) {
+      if (e instanceof Pop3Error) {
+        this.err(e.message, e.code);
+      } else {
+        this.ctx.logger.error({ err: e, rip: this.conn.remoteAddress, command: keyword }, 'command failed');
+        this.err('Internal error, try again later.', 'SYS/TEMP');
+      }
+    }
+  }
+
+  /**
+   * Verify credentials, then open and lock the maildrop. Failures keep the
+   * session in AUTHORIZATION as if the command was never sent (RFC 5034 §4).
+   */
+  async login(credentials: Credentials, mechanism: string): Promise<void> {
+    const { logger, settings, authenticator, store } = this.ctx;
+    let principal: Principal | null;
+    try {
+      principal = await authenticator.authenticate(credentials, this.connectionInfo, this.conn.signal);
+    } catch (e) {
+      if (this.conn.closed) return;
+      logger.error({ err: e, rip: this.conn.remoteAddress, mech: mechanism }, 'authentication backend failed');
+      this.err('Authentication is temporarily unavailable.', 'SYS/TEMP');
+      return;
+    }
+    if (principal === null) {
+      await this.authFailed(credentials.username, mechanism);
+      return;
+    }
+    let maildrop: Maildrop;
+    try {
+      maildrop = await store.open(principal, this.conn.signal);
+    } catch (e) {
+      if (e instanceof Pop3Error) {
+        logger.info({ user: principal.username, rip: this.conn.remoteAddress, code: e.code }, `maildrop not opened: ${e.message}`);
+        this.err(e.code === 'IN-USE' ? 'Maildrop is locked by another session.' : e.message, e.code);
+      } else {
+        logger.error({ err: e, user: principal.username, rip: this.conn.remoteAddress }, 'cannot open maildrop');
+        this.err('Cannot open the maildrop, try again later.', 'SYS/TEMP');
+      }
+      return;
+    }
+    if (this.conn.closed) {
+      await maildrop.release();
+      return;
+    }
+    this.#state = new TransactionState(principal, maildrop);
+    this.conn.setTimeout(settings.idle_timeout * 1000, () => this.#timeout());
+    logger.info({ user: principal.username, rip: this.conn.remoteAddress, mech: mechanism, tls: this.conn.secure, messages: maildrop.messages.length }, 'login');
+    this.ok('Logged in.');
+  }
+
+  /** One log line per failure (docs/fail2ban.md matches it), then the delay, then `-ERR [AUTH]`. */
+  async authFailed(username: string | undefined, mechanism: string): Promise<void> {
+    this.ctx.logger.warn({ event: 'auth-failed', rip: this.conn.remoteAddress, user: username, mech: mechanism, tls: this.conn.secure }, `authentication failed from ${this.conn.remoteAddress}`);
+    const delay = this.ctx.settings.auth_failure_delay * 1000;
+    if (delay > 0) await sleep(delay, undefined, { signal: this.conn.signal }).catch(() => undefined);
+    this.err('Authentication failed.', 'AUTH');
+  }
+
+  /** QUIT in TRANSACTION: the UPDATE state (RFC 1939 §6). Never `+OK` unless every marked message is gone. */
+  async update(state: TransactionState): Promise<void> {
+    const deleted = state.deletedIndexes();
+    try {
+      await state.maildrop.commit(deleted);
+      this.stats.expunged = deleted.length;
+      this.close('QUIT', `+OK Logging out, ${deleted.length} message${deleted.length === 1 ? '' : 's'} deleted.\r\n`);
+    } catch (e) {
+      this.ctx.logger.error({ err: e, user: state.principal.username }, 'UPDATE failed');
+      const msg = e instanceof Pop3Error ? e.message : 'Removing deleted messages failed';
+      this.close('QUIT (update failed)', `-ERR [SYS/TEMP] ${msg}; logging out.\r\n`);
+    }
+  }
+
+  #timeout(): void {
+    if (this.#ended) return;
+    this.close('idle timeout', '-ERR Disconnected for inactivity.\r\n');
+    this.conn.destroy();
+  }
+
+  async #finish(): Promise<void> {
+    if (!this.conn.closed) this.conn.end();
+    const state = this.#state;
+    let user: string | undefined;
+    if (state instanceof TransactionState) {
+      user = state.principal.username;
+      // Every way out releases the lock; only QUIT ever removed anything.
+      await state.maildrop.release().catch((e: unknown) => this.ctx.logger.error({ err: e, user }, 'releasing maildrop failed'));
+    }
+    this.ctx.logger.info(
+      {
+        event: 'logout',
+        user,
+        rip: this.conn.remoteAddress,
+        tls: this.conn.secure,
+        reason: this.#endReason,
+        ...this.stats,
+        ms: Date.now() - this.#started,
+      },
+      'session end',
+    );
+  }
+}

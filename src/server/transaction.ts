@@ -1,0 +1,196 @@
+import type { Principal } from '../auth/types.js';
+import { DotStuffer } from '../protocol/dot-stuff.js';
+import { Pop3Error } from '../protocol/codes.js';
+import type { Maildrop } from '../store/types.js';
+import type { Handler, Session } from './session.js';
+
+/** TRANSACTION state (RFC 1939 §5): the locked maildrop, fixed message numbers, deletion marks. */
+export class TransactionState {
+  readonly principal: Principal;
+  readonly maildrop: Maildrop;
+  readonly #deleted: Uint8Array;
+  #count: number;
+  #octets: number;
+
+  constructor(principal: Principal, maildrop: Maildrop) {
+    this.principal = principal;
+    this.maildrop = maildrop;
+    this.#deleted = new Uint8Array(maildrop.messages.length);
+    this.#count = maildrop.messages.length;
+    let octets = 0;
+    for (const m of maildrop.messages) octets += m.size;
+    this.#octets = octets;
+  }
+
+  get count(): number {
+    return this.#count;
+  }
+  get octets(): number {
+    return this.#octets;
+  }
+  isDeleted(i: number): boolean {
+    return this.#deleted[i] === 1;
+  }
+  markDeleted(i: number): void {
+    this.#deleted[i] = 1;
+    this.#count--;
+    this.#octets -= this.maildrop.messages[i]!.size;
+  }
+  reset(): void {
+    this.#deleted.fill(0);
+    this.#count = this.maildrop.messages.length;
+    this.#octets = 0;
+    for (const m of this.maildrop.messages) this.#octets += m.size;
+  }
+  deletedIndexes(): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < this.#deleted.length; i++) if (this.#deleted[i] === 1) out.push(i);
+    return out;
+  }
+}
+
+const DIGITS = /^[0-9]{1,10}$/;
+
+/** Parse a message-number argument: 0-based index of a live message, or throw the precise -ERR. */
+function messageIndex(st: TransactionState, arg: string | undefined): number {
+  if (arg === undefined || !DIGITS.test(arg)) throw new Pop3Error('Invalid message number.');
+  const n = Number(arg);
+  if (n < 1 || n > st.maildrop.messages.length) throw new Pop3Error(`There's no message ${n}.`);
+  if (st.isDeleted(n - 1)) throw new Pop3Error('Message is deleted.');
+  return n - 1;
+}
+
+/** Arguments separated by single spaces; trailing spaces tolerated. */
+function splitArgs(args: string): string[] {
+  const t = args.trimEnd();
+  return t === '' ? [] : t.split(' ');
+}
+
+function noArgs(args: string, name: string): void {
+  if (args.trim() !== '') throw new Pop3Error(`${name} takes no arguments.`);
+}
+
+async function stat(s: Session, st: TransactionState, args: string): Promise<void> {
+  noArgs(args, 'STAT');
+  s.ok(`${st.count} ${st.octets}`);
+}
+
+async function list(s: Session, st: TransactionState, args: string): Promise<void> {
+  const a = splitArgs(args);
+  if (a.length > 1) throw new Pop3Error('Noise after message number.');
+  const msgs = st.maildrop.messages;
+  if (a.length === 1) {
+    const i = messageIndex(st, a[0]);
+    return s.ok(`${i + 1} ${msgs[i]!.size}`);
+  }
+  await s.multiline(`${st.count} messages (${st.octets} octets)`, liveLines(st, (i) => `${i + 1} ${msgs[i]!.size}`));
+}
+
+async function uidl(s: Session, st: TransactionState, args: string): Promise<void> {
+  const a = splitArgs(args);
+  if (a.length > 1) throw new Pop3Error('Noise after message number.');
+  const msgs = st.maildrop.messages;
+  if (a.length === 1) {
+    const i = messageIndex(st, a[0]);
+    return s.ok(`${i + 1} ${msgs[i]!.uidl}`);
+  }
+  await s.multiline('Unique-ID listing follows', liveLines(st, (i) => `${i + 1} ${msgs[i]!.uidl}`));
+}
+
+function* liveLines(st: TransactionState, line: (i: number) => string): Generator<string> {
+  const n = st.maildrop.messages.length;
+  for (let i = 0; i < n; i++) if (!st.isDeleted(i)) yield line(i);
+}
+
+/** Stream a message through the dot-stuffing codec with output backpressure. */
+async function sendMessage(s: Session, st: TransactionState, index: number, bodyLines: number | undefined): Promise<number> {
+  const stream = await st.maildrop.read(index, s.conn.signal);
+  const stuffer = new DotStuffer(bodyLines === undefined ? {} : { bodyLines });
+  const size = st.maildrop.messages[index]!.size;
+  s.conn.write(bodyLines === undefined ? `+OK ${size} octets\r\n` : '+OK Top of message follows\r\n');
+  let sent = 0;
+  try {
+    for await (const chunk of stream) {
+      for (const piece of stuffer.push(chunk as Buffer)) {
+        s.conn.write(piece);
+        sent += piece.length;
+      }
+      if (stuffer.done) break;
+      if (s.conn.needsDrain && !(await s.conn.drain())) return sent;
+    }
+  } catch (e) {
+    // The +OK is out: a truncated body must never look complete, so no terminator; drop the client.
+    if (!s.conn.closed) s.ctx.logger.error({ err: e, user: st.principal.username, msg: index + 1 }, 'reading message failed');
+    s.close('message read failed');
+    s.conn.destroy();
+    return sent;
+  } finally {
+    stream.destroy();
+  }
+  for (const piece of stuffer.end()) {
+    s.conn.write(piece);
+    sent += piece.length;
+  }
+  return sent;
+}
+
+async function retr(s: Session, st: TransactionState, args: string): Promise<void> {
+  const a = splitArgs(args);
+  if (a.length > 1) throw new Pop3Error('Noise after message number.');
+  const i = messageIndex(st, a[0]);
+  const sent = await sendMessage(s, st, i, undefined);
+  s.stats.retr++;
+  s.stats.retrBytes += sent;
+}
+
+async function top(s: Session, st: TransactionState, args: string): Promise<void> {
+  const a = splitArgs(args);
+  if (a.length !== 2) throw new Pop3Error('TOP needs a message number and a line count.');
+  const i = messageIndex(st, a[0]);
+  if (!DIGITS.test(a[1]!)) throw new Pop3Error('Invalid number of lines.');
+  const sent = await sendMessage(s, st, i, Number(a[1]));
+  s.stats.top++;
+  s.stats.topBytes += sent;
+}
+
+async function dele(s: Session, st: TransactionState, args: string): Promise<void> {
+  const a = splitArgs(args);
+  if (a.length > 1) throw new Pop3Error('Noise after message number.');
+  const i = messageIndex(st, a[0]);
+  st.markDeleted(i);
+  s.stats.dele++;
+  s.ok('Marked to be deleted.');
+}
+
+async function noop(s: Session, _st: TransactionState, args: string): Promise<void> {
+  noArgs(args, 'NOOP');
+  s.ok();
+}
+
+async function rset(s: Session, st: TransactionState, args: string): Promise<void> {
+  noArgs(args, 'RSET');
+  st.reset();
+  s.stats.dele = 0;
+  s.ok(`${st.count} messages (${st.octets} octets)`);
+}
+
+async function capa(s: Session): Promise<void> {
+  await s.multiline('Capability list follows', s.capabilities());
+}
+
+async function quit(s: Session, st: TransactionState): Promise<void> {
+  await s.update(st);
+}
+
+export const TRANSACTION_COMMANDS: ReadonlyMap<string, Handler<TransactionState>> = new Map<string, Handler<TransactionState>>([
+  ['STAT', stat],
+  ['LIST', list],
+  ['UIDL', uidl],
+  ['RETR', retr],
+  ['TOP', top],
+  ['DELE', dele],
+  ['NOOP', noop],
+  ['RSET', rset],
+  ['CAPA', capa],
+  ['QUIT', quit],
+]);

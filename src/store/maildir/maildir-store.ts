@@ -1,0 +1,369 @@
+import { createReadStream, promises as fs, constants as C } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import type { Principal } from '../../auth/types.js';
+import { Pop3Error } from '../../protocol/codes.js';
+import { CrlfSizeCounter } from '../../protocol/message-size.js';
+import type { Logger } from '../../observability/log.js';
+import type { MailStore, Maildrop, MessageInfo } from '../types.js';
+import { acquireSessionLock, releaseSessionLock, UidlistLock } from './locks.js';
+import { baseName, compareMaildirNames, sizeFromName, uniqueName } from './names.js';
+import { extValue, formatUidlist, parseUidlist, setExt, type Uidlist, type UidlistRecord } from './uidlist.js';
+
+export interface MaildirStoreOptions {
+  /** Maildrop of user U is ROOT/U unless the user database names one. */
+  root: string;
+  logger: Logger;
+  /** fsync files and directories where durability needs it (default true). */
+  fsync?: boolean;
+  uidlistStaleSeconds?: number;
+}
+
+const SESSION_LOCK = 'poplar-pop3.lock';
+
+/** Dovecot's default pop3_uidl_format `%08Xu%08Xv`: UID then UIDVALIDITY, 8 lower-case hex digits each. */
+export function dovecotUidl(uid: number, uidValidity: number): string {
+  return uid.toString(16).padStart(8, '0') + uidValidity.toString(16).padStart(8, '0');
+}
+
+interface Entry {
+  uid: number;
+  basename: string;
+  filename: string;
+  size: number;
+  uidl: string;
+  order: number | undefined;
+}
+
+export class MaildirStore implements MailStore {
+  readonly #root: string;
+  readonly #log: Logger;
+  readonly #fsync: boolean;
+  readonly #stale: number;
+  /** Maildrops locked by this process (the lock file covers other processes). */
+  readonly #locked = new Set<string>();
+
+  constructor(opts: MaildirStoreOptions) {
+    this.#root = opts.root;
+    this.#log = opts.logger;
+    this.#fsync = opts.fsync ?? true;
+    this.#stale = opts.uidlistStaleSeconds ?? 120;
+  }
+
+  maildropPath(username: string, maildir?: string): string {
+    if (maildir !== undefined) return maildir;
+    if (username === '' || username === '.' || username === '..' || /[/\0]/.test(username)) {
+      throw new Pop3Error('Invalid user name for a maildrop', 'SYS/PERM');
+    }
+    return path.join(this.#root, username);
+  }
+
+  async open(user: Principal, signal?: AbortSignal): Promise<Maildrop> {
+    const dir = this.maildropPath(user.username, user.maildir);
+    if (this.#locked.has(dir)) throw new Pop3Error('Maildrop is locked by another session', 'IN-USE');
+    this.#locked.add(dir);
+    let lockFile: string | undefined;
+    try {
+      await ensureMaildir(dir);
+      lockFile = path.join(dir, SESSION_LOCK);
+      const got = await acquireSessionLock(lockFile, (f) => this.#locked.has(path.dirname(f)));
+      if (!got) {
+        lockFile = undefined;
+        throw new Pop3Error('Maildrop is locked by another session', 'IN-USE');
+      }
+      signal?.throwIfAborted();
+      const entries = await this.#scan(dir, signal);
+      return new MaildirMaildrop(this, dir, entries, lockFile);
+    } catch (e) {
+      if (lockFile !== undefined) await releaseSessionLock(lockFile).catch(() => undefined);
+      this.#locked.delete(dir);
+      throw e;
+    }
+  }
+
+  /** @internal */
+  async unlock(dir: string, lockFile: string): Promise<void> {
+    try {
+      await releaseSessionLock(lockFile);
+    } finally {
+      this.#locked.delete(dir);
+    }
+  }
+
+  get fsyncEnabled(): boolean {
+    return this.#fsync;
+  }
+
+  async #scan(dir: string, signal?: AbortSignal): Promise<Entry[]> {
+    const cur = path.join(dir, 'cur');
+    await moveNewToCur(dir);
+    const files = (await fs.readdir(cur)).filter((f) => f[0] !== '.');
+    const byBase = new Map<string, string>();
+    for (const f of files) byBase.set(baseName(f), f);
+
+    let uidlist = await readUidlist(dir);
+    let plan = planSync(uidlist, byBase);
+    if (plan.unassigned.length > 0 || plan.missingSize.length > 0 || uidlist === null) {
+      // Compute missing sizes before taking the lock: reading files can be slow.
+      const sizes = new Map<string, number>();
+      for (const r of plan.missingSize) {
+        signal?.throwIfAborted();
+        const size = await fileCrlfSize(path.join(cur, byBase.get(r.basename)!)).catch(() => undefined);
+        if (size !== undefined) sizes.set(r.basename, size);
+      }
+      const lock = await UidlistLock.acquire(dir, { staleSeconds: this.#stale, ...(signal ? { signal } : {}) });
+      try {
+        // Re-read under the lock: another server may have assigned UIDs meanwhile.
+        uidlist = (await readUidlist(dir)) ?? newUidlist();
+        plan = planSync(uidlist, byBase);
+        for (const r of plan.missingSize) {
+          const s = sizes.get(r.basename) ?? (await fileCrlfSize(path.join(cur, byBase.get(r.basename)!)).catch(() => undefined));
+          if (s !== undefined) setExt(r, 'W', String(s));
+        }
+        for (const basename of plan.unassigned) {
+          const filename = byBase.get(basename)!;
+          const rec: UidlistRecord = { uid: uidlist.nextUid++, ext: [], basename };
+          if (sizeFromName(filename) === undefined) {
+            const s = await fileCrlfSize(path.join(cur, filename)).catch(() => undefined);
+            if (s !== undefined) rec.ext.push(['W', String(s)]);
+          }
+          uidlist.records.push(rec);
+        }
+        // Records of files that no longer exist are dropped, as Dovecot does.
+        uidlist.records = uidlist.records.filter((r) => byBase.has(r.basename));
+        await lock.replace(formatUidlist(uidlist), this.#fsync);
+      } catch (e) {
+        await lock.release();
+        throw e;
+      }
+      plan = planSync(uidlist, byBase);
+    }
+    return buildEntries(uidlist!, byBase, plan.known);
+  }
+
+  async deliver(user: string, message: Readable | Buffer, signal?: AbortSignal): Promise<void> {
+    const dir = this.maildropPath(user);
+    await ensureMaildir(dir);
+    const base = uniqueName();
+    const tmp = path.join(dir, 'tmp', base);
+    const fh = await fs.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600);
+    const counter = new CrlfSizeCounter();
+    let physical = 0;
+    try {
+      const source = Buffer.isBuffer(message) ? [message] : message;
+      for await (const chunk of source as AsyncIterable<Buffer>) {
+        signal?.throwIfAborted();
+        counter.push(chunk);
+        physical += chunk.length;
+        await fh.write(chunk);
+      }
+      if (this.#fsync) await fh.sync();
+      await fh.close();
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      await fs.unlink(tmp).catch(() => undefined);
+      throw e;
+    }
+    const final = path.join(dir, 'new', `${base},S=${physical},W=${counter.size}`);
+    try {
+      await fs.link(tmp, final);
+    } finally {
+      await fs.unlink(tmp).catch(() => undefined);
+    }
+    if (this.#fsync) await fsyncDir(path.join(dir, 'new'));
+  }
+}
+
+interface SyncPlan {
+  known: Map<string, UidlistRecord>;
+  unassigned: string[];
+  missingSize: UidlistRecord[];
+}
+
+function planSync(u: Uidlist | null, byBase: Map<string, string>): SyncPlan {
+  const known = new Map<string, UidlistRecord>();
+  const missingSize: UidlistRecord[] = [];
+  if (u !== null) {
+    for (const r of u.records) {
+      const f = byBase.get(r.basename);
+      if (f === undefined) continue;
+      known.set(r.basename, r);
+      if (sizeFromName(f) === undefined && extValue(r, 'W') === undefined) missingSize.push(r);
+    }
+  }
+  const unassigned: string[] = [];
+  for (const b of byBase.keys()) if (!known.has(b)) unassigned.push(b);
+  unassigned.sort(compareMaildirNames);
+  return { known, unassigned, missingSize };
+}
+
+function buildEntries(u: Uidlist, byBase: Map<string, string>, known: Map<string, UidlistRecord>): Entry[] {
+  const entries: Entry[] = [];
+  for (const r of known.values()) {
+    const filename = byBase.get(r.basename)!;
+    const w = sizeFromName(filename) ?? Number(extValue(r, 'W'));
+    if (!Number.isFinite(w)) continue; // unreadable file: not offered rather than mis-sized
+    const p = extValue(r, 'P');
+    const o = extValue(r, 'O');
+    entries.push({
+      uid: r.uid,
+      basename: r.basename,
+      filename,
+      size: w,
+      uidl: p !== undefined && p !== '' ? p : dovecotUidl(r.uid, u.uidValidity),
+      order: o !== undefined ? Number(o) : undefined,
+    });
+  }
+  // POP3 order: a saved O order first (kept from a migration), then by UID.
+  entries.sort((a, b) => {
+    if (a.order !== undefined || b.order !== undefined) {
+      if (a.order === undefined) return 1;
+      if (b.order === undefined) return -1;
+      if (a.order !== b.order) return a.order - b.order;
+    }
+    return a.uid - b.uid;
+  });
+  return entries;
+}
+
+function newUidlist(): Uidlist {
+  return {
+    uidValidity: Math.floor(Date.now() / 1000),
+    nextUid: 1,
+    headerExtra: [`G${randomBytes(16).toString('hex')}`],
+    records: [],
+  };
+}
+
+async function readUidlist(dir: string): Promise<Uidlist | null> {
+  let text: string;
+  try {
+    text = await fs.readFile(path.join(dir, 'dovecot-uidlist'), 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+  return parseUidlist(text);
+}
+
+async function ensureMaildir(dir: string): Promise<void> {
+  try {
+    await fs.access(path.join(dir, 'tmp'));
+    return;
+  } catch {
+    // fall through: create what is missing
+  }
+  for (const sub of ['cur', 'new', 'tmp']) await fs.mkdir(path.join(dir, sub), { recursive: true, mode: 0o700 });
+}
+
+/** Messages in new/ become cur/ at login, as every Maildir reader does. */
+async function moveNewToCur(dir: string): Promise<void> {
+  const newDir = path.join(dir, 'new');
+  const curDir = path.join(dir, 'cur');
+  const names = await fs.readdir(newDir);
+  for (const n of names) {
+    if (n[0] === '.') continue;
+    const target = n.includes(':') ? n : `${n}:2,`;
+    try {
+      await fs.rename(path.join(newDir, n), path.join(curDir, target));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; // moved by another reader
+    }
+  }
+}
+
+export async function fileCrlfSize(file: string): Promise<number> {
+  const counter = new CrlfSizeCounter();
+  for await (const chunk of createReadStream(file, { highWaterMark: 256 * 1024 })) counter.push(chunk as Buffer);
+  return counter.size;
+}
+
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+class MaildirMaildrop implements Maildrop {
+  readonly messages: readonly MessageInfo[];
+  readonly #store: MaildirStore;
+  readonly #dir: string;
+  readonly #entries: Entry[];
+  readonly #lockFile: string;
+  #released = false;
+
+  constructor(store: MaildirStore, dir: string, entries: Entry[], lockFile: string) {
+    this.#store = store;
+    this.#dir = dir;
+    this.#entries = entries;
+    this.#lockFile = lockFile;
+    this.messages = entries.map((e) => ({ uidl: e.uidl, size: e.size }));
+  }
+
+  /** Another process may have renamed the file (flags changed); find it again by its base name. */
+  async #relocate(e: Entry): Promise<boolean> {
+    const files = await fs.readdir(path.join(this.#dir, 'cur'));
+    for (const f of files) {
+      if (baseName(f) === e.basename) {
+        e.filename = f;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  async read(index: number, signal?: AbortSignal): Promise<Readable> {
+    const e = this.#entries[index];
+    if (e === undefined) throw new RangeError(`no message ${index}`);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const fh = await fs.open(path.join(this.#dir, 'cur', e.filename), 'r');
+        return fh.createReadStream({ highWaterMark: 256 * 1024, ...(signal ? { signal } : {}) });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 0) break;
+        if (!(await this.#relocate(e))) break;
+      }
+    }
+    throw new Pop3Error('Message was removed by another process');
+  }
+
+  async commit(deleted: readonly number[]): Promise<void> {
+    if (deleted.length === 0) return;
+    const cur = path.join(this.#dir, 'cur');
+    let failed = 0;
+    for (const i of deleted) {
+      const e = this.#entries[i];
+      if (e === undefined) continue;
+      try {
+        await fs.unlink(path.join(cur, e.filename));
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT') {
+          if (await this.#relocate(e).catch(() => false)) {
+            try {
+              await fs.unlink(path.join(cur, e.filename));
+              continue;
+            } catch {
+              // counted below
+            }
+          } else {
+            continue; // already gone: removed by another process, nothing left to remove
+          }
+        }
+        failed++;
+      }
+    }
+    if (this.#store.fsyncEnabled) await fsyncDir(cur);
+    if (failed > 0) throw new Pop3Error(`${failed} of ${deleted.length} messages could not be deleted`, 'SYS/TEMP');
+  }
+
+  async release(): Promise<void> {
+    if (this.#released) return;
+    this.#released = true;
+    await this.#store.unlock(this.#dir, this.#lockFile);
+  }
+}

@@ -1,0 +1,99 @@
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { PasswdFileAuthenticator } from '../../src/auth/passwd-file/authenticator.js';
+import { ConfigSchema } from '../../src/config/schema.js';
+import { ensureSelfSignedCertificate, readTlsFiles } from '../../src/config/tls-material.js';
+import { silentLogger, type Logger } from '../../src/observability/log.js';
+import type { ServerSettings } from '../../src/server/context.js';
+import { Pop3Server } from '../../src/server/server.js';
+import { MaildirStore } from '../../src/store/maildir/maildir-store.js';
+
+export interface TestUser {
+  name: string;
+  password: string;
+}
+
+export interface TestServer {
+  dir: string;
+  maildirRoot: string;
+  usersFile: string;
+  certFile: string;
+  cert: Buffer;
+  port: number;
+  tlsPort: number;
+  server: Pop3Server;
+  store: MaildirStore;
+  /** Put a message into new/ of a user's maildrop, as an MTA would. */
+  deliver(user: string, raw: Buffer | string): Promise<void>;
+  stop(): Promise<void>;
+}
+
+let certCache: { dir: string } | undefined;
+
+/** A shared self-signed certificate for all tests of one process (generation is slow-ish). */
+export async function testCertificate(): Promise<{ certFile: string; keyFile: string }> {
+  if (!certCache) {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-cert-'));
+    await ensureSelfSignedCertificate(path.join(dir, 'cert.pem'), path.join(dir, 'key.pem'));
+    certCache = { dir };
+  }
+  return { certFile: path.join(certCache.dir, 'cert.pem'), keyFile: path.join(certCache.dir, 'key.pem') };
+}
+
+export function testSettings(overrides: Partial<ServerSettings> = {}): ServerSettings {
+  const base = ConfigSchema.parse({}).server;
+  return { ...base, auth_failure_delay: 0.05, ...overrides };
+}
+
+/** An in-process Poplar on 127.0.0.1 port 0 (plain+STLS) and port 0 (implicit TLS), over a temp Maildir root. */
+export async function startTestServer(
+  opts: { users?: TestUser[]; settings?: Partial<ServerSettings>; logger?: Logger; dir?: string } = {},
+): Promise<TestServer> {
+  const dir = opts.dir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-test-')));
+  const maildirRoot = path.join(dir, 'mail');
+  await fs.mkdir(maildirRoot, { recursive: true });
+  const usersFile = path.join(dir, 'users');
+  const users = opts.users ?? [{ name: 'alice', password: 'secret' }];
+  await fs.writeFile(usersFile, users.map((u) => `${u.name}:{PLAIN}${u.password}::::::\n`).join(''), { mode: 0o600 });
+  const { certFile, keyFile } = await testCertificate();
+  const material = await readTlsFiles(certFile, keyFile);
+  const logger = opts.logger ?? silentLogger();
+  const store = new MaildirStore({ root: maildirRoot, logger, fsync: false });
+  const server = new Pop3Server({
+    settings: testSettings(opts.settings),
+    authenticator: new PasswdFileAuthenticator(usersFile, { checkIntervalMs: 0 }),
+    store,
+    logger,
+    tls: material,
+  });
+  const bound = await server.listen([
+    { host: '127.0.0.1', port: 0, tls: false },
+    { host: '127.0.0.1', port: 0, tls: true },
+  ]);
+  return {
+    dir,
+    maildirRoot,
+    usersFile,
+    certFile,
+    cert: material.cert,
+    port: bound[0]!.port,
+    tlsPort: bound[1]!.port,
+    server,
+    store,
+    deliver: (user, raw) => store.deliver(user, Buffer.isBuffer(raw) ? raw : Buffer.from(raw)),
+    stop: async () => {
+      await server.close(0);
+      if (!opts.dir) await fs.rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Write a message file straight into new/ under a chosen name (no ,W= unless given). */
+export async function putMessage(maildirRoot: string, user: string, name: string, raw: Buffer | string): Promise<string> {
+  const d = path.join(maildirRoot, user);
+  for (const sub of ['cur', 'new', 'tmp']) await fs.mkdir(path.join(d, sub), { recursive: true });
+  const file = path.join(d, 'new', name);
+  await fs.writeFile(file, raw);
+  return file;
+}
