@@ -158,7 +158,7 @@ function runCli(args: string[], stdin: string): Promise<{ code: number | null; s
     `await program.parseAsync(process.argv.slice(1), { from: 'user' });`,
   ].join('\n');
   return new Promise((resolveRun, reject) => {
-    const child = spawn(join(ROOT, 'node_modules/.bin/tsx'), ['-e', script, ...args], { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(join(ROOT, 'node_modules/.bin/tsx'), ['--input-type=module', '-e', script, ...args], { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));

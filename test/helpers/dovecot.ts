@@ -261,8 +261,7 @@ function buildConfig(o: {
       'auth_cache_negative_ttl = 1 hour',
       'default_process_limit = 1024',
       'default_client_limit = 5000',
-      'mail_fsync = never',
-      'maildir_very_dirty_syncs = no',
+      // mail_fsync etc. stay at their defaults so durability matches normal mode.
     );
   }
   lines.push('', o.extraConf, '');

@@ -10,7 +10,6 @@ export interface PasswdFileAuthenticatorOptions extends PasswdFileOptions {
   readonly dummy?: (password: string) => Promise<void>;
 }
 
-// eslint-disable-next-line no-control-regex
 const FORBIDDEN = /[\r\n\0]/;
 
 /**

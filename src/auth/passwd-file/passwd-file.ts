@@ -54,7 +54,6 @@ export class PasswdFileError extends Error {
 // ---------------------------------------------------------------------------
 // pure parsing / formatting
 
-// eslint-disable-next-line no-control-regex
 const CONTROL_RE = /[\u0000-\u001f\u007f]/;
 
 /** Why `name` is not acceptable as a user name, or undefined when it is. Names are case-sensitive. */
