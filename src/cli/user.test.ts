@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -99,14 +100,15 @@ describe('readPasswordLine', () => {
 });
 
 describe('commander wiring (in process)', () => {
-  function program(defaultFile?: string): { program: Command; out: string[]; err: string[] } {
+  function program(defaultFile?: string): { program: Command; out: string[]; err: string[]; codes: number[] } {
     const out: string[] = [];
     const err: string[] = [];
+    const codes: number[] = [];
     const p = new Command();
     p.exitOverride();
     p.configureOutput({ writeOut: (s) => out.push(s), writeErr: (s) => err.push(s) });
-    registerUserCommands(p, defaultFile);
-    return { program: p, out, err };
+    registerUserCommands(p, { ...(defaultFile !== undefined ? { defaultUsersFile: defaultFile } : {}), exit: (c) => codes.push(c) });
+    return { program: p, out, err, codes };
   }
 
   it('lists users and reports errors as one line with the right exit code', async () => {
@@ -116,10 +118,11 @@ describe('commander wiring (in process)', () => {
     await a.program.parseAsync(['user', 'list', '--users', file], { from: 'user' });
     expect(a.out.join('')).toBe('alice\nbob\n');
 
+    expect(a.codes).toEqual([]);
+
     const b = program();
-    const e = await b.program.parseAsync(['user', 'del', 'nobody', '--users', file], { from: 'user' }).catch((x: unknown) => x);
-    expect(e).toBeInstanceOf(CommanderError);
-    expect((e as CommanderError).exitCode).toBe(EX_NOUSER);
+    await b.program.parseAsync(['user', 'del', 'nobody', '--users', file], { from: 'user' });
+    expect(b.codes).toEqual([EX_NOUSER]);
     expect(b.err).toEqual(['poplar user del: no such user: nobody\n']);
 
     const c = program();
@@ -127,8 +130,13 @@ describe('commander wiring (in process)', () => {
     expect(await userList(file)).toEqual(['alice']);
 
     const d = program();
-    const e2 = await d.program.parseAsync(['user', 'passwd', 'nobody', '--users', file, '--password-stdin'], { from: 'user' }).catch((x: unknown) => x);
-    expect((e2 as CommanderError).exitCode).toBe(EX_NOUSER);
+    await d.program.parseAsync(['user', 'passwd', 'nobody', '--users', file, '--password-stdin'], { from: 'user' });
+    expect(d.codes).toEqual([EX_NOUSER]);
+
+    const f = program();
+    await f.program.parseAsync(['user', 'del', 'a b', '--users', file], { from: 'user' });
+    expect(f.codes).toEqual([EX_DATAERR]);
+    expect(f.err).toHaveLength(1);
   });
 
   it('requires --users unless a default is given', async () => {
@@ -149,16 +157,13 @@ describe('commander wiring (in process)', () => {
   });
 });
 
-function runCli(args: string[], stdin: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const script = [
-    `import { Command } from 'commander';`,
-    `import { registerUserCommands } from ${JSON.stringify(pathToFileURL(join(ROOT, 'src/cli/user.ts')).href)};`,
-    `const program = new Command('poplar');`,
-    `registerUserCommands(program);`,
-    `await program.parseAsync(process.argv.slice(1), { from: 'user' });`,
-  ].join('\n');
+function runMain(args: string[], stdin: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return spawnCollect(join(ROOT, 'node_modules/.bin/tsx'), [join(ROOT, 'src/cli/main.ts'), ...args], stdin);
+}
+
+function spawnCollect(cmd: string, argv: string[], stdin: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolveRun, reject) => {
-    const child = spawn(join(ROOT, 'node_modules/.bin/tsx'), ['--input-type=module', '-e', script, ...args], { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(cmd, argv, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -167,6 +172,17 @@ function runCli(args: string[], stdin: string): Promise<{ code: number | null; s
     child.on('close', (code) => resolveRun({ code, stdout, stderr }));
     child.stdin.end(stdin);
   });
+}
+
+function runCli(args: string[], stdin: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const script = [
+    `import { Command } from 'commander';`,
+    `import { registerUserCommands } from ${JSON.stringify(pathToFileURL(join(ROOT, 'src/cli/user.ts')).href)};`,
+    `const program = new Command('poplar');`,
+    `registerUserCommands(program);`,
+    `await program.parseAsync(process.argv.slice(1), { from: 'user' });`,
+  ].join('\n');
+  return spawnCollect(join(ROOT, 'node_modules/.bin/tsx'), ['--input-type=module', '-e', script, ...args], stdin);
 }
 
 describe('end to end through tsx', () => {
@@ -193,6 +209,14 @@ describe('end to end through tsx', () => {
     expect(await readFile(file, 'utf8')).toBe('');
     const again = await runCli(['user', 'del', 'alice', '--users', file], '');
     expect(again.code).toBe(EX_NOUSER);
+  });
+
+  it.skipIf(!existsSync(join(ROOT, 'src/cli/main.ts')))('keeps the sysexits codes when run through src/cli/main.ts', async () => {
+    const add = await runMain(['user', 'add', 'zoe', '--users', file, '--password-stdin', '--scheme', 'PLAIN'], 'x\n');
+    expect(add).toMatchObject({ code: 0, stderr: '' });
+    const del = await runMain(['user', 'del', 'nobody', '--users', file], '');
+    expect(del.code).toBe(EX_NOUSER);
+    expect(del.stderr).toBe('poplar user del: no such user: nobody\n');
   });
 
   it('refuses to prompt without a terminal', async () => {

@@ -10,17 +10,14 @@ import { Writable } from 'node:stream';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { HASH_SCHEMES, hashPassword } from '../auth/schemes.js';
 import type { HashScheme } from '../auth/schemes.js';
+import { EX_CANTCREAT, EX_DATAERR, EX_NOUSER, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE } from './exit-codes.js';
 import { PasswdFileError, addUser, listUsers, removeUser, setPassword, usernameProblem } from '../auth/passwd-file/passwd-file.js';
 
 export const DEFAULT_USERS_FILE = 'poplar-data/users';
 
-export const EX_USAGE = 64;
-export const EX_DATAERR = 65;
+export { EX_CANTCREAT, EX_DATAERR, EX_NOUSER, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE };
+/** sysexits.h EX_NOINPUT (not in ./exit-codes.js) */
 export const EX_NOINPUT = 66;
-export const EX_NOUSER = 67;
-export const EX_SOFTWARE = 70;
-export const EX_CANTCREAT = 73;
-export const EX_TEMPFAIL = 75;
 
 /** An error with the exit code the CLI should use. */
 export class UserCommandError extends Error {
@@ -174,22 +171,43 @@ function parseScheme(value: string): HashScheme {
   return found;
 }
 
-async function run(cmd: Command, fn: () => Promise<void>): Promise<void> {
+/** Errors are reported here, not through cmd.error(): a CommanderError's exit code may be remapped by the caller. */
+async function run(cmd: Command, exit: (code: number) => void, fn: () => Promise<void>): Promise<void> {
   try {
     await fn();
   } catch (e) {
     const err = toCommandError(e);
-    cmd.error(`poplar user ${cmd.name()}: ${err.message}`, { exitCode: err.exitCode, code: 'poplar.user' });
+    const writeErr = cmd.configureOutput().writeErr ?? ((s: string) => process.stderr.write(s));
+    writeErr(`poplar user ${cmd.name()}: ${err.message.replace(/[\r\n]+/g, ' ')}\n`);
+    exit(err.exitCode);
   }
 }
 
+export interface RegisterUserCommandsOptions {
+  /** Makes --users optional with this default (e.g. DEFAULT_USERS_FILE). */
+  readonly defaultUsersFile?: string;
+  /** Called with the exit code after an error was printed. Default: sets process.exitCode. */
+  readonly exit?: (code: number) => void;
+}
+
 /**
- * Adds `user add|passwd|del|list`. `--users FILE` is required unless
- * `defaultUsersFile` is given (e.g. DEFAULT_USERS_FILE).
- * `list` writes through the command's configured writeOut, so
- * program.configureOutput() (before this call) captures it.
+ * Adds `user add|passwd|del|list`. `--users FILE` is required unless a
+ * default users file is given (a string second argument is shorthand for
+ * { defaultUsersFile }).
+ *
+ * Failures print one line through the command's writeErr and call
+ * options.exit(code) (default: set process.exitCode), then the action
+ * returns normally. `list` writes through writeOut, so
+ * program.configureOutput() before this call captures both.
  */
-export function registerUserCommands(program: Command, defaultUsersFile?: string): void {
+export function registerUserCommands(program: Command, options: string | RegisterUserCommandsOptions = {}): void {
+  const opts0: RegisterUserCommandsOptions = typeof options === 'string' ? { defaultUsersFile: options } : options;
+  const defaultUsersFile = opts0.defaultUsersFile;
+  const exit =
+    opts0.exit ??
+    ((code: number): void => {
+      process.exitCode = code;
+    });
   const usersOption = (): Option => {
     const o = new Option('--users <file>', 'passwd-file with the users');
     return defaultUsersFile !== undefined ? o.default(defaultUsersFile) : o.makeOptionMandatory();
@@ -208,7 +226,7 @@ export function registerUserCommands(program: Command, defaultUsersFile?: string
     .addOption(stdinOption())
     .addOption(schemeOption())
     .action(async (name: string, opts: PasswordOpts, cmd: Command) =>
-      run(cmd, async () => {
+      run(cmd, exit, async () => {
         checkName(name);
         await userAdd(opts.users, name, await obtainPassword(opts.passwordStdin === true), opts.scheme);
       }),
@@ -222,7 +240,7 @@ export function registerUserCommands(program: Command, defaultUsersFile?: string
     .addOption(stdinOption())
     .addOption(schemeOption())
     .action(async (name: string, opts: PasswordOpts, cmd: Command) =>
-      run(cmd, async () => {
+      run(cmd, exit, async () => {
         checkName(name);
         // fail before prompting when the user does not exist (setPassword checks again under the lock)
         const known = await listUsers(opts.users).catch(() => [] as string[]);
@@ -236,14 +254,14 @@ export function registerUserCommands(program: Command, defaultUsersFile?: string
     .description('delete a user')
     .argument('<name>', 'user name')
     .addOption(usersOption())
-    .action(async (name: string, opts: UserOpts, cmd: Command) => run(cmd, () => userDel(opts.users, name)));
+    .action(async (name: string, opts: UserOpts, cmd: Command) => run(cmd, exit, () => userDel(opts.users, name)));
 
   user
     .command('list')
     .description('print one user name per line')
     .addOption(usersOption())
     .action(async (opts: UserOpts, cmd: Command) =>
-      run(cmd, async () => {
+      run(cmd, exit, async () => {
         const names = await userList(opts.users);
         const write = cmd.configureOutput().writeOut ?? ((s: string) => process.stdout.write(s));
         if (names.length > 0) write(names.map((n) => `${n}\n`).join(''));

@@ -228,10 +228,13 @@ export class Session {
     try {
       await state.maildrop.commit(deleted);
       this.stats.expunged = deleted.length;
+      // Unlock before answering: a client that reconnects at once must not find the maildrop [IN-USE].
+      await state.maildrop.release();
       this.close('QUIT', `+OK Logging out, ${deleted.length} message${deleted.length === 1 ? '' : 's'} deleted.\r\n`);
     } catch (e) {
       this.ctx.logger.error({ err: e, user: state.principal.username }, 'UPDATE failed');
       const msg = e instanceof Pop3Error ? e.message : 'Removing deleted messages failed';
+      await state.maildrop.release().catch(() => undefined);
       this.close('QUIT (update failed)', `-ERR [SYS/TEMP] ${msg}; logging out.\r\n`);
     }
   }

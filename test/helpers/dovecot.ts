@@ -147,12 +147,16 @@ export async function chownForDovecot(p: string): Promise<void> {
   await walk(p);
 }
 
-/** Makes every ancestor of `p` searchable by others, so an unprivileged uid can reach it. */
+/**
+ * Makes every ancestor of `p` searchable (g+x, o+x) so the unprivileged mail uid can
+ * reach it. o+x alone was observed not to be enough for a 0700 mkdtemp dir owned by
+ * 0:0 (the mail process apparently still matches group 0), so g+x is added too.
+ */
 async function makeAncestorsSearchable(p: string): Promise<void> {
   let cur = path.dirname(p);
   for (;;) {
     const st = await stat(cur);
-    if ((st.mode & 0o001) === 0) await chmod(cur, (st.mode & 0o7777) | 0o001);
+    if ((st.mode & 0o011) !== 0o011) await chmod(cur, (st.mode & 0o7777) | 0o011);
     const parent = path.dirname(cur);
     if (parent === cur) break;
     cur = parent;
