@@ -73,7 +73,8 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     out('Retrieve its welcome message with:');
     if (plain) out(`  curl --user 'demo:${demo.password}' pop3://${hostFor(plain.host)}:${plain.port}/1`);
     if (secure) out(`  curl --cacert ${path.relative(process.cwd(), config.tlsCertFile) || config.tlsCertFile} --user 'demo:${demo.password}' pop3s://localhost:${secure.port}/1`);
-    out(`Manage users with: npx poplar user add NAME --users ${path.relative(process.cwd(), config.usersFile) || config.usersFile}`);
+    const self = process.argv[1] ? `node ${path.relative(process.cwd(), process.argv[1]) || process.argv[1]}` : 'poplar';
+    out(`Add users with: ${self} user add NAME --users ${path.relative(process.cwd(), config.usersFile) || config.usersFile}`);
     out('');
   }
 

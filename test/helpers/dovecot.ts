@@ -351,14 +351,19 @@ export async function startDovecot(opts: StartDovecotOptions): Promise<DovecotHa
 
   const stop = async (): Promise<void> => {
     if (!exited) {
+      // A SIGTERM that arrives while the master is still spawning its initial
+      // processes can be lost, so repeat it; SIGKILL as a last resort.
       child.kill('SIGTERM');
-      const t = setTimeout(() => {
-        if (!exited) child.kill('SIGKILL');
-      }, 5000);
+      const started = Date.now();
+      const t = setInterval(() => {
+        if (exited) return;
+        child.kill(Date.now() - started > 8000 ? 'SIGKILL' : 'SIGTERM');
+      }, 500);
       await exitPromise;
-      clearTimeout(t);
+      clearInterval(t);
     }
-    await rm(dir, { recursive: true, force: true });
+    // Set POPLAR_KEEP_DOVECOT_DIR=1 to keep config and dovecot.log for debugging.
+    if (process.env['POPLAR_KEEP_DOVECOT_DIR'] === undefined) await rm(dir, { recursive: true, force: true });
   };
 
   const deadline = Date.now() + 15_000;
