@@ -12,7 +12,7 @@
  *   - pop3-login runs as `dovenull` (installed by the package) or `nobody`;
  *   - pop3 (mail) processes run as `nobody` (mail_uid/mail_gid, numeric).
  * startDovecot() therefore chowns `maildirRoot` recursively to that uid/gid and
- * adds the search (o+x) bit to its ancestor directories. Files a test drops
+ * adds the search bits (g+x, o+x) to its ancestor directories. Files a test drops
  * into an existing maildir later only need to be world-readable (the default
  * 0644 is fine: renames/unlinks need write access to the directory, which
  * Dovecot owns). A maildir created after start must be passed through
@@ -199,6 +199,9 @@ function buildConfig(o: {
     `debug_log_path = ${q(path.join(o.dir, 'dovecot.log'))}`,
     'protocols = pop3',
     'listen = 127.0.0.1',
+    '# No stats service connections needed; a process still doing the stats',
+    '# handshake when the instance stops would otherwise wait 5 s for it.',
+    'stats_writer_socket_path =',
     '',
     '# Internal processes run as root; pop3-login and mail access may not.',
     'default_internal_user = root',
@@ -327,9 +330,21 @@ export async function startDovecot(opts: StartDovecotOptions): Promise<DovecotHa
     }),
   );
 
+  // detached: the master leads its own process group, so stop() can clean up
+  // stragglers with a group kill that touches only this instance.
   const child: ChildProcess = spawn(DOVECOT_BIN, ['-F', '-c', confPath], {
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
   });
+  const pgid = child.pid;
+  const killGroup = (sig: NodeJS.Signals): void => {
+    if (pgid === undefined) return;
+    try {
+      process.kill(-pgid, sig);
+    } catch {
+      // group already gone
+    }
+  };
   let output = '';
   child.stdout?.on('data', (d: Buffer) => (output += d.toString()));
   child.stderr?.on('data', (d: Buffer) => (output += d.toString()));
@@ -351,17 +366,14 @@ export async function startDovecot(opts: StartDovecotOptions): Promise<DovecotHa
 
   const stop = async (): Promise<void> => {
     if (!exited) {
-      // A SIGTERM that arrives while the master is still spawning its initial
-      // processes can be lost, so repeat it; SIGKILL as a last resort.
+      // The master normally exits ~1 s after SIGTERM. A child that is still
+      // starting up can keep it waiting ~5 s, so after 2 s kill the group.
       child.kill('SIGTERM');
-      const started = Date.now();
-      const t = setInterval(() => {
-        if (exited) return;
-        child.kill(Date.now() - started > 8000 ? 'SIGKILL' : 'SIGTERM');
-      }, 500);
+      const t = setTimeout(() => killGroup('SIGKILL'), 2000);
       await exitPromise;
-      clearInterval(t);
+      clearTimeout(t);
     }
+    killGroup('SIGKILL');
     // Set POPLAR_KEEP_DOVECOT_DIR=1 to keep config and dovecot.log for debugging.
     if (process.env['POPLAR_KEEP_DOVECOT_DIR'] === undefined) await rm(dir, { recursive: true, force: true });
   };
@@ -370,6 +382,7 @@ export async function startDovecot(opts: StartDovecotOptions): Promise<DovecotHa
   let lastErr: unknown = null;
   for (;;) {
     if (exited) {
+      killGroup('SIGKILL');
       const log = await readLog();
       await rm(dir, { recursive: true, force: true });
       throw new Error(`dovecot exited during startup:\n${output}\n${log}`);

@@ -10,7 +10,7 @@ const TERMINATOR = Buffer.from('\r\n.\r\n');
  */
 export class Wire {
   #sock: net.Socket;
-  #buf = Buffer.alloc(0);
+  #buf: Buffer = Buffer.alloc(0);
   #waiters: (() => void)[] = [];
   #ended = false;
 

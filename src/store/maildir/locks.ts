@@ -80,42 +80,43 @@ export async function releaseSessionLock(file: string): Promise<void> {
 
 /**
  * Dovecot's dotlock on dovecot-uidlist: `dovecot-uidlist.lock` created
- * exclusively; the new uidlist is written into the lock file itself and renamed
- * over the original, which publishes the change and releases the lock in one
- * step. A lock older than `staleSeconds` belongs to a dead writer.
+ * exclusively holding "pid:host". A new list is written to
+ * `dovecot-uidlist.tmp`, made durable and renamed over the original while the
+ * lock is held; then the lock file is removed. A lock whose owner on this host
+ * is dead, or older than `staleSeconds`, belongs to nobody.
  */
 export class UidlistLock {
+  readonly #dir: string;
   readonly #lockPath: string;
-  readonly #targetPath: string;
-  #fh: fs.FileHandle | null;
+  #held = true;
 
-  private constructor(lockPath: string, targetPath: string, fh: fs.FileHandle) {
+  private constructor(dir: string, lockPath: string) {
+    this.#dir = dir;
     this.#lockPath = lockPath;
-    this.#targetPath = targetPath;
-    this.#fh = fh;
   }
 
   static async acquire(dir: string, opts: { staleSeconds: number; waitMs?: number; signal?: AbortSignal }): Promise<UidlistLock> {
-    const target = path.join(dir, 'dovecot-uidlist');
-    const lockPath = `${target}.lock`;
+    const lockPath = path.join(dir, 'dovecot-uidlist.lock');
     const deadline = Date.now() + (opts.waitMs ?? 15_000);
     let delay = 5;
     for (;;) {
       opts.signal?.throwIfAborted();
       try {
-        const fh = await fs.open(lockPath, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600);
-        return new UidlistLock(lockPath, target, fh);
+        const fh = await fs.open(lockPath, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o644);
+        try {
+          await fh.writeFile(`${process.pid}:${HOST}`);
+        } finally {
+          await fh.close();
+        }
+        return new UidlistLock(dir, lockPath);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       }
-      try {
-        const st = await fs.stat(lockPath);
-        if (Date.now() - st.mtimeMs > opts.staleSeconds * 1000) {
-          await fs.unlink(lockPath).catch(() => undefined);
-          continue;
-        }
-      } catch {
-        continue; // vanished between open and stat: try again now
+      const state = await dotlockState(lockPath, opts.staleSeconds);
+      if (state === 'gone') continue;
+      if (state === 'stale') {
+        await fs.unlink(lockPath).catch(() => undefined);
+        continue;
       }
       if (Date.now() > deadline) throw new Error(`timed out waiting for ${lockPath}`);
       await sleep(delay);
@@ -123,28 +124,38 @@ export class UidlistLock {
     }
   }
 
-  /** Write the new content, make it durable and rename it into place (releases the lock). */
+  /** Replace dovecot-uidlist atomically, then release the lock. */
   async replace(content: string, fsync: boolean): Promise<void> {
-    const fh = this.#fh!;
-    this.#fh = null;
+    const tmp = path.join(this.#dir, 'dovecot-uidlist.tmp');
     try {
-      await fh.writeFile(content);
-      if (fsync) await fh.sync();
-    } catch (e) {
-      await fh.close().catch(() => undefined);
-      await fs.unlink(this.#lockPath).catch(() => undefined);
-      throw e;
+      const fh = await fs.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC, 0o600);
+      try {
+        await fh.writeFile(content);
+        if (fsync) await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await fs.rename(tmp, path.join(this.#dir, 'dovecot-uidlist'));
+    } finally {
+      await this.release();
     }
-    await fh.close();
-    await fs.rename(this.#lockPath, this.#targetPath);
   }
 
-  /** Give up without changing dovecot-uidlist. */
   async release(): Promise<void> {
-    const fh = this.#fh;
-    if (fh === null) return;
-    this.#fh = null;
-    await fh.close().catch(() => undefined);
+    if (!this.#held) return;
+    this.#held = false;
     await fs.unlink(this.#lockPath).catch(() => undefined);
+  }
+}
+
+async function dotlockState(lockPath: string, staleSeconds: number): Promise<'held' | 'stale' | 'gone'> {
+  try {
+    const [st, content] = await Promise.all([fs.stat(lockPath), fs.readFile(lockPath, 'latin1')]);
+    const [pidText, host] = content.split(':');
+    const pid = Number(pidText);
+    if (host === HOST && Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid)) return 'stale';
+    return Date.now() - st.mtimeMs > staleSeconds * 1000 ? 'stale' : 'held';
+  } catch {
+    return 'gone'; // released between our open and stat: try again at once
   }
 }

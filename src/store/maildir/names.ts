@@ -16,24 +16,36 @@ export function sizeFromName(filename: string): number | undefined {
 }
 
 /**
- * Maildir's delivery order: the leading seconds, then the rest as text. New
- * files get UIDs in this order, so two servers assign the same UIDs.
+ * The order in which new files get UIDs, as Dovecot sorts them: the leading
+ * seconds as a number, then the `M<microseconds>` part as a number when both
+ * names have one, then the rest byte by byte. Two servers thus assign the same UIDs.
  */
 export function compareMaildirNames(a: string, b: string): number {
-  const sa = leadingNumber(a);
-  const sb = leadingNumber(b);
+  const [sa, ia] = leadingNumber(a, 0);
+  const [sb, ib] = leadingNumber(b, 0);
   if (sa !== sb) return sa < sb ? -1 : 1;
-  return a < b ? -1 : a > b ? 1 : 0;
+  if (a.charCodeAt(ia) === 0x2e && a.charCodeAt(ia + 1) === 0x4d && b.charCodeAt(ib) === 0x2e && b.charCodeAt(ib + 1) === 0x4d) {
+    const [ma, ja] = leadingNumber(a, ia + 2);
+    const [mb, jb] = leadingNumber(b, ib + 2);
+    if (ma !== mb) return ma < mb ? -1 : 1;
+    return byteCompare(a.slice(ja), b.slice(jb));
+  }
+  return byteCompare(a.slice(ia), b.slice(ib));
 }
 
-function leadingNumber(s: string): number {
+function byteCompare(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
+
+function leadingNumber(s: string, from: number): [number, number] {
   let n = 0;
-  for (let i = 0; i < s.length; i++) {
+  let i = from;
+  for (; i < s.length; i++) {
     const c = s.charCodeAt(i) - 48;
     if (c < 0 || c > 9) break;
     n = n * 10 + c;
   }
-  return n;
+  return [n, i];
 }
 
 // The host part may not contain '/' or ':' (Maildir spec); encode them as Dovecot does.

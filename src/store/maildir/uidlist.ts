@@ -73,6 +73,8 @@ export function parseUidlist(text: string): Uidlist {
       if (p !== '') ext.push([p[0]!, p.slice(1)]);
     }
     records.push({ uid, ext, basename });
+    // Dovecot appends records without rewriting the header, so N may lag behind.
+    if (uid >= nextUid) nextUid = uid + 1;
   }
   return { uidValidity, nextUid, headerExtra, records };
 }
