@@ -24,5 +24,7 @@ export type Credentials =
  */
 export interface Authenticator {
   authenticate(c: Credentials, conn: ConnectionInfo, signal?: AbortSignal): Promise<Principal | null>;
+  /** The stored `{SCHEME}secret` of a user, for CRAM-MD5, SCRAM and APOP; undefined for an unknown user. */
+  lookupSecret?(username: string, signal?: AbortSignal): Promise<string | undefined>;
   close?(): Promise<void>;
 }

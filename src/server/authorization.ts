@@ -30,7 +30,9 @@ async function quit(s: Session): Promise<void> {
   s.close('QUIT', '+OK Logging out.\r\n');
 }
 
-async function stls(s: Session, _st: AuthorizationState, args: string): Promise<void> {
+async function stls(s: Session, st: AuthorizationState, args: string): Promise<void> {
+  // Nothing from before TLS carries over (RFC 2595 §4): a plaintext USER (maybe injected) must not pair with a PASS sent under TLS.
+  st.pendingUser = undefined;
   if (args !== '') return s.badCommand('STLS takes no arguments.');
   const ctx = s.ctx.tlsContext();
   if (s.conn.secure) return s.badCommand('TLS is already active.');
@@ -50,31 +52,63 @@ async function auth(s: Session, _st: AuthorizationState, args: string): Promise<
   }
   if (Buffer.byteLength(args) + 7 > s.ctx.settings.max_auth_line_length || parts.length > 2) return s.badCommand('Invalid AUTH command.');
   const info = SERVER_MECHANISMS.find((m) => m.name === name);
-  if (info === undefined) return s.err('Unsupported authentication mechanism.');
-  if (info.plaintext && !s.plaintextAllowed) return s.err(PLAINTEXT_REFUSED, 'AUTH');
-  const mech = info.create();
+  if (info === undefined || !s.mechanisms().includes(info.name)) {
+    if (info?.plaintext && !s.plaintextAllowed) return s.err(PLAINTEXT_REFUSED, 'AUTH');
+    return s.err('Unsupported authentication mechanism.');
+  }
+  const mech = info.create(s.saslContext());
   let response: Buffer | null = null;
   const ir = parts[1];
   if (ir !== undefined) {
     response = ir === '=' ? Buffer.alloc(0) : decodeBase64Strict(ir);
     if (response === null) return s.err('Invalid base64 data in initial response.');
   }
-  let exchanges = 0;
-  for (;;) {
-    const step = mech.step(response);
-    if (step.kind === 'credentials') return s.login(step.credentials, name);
-    if (step.kind === 'fail') return s.authFailed(undefined, name);
-    if (++exchanges > 10) return s.err('Too many authentication steps.');
-    s.conn.write(step.data.length === 0 ? '+ \r\n' : `+ ${encodeBase64(step.data)}\r\n`);
-    const ev = await s.conn.nextLine();
-    if (ev === null) return;
-    if (ev.kind === 'overlong') return s.err('Authentication response too long.');
-    if (ev.line.length + 2 > s.ctx.settings.max_auth_line_length) return s.err('Authentication response too long.');
-    const text = ev.line.toString('latin1');
-    if (text === '*') return s.err('Authentication cancelled.');
-    response = decodeBase64Strict(text);
-    if (response === null) return s.err('Invalid base64 data in response.');
+  for (let exchanges = 0; ; exchanges++) {
+    const step = await mech.step(response);
+    switch (step.kind) {
+      case 'credentials':
+        return s.login(step.credentials, name, info.failureChallenge);
+      case 'authenticated':
+        if (step.final !== undefined) {
+          // RFC 5034 §4: additional data with success goes in a challenge; the client answers empty.
+          const answer = await readResponse(s, step.final);
+          if (answer === null) return;
+          if (answer.length !== 0) return s.authFailed(step.username, name);
+        }
+        return s.loginVerified(step.username, name);
+      case 'fail':
+        if (step.temporary) return s.err('Authentication is temporarily unavailable.', 'SYS/TEMP');
+        return s.authFailed(step.username, name);
+      case 'challenge': {
+        if (exchanges >= 10) return s.err('Too many authentication steps.');
+        const answer = await readResponse(s, step.data);
+        if (answer === null) return;
+        response = answer;
+      }
+    }
   }
+}
+
+/**
+ * Send `+ base64` and read the client's line. Null when the exchange is over:
+ * the client cancelled with `*`, sent bad base64, an over-long line, or left.
+ */
+export async function readResponse(s: Session, challenge: Buffer): Promise<Buffer | null> {
+  s.conn.write(challenge.length === 0 ? '+ \r\n' : `+ ${encodeBase64(challenge)}\r\n`);
+  const ev = await s.conn.nextLine();
+  if (ev === null) return null;
+  if (ev.kind === 'overlong' || ev.line.length + 2 > s.ctx.settings.max_auth_line_length) {
+    s.err('Authentication response too long.');
+    return null;
+  }
+  const text = ev.line.toString('latin1');
+  if (text === '*') {
+    s.err('Authentication cancelled.');
+    return null;
+  }
+  const decoded = decodeBase64Strict(text);
+  if (decoded === null) s.err('Invalid base64 data in response.');
+  return decoded;
 }
 
 export const AUTHORIZATION_COMMANDS: ReadonlyMap<string, Handler<AuthorizationState>> = new Map<string, Handler<AuthorizationState>>([

@@ -53,6 +53,19 @@ export class Connection {
   get tls(): { protocol: string; cipher: string } | null {
     return this.#tlsInfo;
   }
+  /** The TLS socket once TLS is active (channel binding, client certificate). */
+  get tlsSocket(): tls.TLSSocket | null {
+    return this.#secure ? (this.#sock as tls.TLSSocket) : null;
+  }
+  /** The identity of a verified client certificate (SASL EXTERNAL), if the listener asked for one. */
+  get certificateIdentity(): string | undefined {
+    const s = this.tlsSocket;
+    if (!s || !s.authorized) return undefined;
+    const cert = s.getPeerCertificate();
+    if (!cert || Object.keys(cert).length === 0) return undefined;
+    const cn = cert.subject?.CN;
+    return typeof cn === 'string' && cn !== '' ? cn : undefined;
+  }
   get closed(): boolean {
     return this.#closed;
   }

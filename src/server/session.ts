@@ -1,3 +1,4 @@
+import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ConnectionInfo, Credentials, Principal } from '../auth/types.js';
 import { Pop3Error, type RespCode } from '../protocol/codes.js';
@@ -7,7 +8,8 @@ import { capabilityLines } from './capabilities.js';
 import { isLoopback, type Connection } from './connection.js';
 import type { ServerContext } from './context.js';
 import { TRANSACTION_COMMANDS, TransactionState } from './transaction.js';
-import { SERVER_MECHANISMS } from '../protocol/sasl/index.js';
+import { SERVER_MECHANISMS, type SaslServerContext } from '../protocol/sasl/index.js';
+import { readResponse } from './authorization.js';
 
 export type Handler<S> = (session: Session, state: S, args: string) => Promise<void>;
 
@@ -67,7 +69,27 @@ export class Session {
 
   mechanisms(): string[] {
     const allowPlain = this.plaintextAllowed;
-    return SERVER_MECHANISMS.filter((m) => allowPlain || !m.plaintext).map((m) => m.name);
+    const ctx = this.saslContext();
+    return SERVER_MECHANISMS.filter((m) => (allowPlain || !m.plaintext) && (m.available?.(ctx) ?? true)).map((m) => m.name);
+  }
+
+  /** What SASL mechanisms may ask of this connection. */
+  saslContext(): SaslServerContext {
+    const tlsSocket = this.conn.tlsSocket;
+    const protocol = tlsSocket?.getProtocol();
+    const { authenticator } = this.ctx;
+    return {
+      lookupSecret: (u) => authenticator.lookupSecret?.(u, this.conn.signal) ?? Promise.resolve(undefined),
+      channelBinding: (type) => {
+        if (!tlsSocket) return undefined;
+        // RFC 9266: 32 octets, label EXPORTER-Channel-Binding, empty context. RFC 5929: the first Finished message (the client's).
+        if (type === 'tls-exporter') return protocol === 'TLSv1.3' ? tlsSocket.exportKeyingMaterial(32, 'EXPORTER-Channel-Binding', Buffer.alloc(0)) : undefined;
+        return protocol === 'TLSv1.2' ? tlsSocket.getPeerFinished() : undefined;
+      },
+      channelBindingType: protocol === 'TLSv1.3' ? 'tls-exporter' : protocol === 'TLSv1.2' ? 'tls-unique' : undefined,
+      hostname: this.ctx.settings.hostname ?? os.hostname(),
+      certificateIdentity: this.conn.certificateIdentity,
+    };
   }
 
   capabilities(): string[] {
@@ -173,11 +195,11 @@ export class Session {
   }
 
   /**
-   * Verify credentials, then open and lock the maildrop. Failures keep the
-   * session in AUTHORIZATION as if the command was never sent (RFC 5034 §4).
+   * Verify credentials with the Authenticator, then open the maildrop.
+   * Failures keep the session in AUTHORIZATION as if the command was never sent (RFC 5034 §4).
    */
-  async login(credentials: Credentials, mechanism: string): Promise<void> {
-    const { logger, settings, authenticator, store } = this.ctx;
+  async login(credentials: Credentials, mechanism: string, failureChallenge?: () => Buffer): Promise<void> {
+    const { logger, authenticator } = this.ctx;
     let principal: Principal | null;
     try {
       principal = await authenticator.authenticate(credentials, this.connectionInfo, this.conn.signal);
@@ -188,9 +210,24 @@ export class Session {
       return;
     }
     if (principal === null) {
+      if (failureChallenge !== undefined) {
+        // RFC 7628 §3.2.2: the error goes out as a challenge; the client answers (AQ==), then the failure.
+        const answer = await readResponse(this, failureChallenge());
+        if (answer === null) return;
+      }
       await this.authFailed(credentials.username, mechanism);
       return;
     }
+    await this.#openMaildrop(principal, mechanism);
+  }
+
+  /** A mechanism that verified the user itself (CRAM-MD5, SCRAM, EXTERNAL, APOP). */
+  async loginVerified(username: string, mechanism: string): Promise<void> {
+    await this.#openMaildrop({ username }, mechanism);
+  }
+
+  async #openMaildrop(principal: Principal, mechanism: string): Promise<void> {
+    const { logger, settings, store } = this.ctx;
     let maildrop: Maildrop;
     try {
       maildrop = await store.open(principal, this.conn.signal);

@@ -7,7 +7,7 @@ const PASSWORD = Buffer.from('Password:');
 export class LoginServer implements ServerMechanism {
   #username: string | undefined;
   #prompted = false;
-  step(response: Buffer | null): ServerStep {
+  async step(response: Buffer | null): Promise<ServerStep> {
     if (response === null) {
       if (this.#prompted) return { kind: 'fail', reason: 'no response' };
       this.#prompted = true;

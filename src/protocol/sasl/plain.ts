@@ -5,7 +5,7 @@ const MAX_FIELD = 255; // RFC 4616 §2: each field at most 255 octets
 /** RFC 4616 PLAIN, server half: `[authzid] NUL authcid NUL passwd`. */
 export class PlainServer implements ServerMechanism {
   #asked = false;
-  step(response: Buffer | null): ServerStep {
+  async step(response: Buffer | null): Promise<ServerStep> {
     if (response === null) {
       if (this.#asked) return { kind: 'fail', reason: 'no response' };
       this.#asked = true;
