@@ -3,6 +3,7 @@ import type { Authenticator } from '../auth/types.js';
 import type { ResolvedConfig } from '../config/load.js';
 import type { Logger } from '../observability/log.js';
 import type { MailStore } from '../store/types.js';
+import type { LoginDelayPolicy } from './login-delay.js';
 
 /** The settings a session reads; a subset of the config so tests can build one directly. */
 export type ServerSettings = ResolvedConfig['server'];
@@ -13,6 +14,8 @@ export interface ServerContext {
   readonly authenticator: Authenticator;
   readonly store: MailStore;
   readonly logger: Logger;
+  /** Present when LOGIN-DELAY is configured. */
+  readonly loginDelay?: LoginDelayPolicy | undefined;
   /** The current certificate for STLS (re-read on SIGHUP), or null when TLS is not configured. */
   tlsContext(): tls.SecureContext | null;
 }

@@ -7,6 +7,7 @@ import type { Logger } from '../observability/log.js';
 import type { MailStore } from '../store/types.js';
 import { Connection, normalizeAddress } from './connection.js';
 import type { ServerContext, ServerSettings } from './context.js';
+import { LoginDelayPolicy } from './login-delay.js';
 import { Session } from './session.js';
 
 export interface TlsMaterial {
@@ -71,6 +72,7 @@ export class Pop3Server {
       authenticator: opts.authenticator,
       store: opts.store,
       logger: opts.logger,
+      loginDelay: opts.settings.login_delay !== undefined ? new LoginDelayPolicy(opts.settings.login_delay) : undefined,
       tlsContext: () => this.#secureContext,
     };
   }

@@ -227,7 +227,13 @@ export class Session {
   }
 
   async #openMaildrop(principal: Principal, mechanism: string): Promise<void> {
-    const { logger, settings, store } = this.ctx;
+    const { logger, settings, store, loginDelay } = this.ctx;
+    const wait = loginDelay?.waitSeconds(principal.username) ?? 0;
+    if (wait > 0) {
+      logger.info({ user: principal.username, rip: this.conn.remoteAddress, wait }, 'login refused: LOGIN-DELAY');
+      this.err(`Minimum time between logins is ${settings.login_delay} seconds; try again in ${wait} seconds.`, 'LOGIN-DELAY');
+      return;
+    }
     let maildrop: Maildrop;
     try {
       maildrop = await store.open(principal, this.conn.signal);
@@ -245,6 +251,7 @@ export class Session {
       await maildrop.release();
       return;
     }
+    loginDelay?.recordLogin(principal.username);
     this.#state = new TransactionState(principal, maildrop);
     this.conn.setTimeout(settings.idle_timeout * 1000, () => this.#timeout());
     logger.info({ user: principal.username, rip: this.conn.remoteAddress, mech: mechanism, tls: this.conn.secure, messages: maildrop.messages.length }, 'login');
