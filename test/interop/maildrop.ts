@@ -11,7 +11,11 @@ export interface DropMessage {
   raw: Buffer;
   /** What a correct client hands on: the unstuffed RETR body, every line ending in CRLF. */
   canonical: Buffer;
-  /** The octet count the server announces (LIST / STAT): the CRLF size. */
+  /**
+   * The size LIST and STAT give: the stored message with every bare LF counted
+   * as CRLF. No final CRLF is counted for a message that lacks one, so for
+   * those it is 2 less than `canonical.length` (Dovecot counts the same way).
+   */
   octets: number;
 }
 
@@ -33,6 +37,13 @@ export function unstuff(stuffed: Buffer): Buffer {
     start = i + 2;
   }
   return Buffer.concat(out);
+}
+
+/** Octets of the message once each bare LF is a CRLF (a plain byte loop, independent of src/). */
+export function listSize(raw: Buffer): number {
+  let n = raw.length;
+  for (let i = 0; i < raw.length; i++) if (raw[i] === 0x0a && (i === 0 || raw[i - 1] !== 0x0d)) n++;
+  return n;
 }
 
 /** The message as a correct POP3 client receives it: bare LF made CRLF, a final CRLF added when missing. */
@@ -78,6 +89,6 @@ export async function deliverMaildrop(srv: TestServer, user = 'alice'): Promise<
   return files.map((f, i) => {
     const m = byFile.get(f)!;
     const c = canonical(m.raw);
-    return { number: i + 1, name: m.name, raw: m.raw, canonical: c, octets: c.length };
+    return { number: i + 1, name: m.name, raw: m.raw, canonical: c, octets: listSize(m.raw) };
   });
 }

@@ -51,11 +51,24 @@ function leadingNumber(s: string, from: number): [number, number] {
 // The host part may not contain '/' or ':' (Maildir spec); encode them as Dovecot does.
 const HOST = os.hostname().replace(/\//g, '\\057').replace(/:/g, '\\072');
 let counter = 0;
+let lastSec = 0;
+let lastUsec = -1;
 
-/** A unique Maildir base name: `<sec>.M<usec>P<pid>Q<n>R<rand>.<host>`. */
+/**
+ * A unique Maildir base name: `<sec>.M<usec>P<pid>Q<n>R<rand>.<host>`. Within
+ * one process the (seconds, microseconds) pair strictly increases, so
+ * messages delivered in a burst keep their delivery order (new files get UIDs
+ * in name order).
+ */
 export function uniqueName(now = Date.now()): string {
-  const sec = Math.floor(now / 1000);
-  const usec = (now % 1000) * 1000 + Math.floor(Math.random() * 1000);
+  let sec = Math.floor(now / 1000);
+  let usec = (now % 1000) * 1000;
+  if (sec < lastSec || (sec === lastSec && usec <= lastUsec)) {
+    sec = lastSec;
+    usec = lastUsec + 1;
+  }
+  lastSec = sec;
+  lastUsec = usec;
   counter = (counter + 1) % 1e9;
   return `${sec}.M${usec}P${process.pid}Q${counter}R${randomBytes(4).toString('hex')}.${HOST}`;
 }
