@@ -19,6 +19,17 @@ import { createHash, randomBytes, randomInt, timingSafeEqual } from 'node:crypto
 import * as argon2 from 'argon2';
 import bcrypt from 'bcryptjs';
 import { encrypt as unixEncrypt } from 'unixcrypt';
+import { formatCramMd5Secret, hmacMd5States, parseCramMd5Secret } from '../protocol/sasl/md5-state.js';
+import { saslPrep } from '../protocol/sasl/saslprep.js';
+import {
+  SCRAM_DEFAULT_ITERATIONS,
+  SCRAM_MAX_ITERATIONS,
+  SCRAM_MIN_ITERATIONS,
+  deriveScramSecret,
+  formatScramSecret,
+  parseScramSecret,
+  type ScramHash,
+} from '../protocol/sasl/scram-keys.js';
 
 /** Schemes that verifyPassword() understands (canonical names). */
 export const KNOWN_SCHEMES: readonly string[] = Object.freeze([
@@ -40,16 +51,31 @@ export const KNOWN_SCHEMES: readonly string[] = Object.freeze([
   'PLAIN-MD5',
   'LDAP-MD5',
   'SMD5',
+  'CRAM-MD5',
+  'HMAC-MD5',
+  'SCRAM-SHA-1',
+  'SCRAM-SHA-256',
 ]);
 
 /** Schemes that hashPassword() can produce. */
-export type HashScheme = 'ARGON2ID' | 'SHA512-CRYPT' | 'SHA256-CRYPT' | 'BLF-CRYPT' | 'PLAIN';
+export type HashScheme =
+  | 'ARGON2ID'
+  | 'SHA512-CRYPT'
+  | 'SHA256-CRYPT'
+  | 'BLF-CRYPT'
+  | 'PLAIN'
+  | 'CRAM-MD5'
+  | 'SCRAM-SHA-1'
+  | 'SCRAM-SHA-256';
 export const HASH_SCHEMES: readonly HashScheme[] = Object.freeze([
   'ARGON2ID',
   'SHA512-CRYPT',
   'SHA256-CRYPT',
   'BLF-CRYPT',
   'PLAIN',
+  'CRAM-MD5',
+  'SCRAM-SHA-1',
+  'SCRAM-SHA-256',
 ] as const);
 
 export interface Argon2Params {
@@ -73,6 +99,8 @@ export interface HashOptions {
   readonly rounds?: number;
   /** cost for BLF-CRYPT (default 10) */
   readonly bcryptCost?: number;
+  /** iterations for SCRAM-SHA-1 / SCRAM-SHA-256 (default 4096, at least 4096) */
+  readonly scramIterations?: number;
 }
 
 // ---------------------------------------------------------------------------
@@ -318,6 +346,27 @@ function parseStored(stored: string): Parsed {
     case 'ARGON2I':
       if (encoding) return { scheme: base, error: 'encoding suffix not supported for argon2 schemes' };
       return parseArgon2Scheme(base, value);
+    case 'CRAM-MD5':
+    case 'HMAC-MD5': {
+      if (encoding) return { scheme: base, error: 'encoding suffix not supported for CRAM-MD5' };
+      const states = parseCramMd5Secret(value);
+      if (states === undefined) return { scheme: base, error: 'CRAM-MD5 value must be 64 hex digits' };
+      const expected = Buffer.from(formatCramMd5Secret(states), 'latin1');
+      return {
+        scheme: base,
+        verify: async (password) => safeEqual(Buffer.from(formatCramMd5Secret(hmacMd5States(Buffer.from(password, 'utf8'))), 'latin1'), expected),
+      };
+    }
+    case 'SCRAM-SHA-1':
+    case 'SCRAM-SHA-256': {
+      if (encoding) return { scheme: base, error: 'encoding suffix not supported for SCRAM' };
+      const hash: ScramHash = base === 'SCRAM-SHA-1' ? 'sha1' : 'sha256';
+      const secret = parseScramSecret(hash, value);
+      if (secret === undefined) {
+        return { scheme: base, error: `malformed ${base} value (want iterations ${SCRAM_MIN_ITERATIONS}..${SCRAM_MAX_ITERATIONS},salt,StoredKey,ServerKey)` };
+      }
+      return { scheme: base, verify: (password) => verifyScram(hash, secret, password) };
+    }
     default: {
       const ds = DIGEST_SCHEMES.get(base);
       if (ds) return parseDigest(base, ds, encoding, value);
@@ -326,8 +375,31 @@ function parseStored(stored: string): Parsed {
   }
 }
 
+/**
+ * SCRAM clients hash the SASLprep'd password (RFC 5802 §2.2); doveadm hashes
+ * the raw bytes. Accept either form, they only differ for unusual input.
+ */
+async function verifyScram(hash: ScramHash, secret: { iterations: number; salt: Buffer; storedKey: Buffer }, password: string): Promise<boolean> {
+  const candidates = new Set([password]);
+  const prepped = saslPrep(password);
+  if (prepped !== undefined) candidates.add(prepped);
+  let ok = false;
+  for (const pw of candidates) {
+    const derived = await deriveScramSecret(hash, pw, secret.salt, secret.iterations);
+    if (safeEqual(derived.storedKey, secret.storedKey)) ok = true;
+  }
+  return ok;
+}
+
 // ---------------------------------------------------------------------------
 // public API
+
+/**
+ * The cleartext password of a `{PLAIN}`-family secret (PLAIN, CLEAR,
+ * CLEARTEXT, with an optional .B64/.HEX suffix), for mechanisms that need it
+ * (CRAM-MD5, SCRAM, APOP). Undefined for any other scheme. Never throws.
+ */
+export { plaintextSecret } from '../protocol/sasl/plaintext-secret.js';
 
 /**
  * Which scheme a stored secret uses and, when it cannot be verified, why.
@@ -391,6 +463,19 @@ export async function hashPassword(password: string, scheme: HashScheme = 'ARGON
       const salt = await bcrypt.genSalt(cost);
       // Dovecot's `doveadm pw -s BLF-CRYPT` writes $2y$; the algorithm is the same as $2b$.
       return `{BLF-CRYPT}${(await bcrypt.hash(password, salt)).replace(/^\$2b\$/, '$2y$')}`;
+    }
+    case 'CRAM-MD5':
+      return `{CRAM-MD5}${formatCramMd5Secret(hmacMd5States(Buffer.from(password, 'utf8')))}`;
+    case 'SCRAM-SHA-1':
+    case 'SCRAM-SHA-256': {
+      const iterations = options?.scramIterations ?? SCRAM_DEFAULT_ITERATIONS;
+      if (!Number.isInteger(iterations) || iterations < SCRAM_MIN_ITERATIONS || iterations > SCRAM_MAX_ITERATIONS) {
+        throw new RangeError(`SCRAM iterations must be an integer in ${SCRAM_MIN_ITERATIONS}..${SCRAM_MAX_ITERATIONS}`);
+      }
+      // RFC 5802 §2.2: clients hash Normalize(password); a password SASLprep refuses is stored as is.
+      const hash: ScramHash = scheme === 'SCRAM-SHA-1' ? 'sha1' : 'sha256';
+      const secret = await deriveScramSecret(hash, saslPrep(password) ?? password, randomBytes(16), iterations);
+      return `{${scheme}}${formatScramSecret(secret)}`;
     }
     case 'PLAIN':
       // passwd-file cannot hold ':' or line breaks in a field; Dovecot accepts {PLAIN.B64}.

@@ -1,4 +1,6 @@
 import { z } from 'zod';
+import { OAuthConfigSchema } from '../auth/oauth/config.js';
+import { PostgresConfigSchema } from '../auth/postgres/config.js';
 
 /** host:port, IPv6 in brackets: `[::1]:110`. */
 const listenAddress = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'expected HOST:PORT');
@@ -25,7 +27,15 @@ export const ConfigSchema = z
         max_connections_per_ip: z.number().int().min(1).default(100),
         login_timeout: seconds.default(60),
         idle_timeout: seconds.min(600, 'RFC 1939 §3 requires at least 10 minutes').default(600),
+        /** Delay before answering the first failed login; it doubles per failure from the same address or for the same user. */
         auth_failure_delay: seconds.default(2),
+        auth_failure_max_delay: seconds.default(30),
+        /** Failed logins from one address (IPv6: one /64) within 15 minutes after which it is refused outright; 0 disables. */
+        auth_block_after: z.number().int().nonnegative().default(100),
+        /** RFC 1939 APOP (MD5 of a greeting timestamp and the cleartext secret): weak, off by default. */
+        apop: z.boolean().default(false),
+        /** SASL mechanisms to offer, in this order; default: every mechanism the configured backends can serve. */
+        sasl_mechanisms: z.array(z.string().regex(/^[A-Z0-9-_]{1,20}$/, 'expected a SASL mechanism name in upper case')).optional(),
         shutdown_grace: seconds.default(10),
         /** RFC 2449 LOGIN-DELAY, seconds between logins; advertised only when set. */
         login_delay: z.number().int().nonnegative().optional(),
@@ -54,8 +64,12 @@ export const ConfigSchema = z
       .prefault({}),
     auth: z
       .object({
-        type: z.literal('passwd-file').default('passwd-file'),
+        /** Where passwords are checked. */
+        type: z.enum(['passwd-file', 'postgres']).default('passwd-file'),
         users: z.string().min(1).optional(),
+        postgres: PostgresConfigSchema.optional(),
+        /** OAuth 2.0 bearer tokens (XOAUTH2, OAUTHBEARER); offered only when configured. */
+        oauth: OAuthConfigSchema.optional(),
       })
       .strict()
       .prefault({}),

@@ -1,6 +1,6 @@
 import { decodeBase64Strict, encodeBase64 } from '../protocol/sasl/base64.js';
 import { hasForbiddenControl } from '../protocol/sasl/mechanism.js';
-import { SERVER_MECHANISMS } from '../protocol/sasl/index.js';
+import { verifyApop } from '../protocol/sasl/index.js';
 import type { AuthorizationState, Handler, Session } from './session.js';
 
 const PLAINTEXT_REFUSED = 'Cleartext logins are not allowed without TLS; use STLS or port 995.';
@@ -11,7 +11,8 @@ async function capa(s: Session): Promise<void> {
 
 async function user(s: Session, st: AuthorizationState, args: string): Promise<void> {
   st.pendingUser = undefined;
-  if (!s.plaintextAllowed) return s.err(PLAINTEXT_REFUSED, 'AUTH');
+  // No [AUTH] here: USER checks no credential (RFC 3206, checklist 28).
+  if (!s.plaintextAllowed) return s.err(PLAINTEXT_REFUSED);
   if (args === '' || hasForbiddenControl(args) || Buffer.byteLength(args) > 255) return s.badCommand('Invalid user name.');
   st.pendingUser = args;
   s.ok();
@@ -51,7 +52,7 @@ async function auth(s: Session, _st: AuthorizationState, args: string): Promise<
     return;
   }
   if (Buffer.byteLength(args) + 7 > s.ctx.settings.max_auth_line_length || parts.length > 2) return s.badCommand('Invalid AUTH command.');
-  const info = SERVER_MECHANISMS.find((m) => m.name === name);
+  const info = s.ctx.mechanisms.find((m) => m.name === name);
   if (info === undefined || !s.mechanisms().includes(info.name)) {
     if (info?.plaintext && !s.plaintextAllowed) return s.err(PLAINTEXT_REFUSED, 'AUTH');
     return s.err('Unsupported authentication mechanism.');
@@ -111,6 +112,28 @@ export async function readResponse(s: Session, challenge: Buffer): Promise<Buffe
   return decoded;
 }
 
+/** RFC 1939 §7 APOP, only when enabled (then the greeting carries the timestamp). */
+async function apop(s: Session, _st: AuthorizationState, args: string): Promise<void> {
+  const timestamp = s.apopTimestamp;
+  if (timestamp === undefined) return s.badCommand('Unknown command.');
+  const parts = args.split(' ');
+  const [name, digest] = parts;
+  if (parts.length !== 2 || name === undefined || digest === undefined || name === '' || hasForbiddenControl(name) || !/^[0-9a-fA-F]{32}$/.test(digest)) {
+    return s.badCommand('Usage: APOP name digest');
+  }
+  let secret: string | undefined;
+  try {
+    secret = await s.ctx.authenticator.lookupSecret?.(name, s.conn.signal);
+  } catch (e) {
+    if (s.conn.closed) return;
+    s.ctx.logger.error({ err: e, rip: s.conn.remoteAddress, mech: 'APOP' }, 'authentication backend failed');
+    return s.err('Authentication is temporarily unavailable.', 'SYS/TEMP');
+  }
+  // verifyApop does the same work for unknown users and for secrets that cannot serve APOP.
+  if (!verifyApop(timestamp, digest.toLowerCase(), secret)) return s.authFailed(name, 'APOP');
+  await s.loginVerified(name, 'APOP');
+}
+
 export const AUTHORIZATION_COMMANDS: ReadonlyMap<string, Handler<AuthorizationState>> = new Map<string, Handler<AuthorizationState>>([
   ['CAPA', capa],
   ['USER', user],
@@ -118,4 +141,5 @@ export const AUTHORIZATION_COMMANDS: ReadonlyMap<string, Handler<AuthorizationSt
   ['AUTH', auth],
   ['STLS', stls],
   ['QUIT', quit],
+  ['APOP', apop],
 ]);

@@ -4,6 +4,8 @@ import type { ResolvedConfig } from '../config/load.js';
 import type { Logger } from '../observability/log.js';
 import type { MailStore } from '../store/types.js';
 import type { LoginDelayPolicy } from './login-delay.js';
+import type { LoginThrottle } from '../auth/throttle.js';
+import type { MechanismInfo } from '../protocol/sasl/index.js';
 
 /** The settings a session reads; a subset of the config so tests can build one directly. */
 export type ServerSettings = ResolvedConfig['server'];
@@ -14,6 +16,10 @@ export interface ServerContext {
   readonly authenticator: Authenticator;
   readonly store: MailStore;
   readonly logger: Logger;
+  /** SASL mechanisms on offer, in CAPA order. */
+  readonly mechanisms: readonly MechanismInfo[];
+  /** Failure counters and delays (brute-force resistance). */
+  readonly throttle: LoginThrottle;
   /** Present when LOGIN-DELAY is configured. */
   readonly loginDelay?: LoginDelayPolicy | undefined;
   /** The current certificate for STLS (re-read on SIGHUP), or null when TLS is not configured. */

@@ -8,6 +8,8 @@ import type { MailStore } from '../store/types.js';
 import { Connection, normalizeAddress } from './connection.js';
 import type { ServerContext, ServerSettings } from './context.js';
 import { LoginDelayPolicy } from './login-delay.js';
+import { LoginThrottle } from '../auth/throttle.js';
+import { DEFAULT_ENABLED_MECHANISMS, serverMechanisms, type MechanismInfo } from '../protocol/sasl/index.js';
 import { Session } from './session.js';
 
 export interface TlsMaterial {
@@ -22,6 +24,23 @@ export interface Pop3ServerOptions {
   store: MailStore;
   logger: Logger;
   tls?: TlsMaterial | undefined;
+  /** Whether a bearer-token backend is configured: XOAUTH2 and OAUTHBEARER are offered only then. */
+  oauth?: boolean;
+  /** Shared failure counters (default: in memory, from the settings). */
+  throttle?: LoginThrottle;
+}
+
+/**
+ * The mechanisms to offer: the configured list, or by default only what every
+ * stored password can serve (like Dovecot's default) plus the bearer-token
+ * mechanisms when OAuth is configured. CRAM-MD5 and SCRAM need matching stored
+ * secrets, so the admin turns them on with `sasl_mechanisms`.
+ */
+export function selectMechanisms(settings: ServerSettings, oauth: boolean): readonly MechanismInfo[] {
+  const names = settings.sasl_mechanisms ?? [...DEFAULT_ENABLED_MECHANISMS, ...(oauth ? ['OAUTHBEARER', 'XOAUTH2'] : [])];
+  // Without a -PLUS mechanism on offer, a SCRAM client's `y` flag is no downgrade sign.
+  const plus = names.some((n) => n.toUpperCase().endsWith('-PLUS'));
+  return serverMechanisms({ enabled: names, channelBinding: plus });
 }
 
 export interface ListenSpec {
@@ -72,6 +91,14 @@ export class Pop3Server {
       authenticator: opts.authenticator,
       store: opts.store,
       logger: opts.logger,
+      mechanisms: selectMechanisms(opts.settings, opts.oauth ?? false),
+      throttle:
+        opts.throttle ??
+        new LoginThrottle({
+          baseDelayMs: opts.settings.auth_failure_delay * 1000,
+          maxDelayMs: Math.max(opts.settings.auth_failure_max_delay, opts.settings.auth_failure_delay) * 1000,
+          ipBlockAfter: opts.settings.auth_block_after,
+        }),
       loginDelay: opts.settings.login_delay !== undefined ? new LoginDelayPolicy(opts.settings.login_delay) : undefined,
       tlsContext: () => this.#secureContext,
     };
@@ -104,6 +131,8 @@ export class Pop3Server {
         s.on('secureConnection', (sock: tls.TLSSocket) => this.#start(sock, true));
         s.on('tlsClientError', (err, sock) => {
           this.#opts.logger.debug({ rip: normalizeAddress(sock.remoteAddress ?? ''), err: err.message }, 'TLS handshake failed');
+          // Node only reports a handshake timeout here; without this a client that never sends a ClientHello holds its slot forever.
+          sock.destroy();
         });
         this.#tlsServers.push(s);
         server = s;

@@ -8,7 +8,7 @@ import { capabilityLines } from './capabilities.js';
 import { isLoopback, type Connection } from './connection.js';
 import type { ServerContext } from './context.js';
 import { TRANSACTION_COMMANDS, TransactionState } from './transaction.js';
-import { SERVER_MECHANISMS, type SaslServerContext } from '../protocol/sasl/index.js';
+import { apopTimestamp, type SaslServerContext } from '../protocol/sasl/index.js';
 import { readResponse } from './authorization.js';
 
 export type Handler<S> = (session: Session, state: S, args: string) => Promise<void>;
@@ -39,6 +39,8 @@ export class Session {
   readonly stats: SessionStats = { retr: 0, retrBytes: 0, top: 0, topBytes: 0, dele: 0, expunged: 0 };
   #state: AuthorizationState | TransactionState = new AuthorizationState();
   #badCommands = 0;
+  /** The `<...>` msg-id of the greeting when APOP is enabled. */
+  apopTimestamp: string | undefined;
   #ended = false;
   #endReason = 'disconnected';
   readonly #started = Date.now();
@@ -70,7 +72,7 @@ export class Session {
   mechanisms(): string[] {
     const allowPlain = this.plaintextAllowed;
     const ctx = this.saslContext();
-    return SERVER_MECHANISMS.filter((m) => (allowPlain || !m.plaintext) && (m.available?.(ctx) ?? true)).map((m) => m.name);
+    return this.ctx.mechanisms.filter((m) => (allowPlain || !m.plaintext) && (m.available?.(ctx) ?? true)).map((m) => m.name);
   }
 
   /** What SASL mechanisms may ask of this connection. */
@@ -144,7 +146,9 @@ export class Session {
   async run(): Promise<void> {
     const s = this.ctx.settings;
     this.conn.setTimeout(s.login_timeout * 1000, () => this.#timeout());
-    this.ok(`${s.implementation} ready.`);
+    // RFC 1939 §7: the APOP timestamp is in the greeting only when APOP is on, fresh per connection.
+    if (s.apop) this.apopTimestamp = apopTimestamp(s.hostname ?? os.hostname());
+    this.ok(this.apopTimestamp !== undefined ? `${s.implementation} ready. ${this.apopTimestamp}` : `${s.implementation} ready.`);
     try {
       while (!this.#ended) {
         const ev = await this.conn.nextLine();
@@ -199,7 +203,12 @@ export class Session {
    * Failures keep the session in AUTHORIZATION as if the command was never sent (RFC 5034 §4).
    */
   async login(credentials: Credentials, mechanism: string, failureChallenge?: () => Buffer): Promise<void> {
-    const { logger, authenticator } = this.ctx;
+    const { logger, authenticator, throttle } = this.ctx;
+    if (await throttle.isBlocked(this.conn.remoteAddress, credentials.username)) {
+      // Refused without looking at the credentials, but answered exactly like a wrong password.
+      await this.authFailed(credentials.username, mechanism, 'blocked');
+      return;
+    }
     let principal: Principal | null;
     try {
       principal = await authenticator.authenticate(credentials, this.connectionInfo, this.conn.signal);
@@ -223,6 +232,10 @@ export class Session {
 
   /** A mechanism that verified the user itself (CRAM-MD5, SCRAM, EXTERNAL, APOP). */
   async loginVerified(username: string, mechanism: string): Promise<void> {
+    if (await this.ctx.throttle.isBlocked(this.conn.remoteAddress, username)) {
+      await this.authFailed(username, mechanism, 'blocked');
+      return;
+    }
     await this.#openMaildrop({ username }, mechanism);
   }
 
@@ -252,16 +265,26 @@ export class Session {
       return;
     }
     loginDelay?.recordLogin(principal.username);
+    await this.ctx.throttle.recordSuccess(this.conn.remoteAddress, principal.username).catch(() => undefined);
     this.#state = new TransactionState(principal, maildrop);
     this.conn.setTimeout(settings.idle_timeout * 1000, () => this.#timeout());
     logger.info({ user: principal.username, rip: this.conn.remoteAddress, mech: mechanism, tls: this.conn.secure, messages: maildrop.messages.length }, 'login');
     this.ok('Logged in.');
   }
 
-  /** One log line per failure (docs/fail2ban.md matches it), then the delay, then `-ERR [AUTH]`. */
-  async authFailed(username: string | undefined, mechanism: string): Promise<void> {
-    this.ctx.logger.warn({ event: 'auth-failed', rip: this.conn.remoteAddress, user: username, mech: mechanism, tls: this.conn.secure }, `authentication failed from ${this.conn.remoteAddress}`);
-    const delay = this.ctx.settings.auth_failure_delay * 1000;
+  /**
+   * One log line per failure (docs/fail2ban.md matches it), then a delay that
+   * grows with the failures from this address and for this user, then `-ERR [AUTH]`.
+   */
+  async authFailed(username: string | undefined, mechanism: string, why?: 'blocked'): Promise<void> {
+    const rip = this.conn.remoteAddress;
+    this.ctx.logger.warn({ event: 'auth-failed', rip, user: username, mech: mechanism, tls: this.conn.secure, ...(why ? { why } : {}) }, `authentication failed from ${rip}`);
+    let delay: number;
+    try {
+      delay = await this.ctx.throttle.recordFailure(rip, username ?? '');
+    } catch {
+      delay = this.ctx.settings.auth_failure_delay * 1000; // counters unavailable: still never answer a failure at once
+    }
     if (delay > 0) await sleep(delay, undefined, { signal: this.conn.signal }).catch(() => undefined);
     this.err('Authentication failed.', 'AUTH');
   }

@@ -111,9 +111,11 @@ async function sendMessage(s: Session, st: TransactionState, index: number, body
   let sent = 0;
   try {
     for await (const chunk of stream) {
-      for (const piece of stuffer.push(chunk as Buffer)) {
-        s.conn.write(piece);
-        sent += piece.length;
+      // One write per chunk: push() gives a piece per line, and a socket write per short line is very slow.
+      const out = stuffer.pushJoined(chunk as Buffer);
+      if (out !== null) {
+        s.conn.write(out);
+        sent += out.length;
       }
       if (stuffer.done) break;
       if (s.conn.needsDrain && !(await s.conn.drain())) return sent;

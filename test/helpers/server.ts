@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { Authenticator } from '../../src/auth/types.js';
 import { PasswdFileAuthenticator } from '../../src/auth/passwd-file/authenticator.js';
 import { ConfigSchema } from '../../src/config/schema.js';
 import { ensureSelfSignedCertificate, readTlsFiles } from '../../src/config/tls-material.js';
@@ -43,12 +44,12 @@ export async function testCertificate(): Promise<{ certFile: string; keyFile: st
 
 export function testSettings(overrides: Partial<ServerSettings> = {}): ServerSettings {
   const base = ConfigSchema.parse({}).server;
-  return { ...base, auth_failure_delay: 0.05, ...overrides };
+  return { ...base, auth_failure_delay: 0.05, auth_failure_max_delay: 0.2, ...overrides };
 }
 
 /** An in-process Poplar on 127.0.0.1 port 0 (plain+STLS) and port 0 (implicit TLS), over a temp Maildir root. */
 export async function startTestServer(
-  opts: { users?: TestUser[]; settings?: Partial<ServerSettings>; logger?: Logger; dir?: string } = {},
+  opts: { users?: TestUser[]; settings?: Partial<ServerSettings>; logger?: Logger; dir?: string; authenticator?: Authenticator; oauth?: boolean } = {},
 ): Promise<TestServer> {
   const dir = opts.dir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-test-')));
   const maildirRoot = path.join(dir, 'mail');
@@ -62,7 +63,8 @@ export async function startTestServer(
   const store = new MaildirStore({ root: maildirRoot, logger, fsync: false });
   const server = new Pop3Server({
     settings: testSettings(opts.settings),
-    authenticator: new PasswdFileAuthenticator(usersFile, { checkIntervalMs: 0 }),
+    authenticator: opts.authenticator ?? new PasswdFileAuthenticator(usersFile, { checkIntervalMs: 0 }),
+    oauth: opts.oauth ?? false,
     store,
     logger,
     tls: material,

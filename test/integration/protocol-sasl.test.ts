@@ -195,9 +195,9 @@ describe('item 25: AUTH LOGIN', () => {
 });
 
 describe('item 25: AUTH command errors', () => {
-  it('unknown or not (yet) offered mechanisms get -ERR, state unchanged', async () => {
+  it('unknown mechanisms get -ERR, state unchanged', async () => {
     const w = await connect();
-    for (const m of ['FOO', 'CRAM-MD5', 'SCRAM-SHA-256', 'XOAUTH2', 'EXTERNAL', 'PLAINX']) {
+    for (const m of ['FOO', 'PLAINX', 'GSSAPI', 'NTLM', 'KERBEROS_V4', 'SCRAM-SHA-512']) {
       const r = await w.cmd(`AUTH ${m}`);
       expect(r, m).toMatch(/^-ERR /);
       expect(r, m).not.toContain('[AUTH]');

@@ -3,6 +3,7 @@
  * versions, renegotiation, cleartext refusal, certificate reload
  * (checklist items 20–23, 26).
  */
+import { spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { promises as fs } from 'node:fs';
@@ -16,8 +17,24 @@ import { ensureSelfSignedCertificate, readTlsFiles } from '../../src/config/tls-
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { Wire } from '../helpers/wire.js';
 
-const CAPA_PLAIN = ['TOP', 'USER', 'SASL PLAIN LOGIN', 'RESP-CODES', 'AUTH-RESP-CODE', 'PIPELINING', 'UIDL', 'STLS', 'IMPLEMENTATION Poplar'];
+const CAPA_PLAIN = ['TOP', 'USER', 'SASL *', 'RESP-CODES', 'AUTH-RESP-CODE', 'PIPELINING', 'UIDL', 'STLS', 'IMPLEMENTATION Poplar'];
 const CAPA_TLS = CAPA_PLAIN.filter((l) => l !== 'STLS');
+
+/**
+ * CAPA lines with the SASL line reduced to `SASL *` (more mechanisms are being
+ * added); PLAIN and LOGIN must be in it when cleartext logins are allowed, and
+ * must not be when they are not.
+ */
+function capaShape(lines: string[], plaintext = true): string[] {
+  return lines.map((l) => {
+    if (!l.startsWith('SASL ')) return l;
+    const mechs = l.slice(5).split(' ');
+    if (plaintext) expect(mechs).toEqual(expect.arrayContaining(['PLAIN', 'LOGIN']));
+    else expect(mechs.filter((m) => m === 'PLAIN' || m === 'LOGIN')).toEqual([]);
+    return 'SASL *';
+  });
+}
+
 const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
 
 let srv: TestServer;
@@ -73,25 +90,42 @@ async function tryTls(opts: tls.ConnectionOptions): Promise<{ ok: true; socket: 
   }
 }
 
+/**
+ * Try a TLS 1.2 renegotiation. With renegotiation disabled the server either
+ * alerts (error / close) or ignores the new ClientHello, so it never completes.
+ */
+async function renegotiation(s: tls.TLSSocket): Promise<string> {
+  return new Promise<string>((resolve) => {
+    const timer = setTimeout(() => resolve('no answer'), 1500);
+    const done = (r: string): void => {
+      clearTimeout(timer);
+      resolve(r);
+    };
+    s.once('close', () => done('closed'));
+    const ok = s.renegotiate({ rejectUnauthorized: false }, (err) => done(err ? `error: ${err.message}` : 'renegotiated'));
+    if (!ok) done('refused locally');
+  });
+}
+
 describe('item 20: STLS', () => {
   it('advertised on the plain port before login only; never on the implicit-TLS port; gone after STLS', async () => {
     const w = await plain();
-    expect((await w.cmdLines('CAPA')).lines).toEqual(CAPA_PLAIN);
+    expect(capaShape((await w.cmdLines('CAPA')).lines)).toEqual(CAPA_PLAIN);
     await w.login('bob', 'pw');
-    expect((await w.cmdLines('CAPA')).lines).toEqual(CAPA_TLS);
+    expect(capaShape((await w.cmdLines('CAPA')).lines)).toEqual(CAPA_TLS);
     expect(await w.cmd('STLS')).toMatch(/^-ERR /);
     await quit(w);
 
     const t = await implicit();
-    expect((await t.cmdLines('CAPA')).lines).toEqual(CAPA_TLS);
+    expect(capaShape((await t.cmdLines('CAPA')).lines)).toEqual(CAPA_TLS);
     expect(await t.cmd('STLS')).toBe('-ERR TLS is already active.');
     await t.login('bob', 'pw');
-    expect((await t.cmdLines('CAPA')).lines).toEqual(CAPA_TLS);
+    expect(capaShape((await t.cmdLines('CAPA')).lines)).toEqual(CAPA_TLS);
     await quit(t);
 
     const s = await plain();
     await stls(s);
-    expect((await s.cmdLines('CAPA')).lines).toEqual(CAPA_TLS);
+    expect(capaShape((await s.cmdLines('CAPA')).lines)).toEqual(CAPA_TLS);
     expect(await s.cmd('STLS')).toBe('-ERR TLS is already active.');
     await quit(s);
   });
@@ -99,7 +133,7 @@ describe('item 20: STLS', () => {
   it('STLS with an argument is refused and the session stays plaintext', async () => {
     const w = await plain();
     expect(await w.cmd('STLS now')).toMatch(/^-ERR /);
-    expect((await w.cmdLines('CAPA')).lines).toEqual(CAPA_PLAIN);
+    expect(capaShape((await w.cmdLines('CAPA')).lines)).toEqual(CAPA_PLAIN);
     await quit(w);
   });
 
@@ -136,7 +170,7 @@ describe('item 21: plaintext after STLS is thrown away', () => {
     await sleep(100);
     expect(w.pending.length).toBe(0); // the stale CAPA did not run inside TLS either
     expect(await w.cmd('NOOP')).toBe('-ERR Not logged in.');
-    expect((await w.cmdLines('CAPA')).lines).toEqual(CAPA_TLS);
+    expect(capaShape((await w.cmdLines('CAPA')).lines)).toEqual(CAPA_TLS);
     await sleep(50);
     expect(w.pending.length).toBe(0);
     await quit(w);
@@ -160,10 +194,22 @@ describe('item 21: plaintext after STLS is thrown away', () => {
     expect(w.pending.toString('latin1')).not.toContain('+OK');
   });
 
-  it('STLS after a burst of pipelined commands (input paused) still upgrades and discards the rest', async () => {
+  it('STLS at the head of a big pipelined batch (input paused at that moment) upgrades and discards the rest', async () => {
+    const w = await plain();
+    w.sendRaw('STLS\r\n' + 'CAPA\r\n'.repeat(100));
+    expect(await w.line()).toBe('+OK Begin TLS negotiation now.');
+    await sleep(50);
+    expect(w.pending.length).toBe(0);
+    await w.upgrade();
+    expect(await w.cmd('USER alice')).toBe('+OK');
+    expect(await w.cmd('PASS secret')).toBe('+OK Logged in.');
+    await quit(w);
+  });
+
+  it('STLS after a burst of pipelined commands still upgrades and discards the rest', async () => {
     const w = await plain();
     w.sendRaw('CAPA\r\n'.repeat(60) + 'STLS\r\nCAPA\r\nCAPA\r\n');
-    for (let i = 0; i < 60; i++) expect((await w.multiLines()).lines).toEqual(CAPA_PLAIN);
+    for (let i = 0; i < 60; i++) expect(capaShape((await w.multiLines()).lines)).toEqual(CAPA_PLAIN);
     expect(await w.line()).toBe('+OK Begin TLS negotiation now.');
     await w.upgrade();
     expect(await w.cmd('USER alice')).toBe('+OK');
@@ -181,11 +227,14 @@ describe('item 22: refusing cleartext logins (plaintext_auth = never)', () => {
 
   it('CAPA hides USER and the plaintext mechanisms until TLS', async () => {
     const w = await plain(strict.port);
-    const lines = (await w.cmdLines('CAPA')).lines;
+    const lines = capaShape((await w.cmdLines('CAPA')).lines, false).filter((l) => l !== 'SASL *');
     expect(lines).toEqual(['TOP', 'RESP-CODES', 'AUTH-RESP-CODE', 'PIPELINING', 'UIDL', 'STLS', 'IMPLEMENTATION Poplar']);
-    expect(await w.cmdLines('AUTH')).toEqual({ status: '+OK Supported mechanisms follow', lines: [] });
+    const listed = await w.cmdLines('AUTH');
+    expect(listed.status).toBe('+OK Supported mechanisms follow');
+    expect(listed.lines).not.toContain('PLAIN');
+    expect(listed.lines).not.toContain('LOGIN');
     await stls(w);
-    expect((await w.cmdLines('CAPA')).lines).toEqual(CAPA_TLS);
+    expect(capaShape((await w.cmdLines('CAPA')).lines)).toEqual(CAPA_TLS);
     await quit(w);
   });
 
@@ -256,8 +305,7 @@ describe('item 23: implicit TLS', () => {
   it('refuses TLS 1.1 and 1.0 (implicit and STLS), although the client could speak them', async () => {
     const old = { minVersion: 'TLSv1' as const, maxVersion: 'TLSv1.1' as const, ciphers: 'DEFAULT:@SECLEVEL=0' };
     // Control: this client does speak TLS 1.1 with a server that allows it.
-    const { certFile } = { certFile: srv.certFile };
-    const key = await fs.readFile(path.join(path.dirname(certFile), 'key.pem'));
+    const key = await fs.readFile(path.join(path.dirname(srv.certFile), 'key.pem'));
     const lax = tls.createServer({ cert: srv.cert, key, minVersion: 'TLSv1', ciphers: 'DEFAULT:@SECLEVEL=0' }, (s) => s.end());
     lax.listen(0, '127.0.0.1');
     await once(lax, 'listening');
@@ -276,23 +324,35 @@ describe('item 23: implicit TLS', () => {
     expect(await w.cmd('STLS')).toBe('+OK Begin TLS negotiation now.');
     const s = tls.connect({ socket: w.socket, rejectUnauthorized: false, servername: 'localhost', ...old });
     s.on('error', () => undefined);
-    const outcome = await Promise.race([once(s, 'secureConnect').then(() => 'connected'), once(s, 'close').then(() => 'closed')]);
-    expect(outcome).toBe('closed');
+    const outcome = await new Promise<string>((resolve) => {
+      s.once('secureConnect', () => resolve(`connected with ${s.getProtocol()}`));
+      s.once('error', (e) => resolve(`error: ${e.message}`));
+      s.once('close', () => resolve('closed'));
+    });
+    expect(outcome).toMatch(/^(error|closed)/);
+    s.destroy();
   });
 
   it('renegotiation is refused on TLS 1.2', async () => {
+    // Control: a plain Node TLS server lets this client renegotiate.
+    const key = await fs.readFile(path.join(path.dirname(srv.certFile), 'key.pem'));
+    const lax = tls.createServer({ cert: srv.cert, key }, (sock) => sock.on('error', () => undefined));
+    lax.listen(0, '127.0.0.1');
+    await once(lax, 'listening');
+    const c = await tryTls({ port: (lax.address() as net.AddressInfo).port, maxVersion: 'TLSv1.2' });
+    expect(c.ok).toBe(true);
+    if (c.ok) {
+      expect(await renegotiation(c.socket)).toBe('renegotiated');
+      c.socket.destroy();
+    }
+    lax.close();
+
     const r = await tryTls({ port: srv.tlsPort, maxVersion: 'TLSv1.2' });
     expect(r.ok).toBe(true);
     if (!r.ok) return;
     const s = r.socket;
     s.on('error', () => undefined);
-    const closed = once(s, 'close').then(() => 'closed');
-    const result = await new Promise<string>((resolve) => {
-      const ok = s.renegotiate({ rejectUnauthorized: false }, (err) => resolve(err ? 'error' : 'renegotiated'));
-      if (!ok) resolve('error');
-      void closed.then(resolve);
-    });
-    expect(result).not.toBe('renegotiated');
+    expect(await renegotiation(s)).not.toBe('renegotiated');
     s.destroy();
     // The server is fine afterwards.
     const w = await implicit();
@@ -306,27 +366,76 @@ describe('item 23: implicit TLS', () => {
     const s = tls.connect({ socket: w.socket, rejectUnauthorized: false, servername: 'localhost', maxVersion: 'TLSv1.2' });
     s.on('error', () => undefined);
     await once(s, 'secureConnect');
-    const closed = once(s, 'close').then(() => 'closed');
-    const result = await new Promise<string>((resolve) => {
-      const ok = s.renegotiate({ rejectUnauthorized: false }, (err) => resolve(err ? 'error' : 'renegotiated'));
-      if (!ok) resolve('error');
-      void closed.then(resolve);
-    });
-    expect(result).not.toBe('renegotiated');
+    expect(await renegotiation(s)).not.toBe('renegotiated');
     s.destroy();
   });
 
-  it('does not ask for a client certificate', async () => {
-    const r = await tryTls({ port: srv.tlsPort });
-    expect(r.ok).toBe(true);
-    if (r.ok) {
-      // A server that sent CertificateRequest would leave the client with an empty certificate sent; Node exposes none either way,
-      // so check the server side's view through the protocol: the session works without any client certificate.
-      r.socket.destroy();
+  it('does not ask for a client certificate (no CertificateRequest in the handshake)', async () => {
+    const key = await fs.readFile(path.join(path.dirname(srv.certFile), 'key.pem'));
+    const asking = tls.createServer({ cert: srv.cert, key, requestCert: true, rejectUnauthorized: false }, (sock) => sock.end());
+    asking.listen(0, '127.0.0.1');
+    await once(asking, 'listening');
+    const control = (asking.address() as net.AddressInfo).port;
+    try {
+      for (const version of ['-tls1_2', '-tls1_3']) {
+        // Control: openssl's state trace shows the request when a server sends one.
+        expect(await sClientTrace(control, version)).toMatch(/certificate request/i);
+        const trace = await sClientTrace(srv.tlsPort, version);
+        expect(trace).toMatch(/\+OK Poplar ready\./);
+        expect(trace).not.toMatch(/certificate request/i);
+      }
+    } finally {
+      asking.close();
     }
-    const w = await implicit();
-    await w.login('bob', 'pw');
-    await quit(w);
+  });
+});
+
+/** `openssl s_client -state` against a port: the handshake trace and what the server sent. */
+async function sClientTrace(port: number, version: string): Promise<string> {
+  const child = spawn('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, version, '-state', '-ign_eof'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString('latin1')));
+  child.stderr.on('data', (c: Buffer) => (out += c.toString('latin1')));
+  const exited = once(child, 'exit');
+  for (let i = 0; i < 100 && !/Poplar ready|CONNECTED[\s\S]*---\s*$/.test(out) && child.exitCode === null; i++) await sleep(20);
+  await sleep(50);
+  child.kill();
+  await exited;
+  return out;
+}
+
+describe('timeouts under TLS', () => {
+  it('the inactivity -ERR reaches the client before the close, on implicit TLS and after STLS', async () => {
+    const s = await startTestServer({ settings: { login_timeout: 0.3 } });
+    try {
+      const a = await implicit(s.tlsPort);
+      const b = await plain(s.port);
+      await stls(b);
+      expect(await a.line(3000)).toBe('-ERR Disconnected for inactivity.');
+      expect(await b.line(3000)).toBe('-ERR Disconnected for inactivity.');
+      await a.closed();
+      await b.closed();
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('a client that connects to the implicit-TLS port and never handshakes is dropped', async () => {
+    const s = await startTestServer({ settings: { login_timeout: 1 } });
+    try {
+      const sock = net.connect({ host: '127.0.0.1', port: s.tlsPort });
+      await once(sock, 'connect');
+      const t0 = Date.now();
+      let got = 0;
+      sock.on('data', (c: Buffer) => (got += c.length));
+      sock.on('error', () => undefined);
+      await once(sock, 'close');
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(800);
+      expect(Date.now() - t0).toBeLessThan(5000);
+      expect(got).toBe(0);
+    } finally {
+      await s.stop();
+    }
   });
 });
 

@@ -15,13 +15,13 @@ export class LoginServer implements ServerMechanism {
     }
     if (this.#username === undefined) {
       const u = response.toString('utf8');
-      if (u === '' || u.length > 255 || hasForbiddenControl(u)) return { kind: 'fail', reason: 'bad user name' };
+      if (u === '' || response.length > 255 || hasForbiddenControl(u)) return { kind: 'fail', reason: 'bad user name' };
       this.#username = u;
       this.#prompted = true;
       return { kind: 'challenge', data: PASSWORD };
     }
     const password = response.toString('utf8');
-    if (hasForbiddenControl(password)) return { kind: 'fail', reason: 'bad password' };
+    if (response.length > 1024 || hasForbiddenControl(password)) return { kind: 'fail', reason: 'bad password' };
     return { kind: 'credentials', credentials: { kind: 'password', username: this.#username, password } };
   }
 }

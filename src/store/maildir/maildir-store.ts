@@ -9,7 +9,7 @@ import type { Logger } from '../../observability/log.js';
 import type { MailStore, Maildrop, MessageInfo } from '../types.js';
 import { acquireSessionLock, releaseSessionLock, UidlistLock } from './locks.js';
 import { baseName, compareMaildirNames, sizeFromName, uniqueName } from './names.js';
-import { extValue, formatUidlist, parseUidlist, setExt, type Uidlist, type UidlistRecord } from './uidlist.js';
+import { extValue, formatUidlist, parseUidlist, setExt, UidlistFormatError, type Uidlist, type UidlistRecord } from './uidlist.js';
 
 export interface MaildirStoreOptions {
   /** Maildrop of user U is ROOT/U unless the user database names one. */
@@ -21,6 +21,9 @@ export interface MaildirStoreOptions {
 }
 
 const SESSION_LOCK = 'poplar-pop3.lock';
+
+/** Maildrops locked anywhere in this process, by any store instance (the lock file covers other processes). */
+const LOCKED = new Set<string>();
 
 /** Dovecot's default pop3_uidl_format `%08Xu%08Xv`: UID then UIDVALIDITY, 8 lower-case hex digits each. */
 export function dovecotUidl(uid: number, uidValidity: number): string {
@@ -41,8 +44,6 @@ export class MaildirStore implements MailStore {
   readonly #log: Logger;
   readonly #fsync: boolean;
   readonly #stale: number;
-  /** Maildrops locked by this process (the lock file covers other processes). */
-  readonly #locked = new Set<string>();
 
   constructor(opts: MaildirStoreOptions) {
     this.#root = opts.root;
@@ -61,13 +62,15 @@ export class MaildirStore implements MailStore {
 
   async open(user: Principal, signal?: AbortSignal): Promise<Maildrop> {
     const dir = this.maildropPath(user.username, user.maildir);
-    if (this.#locked.has(dir)) throw new Pop3Error('Maildrop is locked by another session', 'IN-USE');
-    this.#locked.add(dir);
+    if (LOCKED.has(dir)) throw new Pop3Error('Maildrop is locked by another session', 'IN-USE');
+    LOCKED.add(dir);
     let lockFile: string | undefined;
     try {
       await ensureMaildir(dir);
       lockFile = path.join(dir, SESSION_LOCK);
-      const got = await acquireSessionLock(lockFile, (f) => this.#locked.has(path.dirname(f)));
+      // No other session of this process holds it (checked above), so a lock file
+      // carrying our own pid is a leftover (e.g. a failed unlink) and is taken over.
+      const got = await acquireSessionLock(lockFile, () => false);
       if (!got) {
         lockFile = undefined;
         throw new Pop3Error('Maildrop is locked by another session', 'IN-USE');
@@ -77,7 +80,7 @@ export class MaildirStore implements MailStore {
       return new MaildirMaildrop(this, dir, entries, lockFile);
     } catch (e) {
       if (lockFile !== undefined) await releaseSessionLock(lockFile).catch(() => undefined);
-      this.#locked.delete(dir);
+      LOCKED.delete(dir);
       throw e;
     }
   }
@@ -87,7 +90,7 @@ export class MaildirStore implements MailStore {
     try {
       await releaseSessionLock(lockFile);
     } finally {
-      this.#locked.delete(dir);
+      LOCKED.delete(dir);
     }
   }
 
@@ -105,12 +108,18 @@ export class MaildirStore implements MailStore {
     let uidlist = await readUidlist(dir);
     let plan = planSync(uidlist, byBase);
     if (plan.unassigned.length > 0 || plan.missingSize.length > 0 || uidlist === null) {
-      // Compute missing sizes before taking the lock: reading files can be slow.
+      // Compute missing sizes before taking the lock: reading files can be slow, and a
+      // lock held for minutes would be taken for stale by other servers (staleSeconds).
+      // That includes files that get their UID now: a first login reads them all.
       const sizes = new Map<string, number>();
-      for (const r of plan.missingSize) {
+      const toMeasure = [
+        ...plan.missingSize.map((r) => r.basename),
+        ...plan.unassigned.filter((b) => sizeFromName(byBase.get(b)!) === undefined),
+      ];
+      for (const basename of toMeasure) {
         signal?.throwIfAborted();
-        const size = await fileCrlfSize(path.join(cur, byBase.get(r.basename)!)).catch(() => undefined);
-        if (size !== undefined) sizes.set(r.basename, size);
+        const size = await fileCrlfSize(path.join(cur, byBase.get(basename)!)).catch(() => undefined);
+        if (size !== undefined) sizes.set(basename, size);
       }
       const lock = await UidlistLock.acquire(dir, { staleSeconds: this.#stale, ...(signal ? { signal } : {}) });
       try {
@@ -125,13 +134,17 @@ export class MaildirStore implements MailStore {
           const filename = byBase.get(basename)!;
           const rec: UidlistRecord = { uid: uidlist.nextUid++, ext: [], basename };
           if (sizeFromName(filename) === undefined) {
-            const s = await fileCrlfSize(path.join(cur, filename)).catch(() => undefined);
+            const s = sizes.get(basename) ?? (await fileCrlfSize(path.join(cur, filename)).catch(() => undefined));
             if (s !== undefined) rec.ext.push(['W', String(s)]);
           }
           uidlist.records.push(rec);
         }
-        // Records of files that no longer exist are dropped, as Dovecot does.
-        uidlist.records = uidlist.records.filter((r) => byBase.has(r.basename));
+        // Records of files that no longer exist are dropped, as Dovecot does. Whether a
+        // file exists is judged by a listing taken now, under the lock: a file another
+        // server moved to cur/ (or saved to new/) after our listing, and gave a UID
+        // meanwhile, must keep its record, or it would get a new UID later.
+        const present = await listBaseNames(dir);
+        uidlist.records = uidlist.records.filter((r) => byBase.has(r.basename) || present.has(r.basename));
         await lock.replace(formatUidlist(uidlist), this.#fsync);
       } catch (e) {
         await lock.release();
@@ -212,7 +225,7 @@ function buildEntries(u: Uidlist, byBase: Map<string, string>, known: Map<string
       filename,
       size: w,
       uidl: p !== undefined && p !== '' ? p : dovecotUidl(r.uid, u.uidValidity),
-      order: o !== undefined ? Number(o) : undefined,
+      order: o !== undefined && /^[0-9]+$/.test(o) ? Number(o) : undefined,
     });
   }
   // POP3 order: a saved O order first (kept from a migration), then by UID.
@@ -244,7 +257,23 @@ async function readUidlist(dir: string): Promise<Uidlist | null> {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw e;
   }
-  return parseUidlist(text);
+  try {
+    return parseUidlist(text);
+  } catch (e) {
+    if (!(e instanceof UidlistFormatError)) throw e;
+    // Like Dovecot: a corrupt list is rebuilt rather than locking the user out for good.
+    // UIDs (and UIDLs) start afresh under a new UIDVALIDITY; clients may download again.
+    return null;
+  }
+}
+
+/** Base names of every message file in cur/ and new/ right now. */
+async function listBaseNames(dir: string): Promise<Set<string>> {
+  const out = new Set<string>();
+  for (const sub of ['cur', 'new']) {
+    for (const f of await fs.readdir(path.join(dir, sub))) if (f[0] !== '.') out.add(baseName(f));
+  }
+  return out;
 }
 
 async function ensureMaildir(dir: string): Promise<void> {

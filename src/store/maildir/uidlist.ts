@@ -65,6 +65,8 @@ export function parseUidlist(text: string): Uidlist {
       basename = line.slice(colon + 2);
     }
     const parts = head.split(' ');
+    // Decimal digits only, as Dovecot reads them: Number() would also take "1e3", "0x10", "+7".
+    if (!/^[0-9]+$/.test(parts[0]!)) continue;
     const uid = Number(parts[0]);
     if (!Number.isSafeInteger(uid) || uid <= 0 || basename === '') continue;
     const ext: [string, string][] = [];

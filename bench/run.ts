@@ -1,0 +1,631 @@
+/**
+ * Poplar vs Dovecot benchmark: `npm run bench`. Needs root and Dovecot 2.3,
+ * like the Dovecot comparison tests. Writes docs/benchmarks.md, which also
+ * explains what is measured; `npm run bench -- --help` lists the options.
+ *
+ * Layout: bench/load.ts is the load generator (separate processes, raw POP3),
+ * bench/data.ts the maildirs, bench/servers.ts starts the two servers,
+ * bench/procfs.ts reads memory and CPU from /proc, bench/report.ts formats.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { dovecotAvailable } from '../test/helpers/dovecot.js';
+import { formatProfile, summariseProfile } from './cpu-profile.js';
+import { allUsers, BIG_MESSAGES, BIG_USER, copyMaildirs, ensureTemplate, moveDir, prepareBigCopy, RETR_USERS, type Manifest } from './data.js';
+import { childrenOf, machineInfo, memoryOf, openFileLimit, processGroup, systemBusySeconds } from './procfs.js';
+import type { BigDropResult, FromWorker, IdleReady, RetrResult, SessionsResult, ToWorker } from './protocol.js';
+import {
+  fmtBytes,
+  markdown,
+  plainTable,
+  rows,
+  type BigDropFigure,
+  type ColdRecord,
+  type Figure,
+  type IdleFigure,
+  type Options,
+  type Params,
+  type Results,
+  type RetrFigure,
+  type ServerKey,
+  type SessionsFigure,
+  type WindowCpu,
+} from './report.js';
+import { startDovecotBench, startPoplar, withFileLimit, type BenchServer } from './servers.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const WORK = path.join(ROOT, 'bench', '.work');
+const TEMPLATE = path.join(WORK, 'template');
+const COLD_FILE = path.join(WORK, 'cold.json');
+const DOC = path.join(ROOT, 'docs', 'benchmarks.md');
+const LOAD = path.join(ROOT, 'bench', 'load.ts');
+
+const FIGURES: Figure[] = ['idle', 'sessions', 'retr', 'bigdrop'];
+
+const FULL: Params = {
+  sessionClients: 32,
+  sessionWarmupMs: 2000,
+  sessionDurationMs: 10_000,
+  retrClients: RETR_USERS,
+  retrWindow: 8,
+  retrWarmupMs: 2000,
+  retrDurationMs: 8000,
+  bigRuns: 5,
+  idleConnections: 2000,
+};
+
+const QUICK: Params = { ...FULL, sessionWarmupMs: 1000, sessionDurationMs: 3000, retrWarmupMs: 1000, retrDurationMs: 3000, bigRuns: 2 };
+
+const USAGE = `usage: npm run bench -- [options]
+  --quick                 short windows (report to bench/.work/last-run.md)
+  --only LIST             figures to run, of: ${FIGURES.join(',')}
+  --server poplar|dovecot one server only
+  --cold                  drop the 100k maildrop's caches first and measure the first login without them
+  --cpu-prof              run Poplar's sessions/s figure under node --cpu-prof and summarise the profile
+  --workers N             load generator processes (default: cores, at least 2, at most 4)
+Only a full run (all figures, both servers, no --quick) rewrites docs/benchmarks.md.
+`;
+
+// ---------------------------------------------------------------------------
+// helpers
+
+/** What must not outlive this process, also on Ctrl-C: servers and load generators. */
+const cleanups = new Set<() => Promise<void> | void>();
+let cleaning: Promise<void> = Promise.resolve();
+let interrupted = false;
+
+/** Runs the registered cleanups, newest first; a second call waits for a running one. */
+function cleanUp(): Promise<void> {
+  cleaning = cleaning.then(async () => {
+    for (const c of [...cleanups].reverse()) {
+      cleanups.delete(c);
+      await Promise.resolve()
+        .then(c)
+        .catch((e: unknown) => log(`warning: cleanup failed: ${String(e)}`));
+    }
+  });
+  return cleaning;
+}
+
+/**
+ * Last resort on Ctrl-C: whatever this process started and has not stopped yet
+ * (a server still starting, a load generator). Poplar and Dovecot lead their
+ * own process groups, so the whole group goes.
+ */
+async function killChildren(): Promise<void> {
+  const kids = childrenOf(process.pid);
+  const signal = (sig: NodeJS.Signals): void => {
+    for (const pid of kids) {
+      try {
+        if (processGroup(pid) === pid) process.kill(-pid, sig);
+        else process.kill(pid, sig);
+      } catch {
+        // gone
+      }
+    }
+  };
+  if (kids.length === 0) return;
+  signal('SIGTERM');
+  await sleep(2000);
+  signal('SIGKILL');
+}
+
+function log(s: string): void {
+  process.stdout.write(s + '\n');
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** Nearest-rank percentile of an already sorted array. */
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i]!;
+}
+
+function cpuS(r: { cpuUserUs: number; cpuSystemUs: number }): number {
+  return (r.cpuUserUs + r.cpuSystemUs) / 1e6;
+}
+
+/** Runs `fn` at the given epoch time and resolves with its value. */
+function at<T>(epochMs: number, fn: () => T): Promise<T> {
+  return new Promise((resolve) => setTimeout(() => resolve(fn()), Math.max(0, epochMs - Date.now())));
+}
+
+function split<T>(xs: T[], parts: number): T[][] {
+  const out: T[][] = Array.from({ length: parts }, () => []);
+  xs.forEach((x, i) => out[i % parts]!.push(x));
+  return out;
+}
+
+function shares(total: number, parts: number): number[] {
+  return Array.from({ length: parts }, (_, i) => Math.floor(total / parts) + (i < total % parts ? 1 : 0));
+}
+
+function load1(): number {
+  return os.loadavg()[0] ?? NaN;
+}
+
+function newestMtime(dir: string): number {
+  let newest = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) newest = Math.max(newest, newestMtime(p));
+    else if (e.name.endsWith('.ts') && !e.name.endsWith('.test.ts')) newest = Math.max(newest, statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+/** `npm run build` when dist/ is missing or older than src/. */
+function ensureBuilt(): void {
+  const main = path.join(ROOT, 'dist', 'cli', 'main.js');
+  const srcTime = Math.max(newestMtime(path.join(ROOT, 'src')), statSync(path.join(ROOT, 'tsconfig.build.json')).mtimeMs);
+  if (existsSync(main) && statSync(main).mtimeMs >= srcTime) return;
+  log(existsSync(main) ? 'dist/ is older than src/: running npm run build ...' : 'dist/ is missing: running npm run build ...');
+  const r = spawnSync('npm', ['run', 'build'], { cwd: ROOT, stdio: 'inherit' });
+  if (r.status !== 0) throw new Error(`npm run build failed (exit ${r.status ?? r.signal ?? '?'}); the benchmark runs the compiled dist/`);
+}
+
+function readCold(): Partial<Record<ServerKey, ColdRecord>> {
+  try {
+    return JSON.parse(readFileSync(COLD_FILE, 'utf8')) as Partial<Record<ServerKey, ColdRecord>>;
+  } catch {
+    return {};
+  }
+}
+
+function writeCold(key: ServerKey, rec: ColdRecord): void {
+  writeFileSync(COLD_FILE, JSON.stringify({ ...readCold(), [key]: rec }, null, 1));
+}
+
+// ---------------------------------------------------------------------------
+// load generator processes
+
+class LoadWorker {
+  readonly #child: ChildProcess;
+  #waiting: { kind: FromWorker['kind']; resolve: (m: FromWorker) => void; reject: (e: Error) => void } | null = null;
+  #exited = false;
+  readonly #ready: Promise<void>;
+
+  constructor(index: number) {
+    // Same loader flags as this process (tsx), so bench/load.ts runs from source.
+    const [cmd, args] = withFileLimit(65536, [process.execPath, ...process.execArgv.filter((a) => !a.startsWith('--cpu-prof')), LOAD]);
+    this.#child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    this.#child.on('message', (m: FromWorker) => {
+      const w = this.#waiting;
+      if (m.kind === 'failed') {
+        this.#waiting = null;
+        w?.reject(new Error(`load generator ${index}: ${m.message}`));
+        return;
+      }
+      if (w !== null && w.kind === m.kind) {
+        this.#waiting = null;
+        w.resolve(m);
+      }
+    });
+    this.#child.on('error', (e) => {
+      const w = this.#waiting;
+      this.#waiting = null;
+      w?.reject(new Error(`load generator ${index}: ${e.message}`));
+    });
+    this.#child.on('exit', (code, signal) => {
+      this.#exited = true;
+      const w = this.#waiting;
+      this.#waiting = null;
+      w?.reject(new Error(`load generator ${index} exited (${code ?? signal ?? '?'})`));
+    });
+    this.#ready = this.#expect('ready').then(() => undefined);
+  }
+
+  #expect(kind: FromWorker['kind']): Promise<FromWorker> {
+    if (this.#exited) return Promise.reject(new Error('load generator is not running'));
+    if (this.#waiting !== null) return Promise.reject(new Error('load generator is busy'));
+    return new Promise((resolve, reject) => (this.#waiting = { kind, resolve, reject }));
+  }
+
+  ready(): Promise<void> {
+    return this.#ready;
+  }
+
+  request<K extends FromWorker['kind']>(msg: ToWorker, kind: K): Promise<Extract<FromWorker, { kind: K }>> {
+    const p = this.#expect(kind);
+    this.#child.send(msg, (e) => {
+      if (e === null) return;
+      const w = this.#waiting;
+      this.#waiting = null;
+      w?.reject(new Error(`load generator: cannot send the job: ${e.message}`));
+    });
+    return p as Promise<Extract<FromWorker, { kind: K }>>;
+  }
+
+  kill(): void {
+    if (!this.#exited) this.#child.kill('SIGKILL');
+  }
+}
+
+async function startWorkers(n: number): Promise<LoadWorker[]> {
+  const ws = Array.from({ length: n }, (_, i) => new LoadWorker(i));
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      Promise.all(ws.map((w) => w.ready())),
+      new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('load generators did not start within 30 s')), 30_000))),
+    ]);
+  } catch (e) {
+    for (const w of ws) w.kill();
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
+  return ws;
+}
+
+// ---------------------------------------------------------------------------
+// one server instance with its maildirs
+
+interface Instance {
+  key: ServerKey;
+  server: BenchServer;
+  /** The server's mail root. */
+  mail: string;
+  /** Where its copy of the big maildrop lives between runs. */
+  bigHome: string;
+  /** True while that copy sits in the mail root. */
+  bigInRoot: boolean;
+}
+
+/** A big maildrop left in a mail root by an interrupted run goes back to its home first. */
+function rescueBig(mail: string, bigHome: string): void {
+  const inRoot = path.join(mail, BIG_USER);
+  if (existsSync(inRoot) && !existsSync(path.join(bigHome, BIG_USER))) moveDir(inRoot, path.join(bigHome, BIG_USER));
+}
+
+async function startInstance(key: ServerKey, m: Manifest, nodeArgs: string[] = []): Promise<Instance> {
+  const dir = path.join(WORK, 'run', key);
+  const mail = path.join(dir, 'mail');
+  const bigHome = path.join(WORK, 'big', key);
+  rescueBig(mail, bigHome);
+  rmSync(dir, { recursive: true, force: true });
+  copyMaildirs(TEMPLATE, mail, [...m.sessionUsers.map((u) => u.name), ...m.retrUsers.map((u) => u.name)]);
+  const t0 = Date.now();
+  const server =
+    key === 'poplar'
+      ? await startPoplar({ root: ROOT, workDir: path.join(dir, 'poplar'), maildirRoot: mail, users: allUsers(m), nodeArgs })
+      : await startDovecotBench(mail, allUsers(m));
+  log(`${server.name} is up on port ${server.port} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  const inst: Instance = { key, server, mail, bigHome, bigInRoot: false };
+  const stop = async (): Promise<void> => {
+    await server.stop().catch((e: unknown) => log(`warning: stopping ${server.name} failed: ${String(e)}`));
+    if (inst.bigInRoot) {
+      moveDir(path.join(mail, BIG_USER), path.join(bigHome, BIG_USER));
+      inst.bigInRoot = false;
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  cleanups.add(stop);
+  return inst;
+}
+
+// ---------------------------------------------------------------------------
+// the four figures
+
+/** Samples CPU use of the server, the machine, at the window's start and end. */
+function windowCpu(server: BenchServer, tStart: number, tEnd: number): Promise<{ serverCpuS: number; busyS: number }> {
+  const a = at(tStart, () => ({ s: server.cpuSeconds(), b: systemBusySeconds() }));
+  const b = at(tEnd, () => ({ s: server.cpuSeconds(), b: systemBusySeconds() }));
+  return Promise.all([a, b]).then(([x, y]) => ({ serverCpuS: y.s - x.s, busyS: y.b - x.b }));
+}
+
+function windowFigures(cpu: { serverCpuS: number; busyS: number }, genCpuS: number, windowS: number, loadAtStart: number): WindowCpu {
+  return { windowS, serverCpuS: cpu.serverCpuS, genCpuS, otherCpuS: Math.max(0, cpu.busyS - cpu.serverCpuS - genCpuS), load1: loadAtStart };
+}
+
+async function figIdle(server: BenchServer, ws: LoadWorker[], p: Params): Promise<IdleFigure> {
+  const l1 = load1();
+  // Warm the accept path first, so code loading is not charged to the connections.
+  const w0 = ws[0]!;
+  await w0.request({ kind: 'idle', port: server.port, count: 100, concurrency: 50 }, 'idle-ready');
+  await w0.request({ kind: 'release' }, 'released');
+  await sleep(1000);
+  const before = memoryOf(server.pids());
+  const counts = shares(p.idleConnections, ws.length);
+  try {
+    const ready: IdleReady[] = await Promise.all(ws.map((w, i) => w.request({ kind: 'idle', port: server.port, count: counts[i]!, concurrency: 100 }, 'idle-ready')));
+    await sleep(1500);
+    const after = memoryOf(server.pids());
+    const opened = ready.reduce((a, r) => a + r.opened, 0);
+    return {
+      connections: p.idleConnections,
+      opened,
+      errors: ready.reduce((a, r) => a + r.errors, 0),
+      errorSamples: ready.flatMap((r) => r.errorSamples),
+      before,
+      after,
+      rssPerConn: opened > 0 ? (after.rss - before.rss) / opened : NaN,
+      pssPerConn: opened > 0 ? (after.pss - before.pss) / opened : NaN,
+      genCpuS: ready.reduce((a, r) => a + cpuS(r), 0),
+      load1: l1,
+    };
+  } finally {
+    await Promise.all(ws.map((w) => w.request({ kind: 'release' }, 'released')));
+    await sleep(500);
+  }
+}
+
+async function figSessions(server: BenchServer, ws: LoadWorker[], m: Manifest, p: Params): Promise<SessionsFigure> {
+  const l1 = load1();
+  const startAt = Date.now() + 500;
+  const tWarm = startAt + p.sessionWarmupMs;
+  const tEnd = tWarm + p.sessionDurationMs;
+  const userSets = split(m.sessionUsers, ws.length);
+  const clients = shares(p.sessionClients, ws.length);
+  const cpu = windowCpu(server, tWarm, tEnd);
+  const results: SessionsResult[] = await Promise.all(
+    ws.map((w, i) =>
+      w.request({ kind: 'sessions', port: server.port, users: userSets[i]!, clients: clients[i]!, startAt, warmupMs: p.sessionWarmupMs, durationMs: p.sessionDurationMs }, 'sessions'),
+    ),
+  );
+  const lat = results.flatMap((r) => r.latenciesUs).sort((a, b) => a - b);
+  const sessions = results.reduce((a, r) => a + r.sessions, 0);
+  const windowS = p.sessionDurationMs / 1000;
+  return {
+    rate: sessions / windowS,
+    sessions,
+    p50Ms: percentile(lat, 50) / 1000,
+    p99Ms: percentile(lat, 99) / 1000,
+    errors: results.reduce((a, r) => a + r.errors, 0),
+    errorSamples: results.flatMap((r) => r.errorSamples),
+    ...windowFigures(await cpu, results.reduce((a, r) => a + cpuS(r), 0), windowS, l1),
+  };
+}
+
+async function figRetr(server: BenchServer, ws: LoadWorker[], m: Manifest, p: Params): Promise<RetrFigure> {
+  const l1 = load1();
+  const startAt = Date.now() + 500;
+  const tWarm = startAt + p.retrWarmupMs;
+  const tEnd = tWarm + p.retrDurationMs;
+  const clients = m.retrUsers.slice(0, p.retrClients).map((u) => ({ user: { name: u.name, password: u.password }, expectedBodyBytes: u.expectedBodyBytes }));
+  const active = ws.slice(0, Math.min(ws.length, clients.length));
+  const sets = split(clients, active.length);
+  const cpu = windowCpu(server, tWarm, tEnd);
+  const results: RetrResult[] = await Promise.all(
+    active.map((w, i) => w.request({ kind: 'retr', port: server.port, clients: sets[i]!, window: p.retrWindow, startAt, warmupMs: p.retrWarmupMs, durationMs: p.retrDurationMs }, 'retr')),
+  );
+  const bytes = results.reduce((a, r) => a + r.bytes, 0);
+  const windowS = p.retrDurationMs / 1000;
+  return {
+    mbps: bytes / 1e6 / windowS,
+    bytes,
+    messages: results.reduce((a, r) => a + r.messages, 0),
+    sessions: results.reduce((a, r) => a + r.sessions, 0),
+    errors: results.reduce((a, r) => a + r.errors, 0),
+    mismatches: results.reduce((a, r) => a + r.mismatches, 0),
+    errorSamples: results.flatMap((r) => r.errorSamples),
+    ...windowFigures(await cpu, results.reduce((a, r) => a + cpuS(r), 0), windowS, l1),
+  };
+}
+
+async function figBigDrop(inst: Instance, ws: LoadWorker[], m: Manifest, o: Options): Promise<{ fig: BigDropFigure; cold?: ColdRecord }> {
+  const { server } = inst;
+  const l1 = load1();
+  const big = prepareBigCopy(TEMPLATE, inst.bigHome, { dropCaches: o.cold, log });
+  if (big.fresh) server.adopt(big.dir);
+  moveDir(big.dir, path.join(inst.mail, BIG_USER));
+  inst.bigInRoot = true;
+  const firstIsCold = big.fresh || o.cold;
+  const w0 = ws[0]!;
+  const check = (r: BigDropResult): void => {
+    for (const run of r.runs) {
+      if (run.statMessages !== BIG_MESSAGES || run.listLines !== BIG_MESSAGES) {
+        throw new Error(`${server.name}: the big maildrop shows ${run.statMessages} messages in STAT and ${run.listLines} LIST lines, expected ${BIG_MESSAGES}`);
+      }
+    }
+  };
+  if (firstIsCold) log(`   ${server.name}: first login on the ${BIG_MESSAGES}-message maildrop without caches (this can take minutes) ...`);
+  const first = await w0.request({ kind: 'bigdrop', port: server.port, user: m.bigUser, runs: 1, timeoutMs: 900_000 }, 'bigdrop');
+  check(first);
+  const warm = await w0.request({ kind: 'bigdrop', port: server.port, user: m.bigUser, runs: o.params.bigRuns, timeoutMs: 120_000 }, 'bigdrop');
+  check(warm);
+  const firstMs = first.runs[0]!.totalMs;
+  const fig: BigDropFigure = {
+    firstMs,
+    firstWasCold: firstIsCold,
+    medianMs: median(warm.runs.map((r) => r.totalMs)),
+    runsMs: warm.runs.map((r) => r.totalMs),
+    loginMedianMs: median(warm.runs.map((r) => r.loginMs)),
+    statMedianMs: median(warm.runs.map((r) => r.statMs)),
+    genCpuS: cpuS(warm),
+    load1: l1,
+  };
+  return firstIsCold ? { fig, cold: { ms: firstMs, date: new Date().toISOString().replace(/\.\d+Z$/, 'Z') } } : { fig };
+}
+
+async function runFigure(f: Figure, inst: Instance, ws: LoadWorker[], m: Manifest, o: Options, out: Results): Promise<void> {
+  const t0 = Date.now();
+  const name = inst.server.name.padEnd(7);
+  const res = out[inst.key];
+  const errs = (n: number, samples: string[]): string => (n > 0 ? `; ${n} errors: ${samples.join('; ')}` : '');
+  if (f === 'idle') {
+    const r = (res.idle = await figIdle(inst.server, ws, o.params));
+    log(
+      `${name} idle:     ${r.opened}/${r.connections} connections: PSS +${fmtBytes(r.after.pss - r.before.pss)}, RSS +${fmtBytes(r.after.rss - r.before.rss)} (${r.before.processes}→${r.after.processes} processes) = ${r.pssPerConn.toFixed(0)} B/conn PSS, ${r.rssPerConn.toFixed(0)} B/conn RSS${errs(r.errors, r.errorSamples)}`,
+    );
+  } else if (f === 'sessions') {
+    const r = (res.sessions = await figSessions(inst.server, ws, m, o.params));
+    log(
+      `${name} sessions: ${r.rate.toFixed(0)}/s, p50 ${r.p50Ms.toFixed(1)} ms, p99 ${r.p99Ms.toFixed(1)} ms; CPU in ${r.windowS} s: server ${r.serverCpuS.toFixed(2)} s, generator ${r.genCpuS.toFixed(2)} s, other ${r.otherCpuS.toFixed(2)} s${errs(r.errors, r.errorSamples)}`,
+    );
+  } else if (f === 'retr') {
+    const r = (res.retr = await figRetr(inst.server, ws, m, o.params));
+    log(
+      `${name} retr:     ${r.mbps.toFixed(1)} MB/s (${r.messages} messages, ${r.sessions} sessions); CPU in ${r.windowS} s: server ${r.serverCpuS.toFixed(2)} s, generator ${r.genCpuS.toFixed(2)} s, other ${r.otherCpuS.toFixed(2)} s${errs(r.errors, r.errorSamples)}`,
+    );
+  } else {
+    const { fig: r, cold } = await figBigDrop(inst, ws, m, o);
+    res.bigdrop = r;
+    if (cold) writeCold(inst.key, cold);
+    log(
+      `${name} bigdrop:  first login+STAT+LIST ${(r.firstMs / 1000).toFixed(2)} s (${r.firstWasCold ? 'no caches' : 'caches from an earlier run'}); warm median ${r.medianMs.toFixed(0)} ms (${r.runsMs.map((x) => x.toFixed(0)).join(', ')}; +OK to PASS at ${r.loginMedianMs.toFixed(0)} ms, STAT at ${r.statMedianMs.toFixed(0)} ms)`,
+    );
+  }
+  log(`${' '.repeat(7)} (${f}: ${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+}
+
+// ---------------------------------------------------------------------------
+
+function parseOptions(): Options {
+  const { values } = parseArgs({
+    options: {
+      quick: { type: 'boolean', default: false },
+      only: { type: 'string' },
+      server: { type: 'string' },
+      workers: { type: 'string' },
+      cold: { type: 'boolean', default: false },
+      'cpu-prof': { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    process.exit(0);
+  }
+  let figures = FIGURES;
+  if (values.only !== undefined) {
+    const want = values.only.split(',').map((s) => s.trim());
+    for (const w of want) if (!FIGURES.includes(w as Figure)) throw new Error(`--only: unknown figure "${w}" (known: ${FIGURES.join(', ')})`);
+    figures = FIGURES.filter((f) => want.includes(f));
+  }
+  let servers: ServerKey[] = ['poplar', 'dovecot'];
+  if (values.server !== undefined) {
+    if (values.server !== 'poplar' && values.server !== 'dovecot') throw new Error('--server: poplar or dovecot');
+    servers = [values.server];
+  }
+  const cpuProf = values['cpu-prof'] === true;
+  if (cpuProf) {
+    servers = ['poplar'];
+    if (values.only === undefined) figures = ['sessions'];
+  }
+  const cores = os.availableParallelism();
+  const workers = values.workers !== undefined ? Number(values.workers) : Math.min(4, Math.max(2, cores));
+  if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new Error('--workers: a whole number from 1 to 64');
+  return { figures, servers, params: values.quick === true ? QUICK : FULL, workers, cpuProf, quick: values.quick === true, cold: values.cold === true };
+}
+
+let isWrapper = false;
+
+/** Re-runs this script with a higher open-files limit (the idle-connection figure needs thousands of sockets). */
+async function reexecWithFileLimit(): Promise<number> {
+  isWrapper = true;
+  const [cmd, args] = withFileLimit(65536, [process.execPath, ...process.execArgv, process.argv[1]!, ...process.argv.slice(2)]);
+  const child = spawn(cmd, args, { stdio: 'inherit', env: { ...process.env, POPLAR_BENCH_REEXEC: '1' } });
+  const fwd = (sig: NodeJS.Signals): void => void child.kill(sig);
+  process.on('SIGINT', fwd);
+  process.on('SIGTERM', fwd);
+  return new Promise((resolve) => child.on('exit', (code, signal) => resolve(code ?? (signal ? 128 + (os.constants.signals[signal] ?? 0) : 1))));
+}
+
+async function main(): Promise<number> {
+  const o = parseOptions();
+  if (openFileLimit() < 8192 && process.env['POPLAR_BENCH_REEXEC'] === undefined) return reexecWithFileLimit();
+  if (openFileLimit() < 2 * o.params.idleConnections + 1000) throw new Error(`the open-files limit is ${openFileLimit()}; raise it (ulimit -n 65536) and run again`);
+  if (o.servers.includes('dovecot')) {
+    if (!dovecotAvailable()) throw new Error('Dovecot is not installed (/usr/sbin/dovecot); install dovecot-pop3d, or run with --server poplar');
+    if (process.getuid?.() !== 0) throw new Error('the Dovecot instance must be started as root (as in the tests); run as root, or with --server poplar');
+  }
+  const started = new Date();
+  ensureBuilt();
+  const mi = machineInfo('/usr/sbin/dovecot');
+  log(`machine: ${mi.cpu}, ${mi.cores} cores, ${mi.ramGiB} GiB, ${mi.kernel}, Node ${mi.node}, ${mi.dovecot}; load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  if (load1() > mi.cores / 2) log(`warning: the machine is busy (load average ${load1().toFixed(2)} on ${mi.cores} cores); figures will be low and noisy`);
+  mkdirSync(WORK, { recursive: true });
+  const m = ensureTemplate(TEMPLATE, log);
+
+  const results: Results = { poplar: {}, dovecot: {} };
+  if (o.cpuProf) {
+    const profDir = path.join(WORK, 'prof');
+    rmSync(profDir, { recursive: true, force: true });
+    mkdirSync(profDir, { recursive: true });
+    const inst = await startInstance('poplar', m, ['--cpu-prof', '--cpu-prof-dir', profDir]);
+    const ws = await startWorkers(o.workers);
+    cleanups.add(() => ws.forEach((w) => w.kill()));
+    for (const f of o.figures) await runFigure(f, inst, ws, m, o, results);
+    await cleanUp(); // Poplar writes the profile when it exits
+    const files = readdirSync(profDir).filter((f) => f.endsWith('.cpuprofile'));
+    if (files.length === 0) throw new Error(`Poplar wrote no .cpuprofile to ${profDir}`);
+    const text = formatProfile(summariseProfile(path.join(profDir, files[0]!), ROOT, 25));
+    log('\n' + text);
+    writeFileSync(path.join(WORK, 'profile.txt'), text + '\n');
+    log(`\nsummary in bench/.work/profile.txt; the profile itself: ${path.relative(ROOT, path.join(profDir, files[0]!))} (Chrome DevTools shows the call tree)`);
+    return 0;
+  }
+
+  const insts: Instance[] = [];
+  for (const s of o.servers) insts.push(await startInstance(s, m));
+  const ws = await startWorkers(o.workers);
+  cleanups.add(() => ws.forEach((w) => w.kill()));
+  for (const f of o.figures) {
+    for (const inst of insts) await runFigure(f, inst, ws, m, o, results);
+  }
+  await cleanUp();
+
+  const cold = readCold();
+  for (const k of ['poplar', 'dovecot'] as const) {
+    const c = cold[k];
+    if (c !== undefined && o.figures.includes('bigdrop')) results[k].cold = c;
+  }
+  const runtimeS = (Date.now() - started.getTime()) / 1000;
+  log('\n' + plainTable(rows(results, o.params)));
+  const complete = !o.quick && o.servers.length === 2 && o.figures.length === FIGURES.length;
+  const target = complete ? DOC : path.join(WORK, 'last-run.md');
+  writeFileSync(target, markdown(results, mi, o, m, runtimeS, started));
+  log(`\nwrote ${path.relative(process.cwd(), target) || target} (run took ${runtimeS.toFixed(0)} s)`);
+  const failed = (['poplar', 'dovecot'] as const).some((k) => (results[k].sessions?.errors ?? 0) > 0 || (results[k].retr?.errors ?? 0) > 0 || (results[k].idle?.errors ?? 0) > 0);
+  if (failed) log('warning: some operations failed; see the errors above before trusting the figures');
+  return 0;
+}
+
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(sig, () => {
+    if (isWrapper) return; // the child has the signal too (or it was forwarded); wait for it to exit
+    if (interrupted) return log(`${sig}: still stopping the servers ...`);
+    interrupted = true;
+    log(`\n${sig}: stopping the servers ...`);
+    void cleanUp()
+      .then(killChildren)
+      .finally(() => process.exit(130));
+  });
+}
+
+process.on('uncaughtException', (e) => {
+  process.stderr.write(`bench: internal error: ${e.stack ?? e.message}\n`);
+  if (interrupted) return;
+  interrupted = true;
+  void cleanUp()
+    .then(killChildren)
+    .finally(() => process.exit(70));
+});
+
+// After a signal the handler above finishes the cleanup and exits; main() failing meanwhile changes nothing.
+main().then(
+  async (code) => {
+    await cleanUp();
+    if (!interrupted) process.exit(code);
+  },
+  async (e: unknown) => {
+    if (interrupted) return;
+    process.stderr.write(`bench: ${e instanceof Error ? e.message : String(e)}\n`);
+    await cleanUp();
+    process.exit(1);
+  },
+);

@@ -1,0 +1,204 @@
+/**
+ * The two servers under test, behind one small interface: where they listen,
+ * which processes are theirs (for memory and CPU), and how to stop them.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { startDovecot, type DovecotHandle } from '../test/helpers/dovecot.js';
+import type { BenchUser } from './protocol.js';
+import { cpuSeconds, findDovecotMaster, groupMembers } from './procfs.js';
+
+export interface BenchServer {
+  readonly name: 'Poplar' | 'Dovecot';
+  readonly port: number;
+  /** Every process of this server instance, right now. */
+  pids(): number[];
+  /** CPU seconds used so far by the instance (live processes plus reaped children). */
+  cpuSeconds(): number;
+  /** The settings that differ from the defaults, for the report. */
+  readonly settings: string;
+  /** Make a maildir copied in after the start usable by the server (Dovecot: owned by its mail uid). */
+  adopt(dir: string): void;
+  stop(): Promise<void>;
+}
+
+/** Raise the open-files limit for a child (it inherits it), then exec the real command. */
+export function withFileLimit(limit: number, argv: string[]): [string, string[]] {
+  const script = `ulimit -n ${limit} 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"`;
+  return ['sh', ['-c', script, 'sh', ...argv]];
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const a = srv.address();
+      const port = a !== null && typeof a === 'object' ? a.port : 0;
+      srv.close(() => (port > 0 ? resolve(port) : reject(new Error('no free port'))));
+    });
+  });
+}
+
+/** Resolves once a connection to `port` gets a "+OK" greeting. */
+function greets(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    let buf = '';
+    const done = (ok: boolean): void => {
+      clearTimeout(t);
+      s.destroy();
+      resolve(ok);
+    };
+    const t = setTimeout(() => done(false), 1000);
+    s.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      if (buf.includes('\r\n')) done(buf.startsWith('+OK'));
+    });
+    s.on('error', () => done(false));
+    s.on('close', () => done(false));
+  });
+}
+
+export interface PoplarOptions {
+  root: string;
+  workDir: string;
+  maildirRoot: string;
+  users: BenchUser[];
+  /** Extra node flags, e.g. --cpu-prof. */
+  nodeArgs?: string[];
+}
+
+/** Poplar's settings for the bench: the default limits would refuse 2000 connections from one address. */
+export const POPLAR_CONFIG = [
+  '[server]',
+  'max_connections = 100000',
+  'max_connections_per_ip = 100000',
+  'auth_failure_delay = 0',
+  'login_timeout = 900',
+  'shutdown_grace = 1',
+  '',
+].join('\n');
+
+export async function startPoplar(o: PoplarOptions): Promise<BenchServer> {
+  mkdirSync(o.workDir, { recursive: true });
+  const usersFile = path.join(o.workDir, 'users');
+  // {PLAIN} like the Dovecot instance's passwd-file, so both pay the same (negligible) password check.
+  writeFileSync(usersFile, o.users.map((u) => `${u.name}:{PLAIN}${u.password}::::::`).join('\n') + '\n', { mode: 0o600 });
+  const configFile = path.join(o.workDir, 'poplar.toml');
+  writeFileSync(configFile, POPLAR_CONFIG);
+  const port = await freePort();
+  let tlsPort = await freePort();
+  while (tlsPort === port) tlsPort = await freePort();
+  const main = path.join(o.root, 'dist', 'cli', 'main.js');
+  const [cmd, args] = withFileLimit(65536, [
+    process.execPath,
+    ...(o.nodeArgs ?? []),
+    main,
+    'serve',
+    '--config', configFile,
+    '--data-dir', path.join(o.workDir, 'data'),
+    '--users', usersFile,
+    '--maildir-root', o.maildirRoot,
+    '--listen', `127.0.0.1:${port}`,
+    '--listen-tls', `127.0.0.1:${tlsPort}`,
+    '--log-level', 'warn',
+  ]);
+  const child: ChildProcess = spawn(cmd, args, { cwd: o.workDir, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  let output = '';
+  const keep = (d: Buffer): void => {
+    output += d.toString();
+    if (output.length > 20_000) output = output.slice(-20_000);
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  let exited = false;
+  const exit = new Promise<void>((resolve) => child.once('exit', () => ((exited = true), resolve())));
+  const pid = child.pid;
+  if (pid === undefined) throw new Error('could not start Poplar');
+  const killGroup = (sig: NodeJS.Signals): void => {
+    try {
+      process.kill(-pid, sig);
+    } catch {
+      // already gone
+    }
+  };
+  const stop = async (): Promise<void> => {
+    if (!exited) {
+      child.kill('SIGTERM');
+      const t = setTimeout(() => killGroup('SIGKILL'), 5000);
+      await exit;
+      clearTimeout(t);
+    }
+    killGroup('SIGKILL');
+  };
+
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (exited) throw new Error(`Poplar exited during startup (is dist/ up to date? run npm run build):\n${output}`);
+    if (await greets(port)) break;
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`Poplar did not greet on port ${port} within 20 s:\n${output}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    name: 'Poplar',
+    port,
+    pids: () => (exited ? [] : [pid]),
+    cpuSeconds: () => cpuSeconds(pid, true),
+    settings: POPLAR_CONFIG.trim(),
+    adopt: () => undefined, // Poplar runs as the owner of the copies
+    stop,
+  };
+}
+
+/**
+ * Dovecot's high-performance mode (test/helpers/dovecot.ts) plus what the bench
+ * needs: no cap on sessions per user and address (default 10), and no per-login
+ * info lines (Poplar runs at log level warn, so it writes none either).
+ */
+export const DOVECOT_EXTRA_CONF = [
+  '# bench/servers.ts',
+  'mail_max_userip_connections = 100000',
+  'info_log_path = /dev/null',
+  'auth_verbose = no',
+].join('\n');
+
+export interface DovecotBench extends BenchServer {
+  readonly handle: DovecotHandle;
+}
+
+export async function startDovecotBench(maildirRoot: string, users: BenchUser[]): Promise<DovecotBench> {
+  const handle = await startDovecot({ maildirRoot, users, highPerformance: true, extraConf: DOVECOT_EXTRA_CONF });
+  const conf = path.join(handle.dir, 'dovecot.conf');
+  const master = findDovecotMaster(conf);
+  if (master === undefined) {
+    await handle.stop();
+    throw new Error(`started Dovecot but cannot find its master process (-c ${conf}) in /proc`);
+  }
+  let stopped = false;
+  return {
+    name: 'Dovecot',
+    port: handle.port,
+    handle,
+    pids: () => (stopped ? [] : groupMembers(master)),
+    cpuSeconds: () => {
+      let s = cpuSeconds(master, true);
+      for (const p of groupMembers(master)) if (p !== master) s += cpuSeconds(p);
+      return s;
+    },
+    settings: DOVECOT_EXTRA_CONF,
+    adopt: (dir) => {
+      const r = spawnSync('chown', ['-R', `${handle.mailUid}:${handle.mailGid}`, dir], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`chown -R ${dir} failed: ${r.stderr}`);
+    },
+    stop: async () => {
+      stopped = true;
+      await handle.stop();
+    },
+  };
+}

@@ -1,0 +1,125 @@
+import type { Pool } from 'pg';
+import { Pop3Error } from '../../protocol/codes.js';
+import { dummyVerify, inspectSecret, verifyPassword } from '../schemes.js';
+import type { Authenticator, ConnectionInfo, Credentials, Principal } from '../types.js';
+import { createPostgresPool } from './config.js';
+import type { PostgresConfigInput } from './config.js';
+import { migrate } from './migrations.js';
+
+export interface PostgresAuthenticatorOptions {
+  readonly logger?: ((message: string) => void) | undefined;
+  /** close() ends the pool (set when the authenticator created it). Default false. */
+  readonly ownsPool?: boolean | undefined;
+  /** Replaceable for tests; default the real ones from ../schemes.js. */
+  readonly verify?: ((password: string, stored: string) => Promise<boolean>) | undefined;
+  readonly dummy?: ((password: string) => Promise<void>) | undefined;
+}
+
+interface UserRow {
+  username: string;
+  password: string;
+  home: string | null;
+  maildir: string | null;
+  enabled: boolean;
+}
+
+const FORBIDDEN = /[\r\n\0]/;
+const LOOKUP = 'SELECT username, password, home, maildir, enabled FROM poplar_users WHERE username = $1';
+
+/**
+ * Password authentication against the `poplar_users` table (see migrations.ts).
+ *
+ * - User names are case-sensitive (like passwd-file).
+ * - Unknown user, disabled user and unusable stored secret yield null after
+ *   one dummyVerify(), so they cost as much as a wrong password.
+ * - Any database failure (refused connection, timeout, missing table) →
+ *   Pop3Error('SYS/TEMP'); the cause is logged, the password never.
+ */
+export class PostgresAuthenticator implements Authenticator {
+  readonly pool: Pool;
+  readonly #logger: ((message: string) => void) | undefined;
+  readonly #ownsPool: boolean;
+  readonly #verify: (password: string, stored: string) => Promise<boolean>;
+  readonly #dummy: (password: string) => Promise<void>;
+  readonly #warned = new Set<string>();
+
+  constructor(pool: Pool, options: PostgresAuthenticatorOptions = {}) {
+    this.pool = pool;
+    this.#logger = options.logger;
+    this.#ownsPool = options.ownsPool ?? false;
+    this.#verify = options.verify ?? verifyPassword;
+    this.#dummy = options.dummy ?? dummyVerify;
+  }
+
+  /**
+   * Creates the pool from an `[auth.postgres]` section, applies pending
+   * migrations when `migrate` is true (the default), and returns an
+   * authenticator that owns the pool. A database that cannot be reached here
+   * rejects with the pg error; the caller decides whether that is fatal.
+   */
+  static async open(config: PostgresConfigInput, options: Omit<PostgresAuthenticatorOptions, 'ownsPool'> = {}): Promise<PostgresAuthenticator> {
+    const pool = createPostgresPool(config, options.logger);
+    try {
+      if (config.migrate ?? true) await migrate(pool, { logger: options.logger });
+    } catch (e) {
+      await pool.end().catch(() => undefined);
+      throw e;
+    }
+    return new PostgresAuthenticator(pool, { ...options, ownsPool: true });
+  }
+
+  async authenticate(c: Credentials, _conn: ConnectionInfo, signal?: AbortSignal): Promise<Principal | null> {
+    signal?.throwIfAborted();
+    if (c.kind !== 'password') return null;
+    const { username, password } = c;
+    if (username === '' || FORBIDDEN.test(username) || FORBIDDEN.test(password)) return null;
+    if (c.authzid !== undefined && c.authzid !== '' && c.authzid !== username) return null;
+
+    const row = await this.#lookup(username);
+    if (!row || !row.enabled) {
+      await this.#dummy(password);
+      return null;
+    }
+    const { error } = inspectSecret(row.password);
+    if (error !== undefined) {
+      this.#warnOnce(row, error);
+      await this.#dummy(password);
+      return null;
+    }
+    if (!(await this.#verify(password, row.password))) return null;
+    return {
+      username: row.username,
+      ...(row.home !== null && row.home !== '' ? { home: row.home } : {}),
+      ...(row.maildir !== null && row.maildir !== '' ? { maildir: row.maildir } : {}),
+    };
+  }
+
+  /** The stored secret of an enabled user, for challenge-response mechanisms. */
+  async lookupSecret(username: string, signal?: AbortSignal): Promise<string | undefined> {
+    signal?.throwIfAborted();
+    if (username === '' || FORBIDDEN.test(username)) return undefined;
+    const row = await this.#lookup(username);
+    return row?.enabled ? row.password : undefined;
+  }
+
+  async close(): Promise<void> {
+    if (this.#ownsPool) await this.pool.end();
+  }
+
+  async #lookup(username: string): Promise<UserRow | undefined> {
+    try {
+      const { rows } = await this.pool.query<UserRow>(LOOKUP, [username]);
+      return rows[0];
+    } catch (e) {
+      this.#logger?.(`postgres: user lookup failed: ${e instanceof Error ? e.message : String(e)}`);
+      throw new Pop3Error('authentication backend unavailable', 'SYS/TEMP', { cause: e });
+    }
+  }
+
+  #warnOnce(row: UserRow, error: string): void {
+    const k = `${row.username}\0${row.password}`;
+    if (this.#warned.has(k)) return;
+    this.#warned.add(k);
+    this.#logger?.(`postgres: user ${row.username}: unusable password field: ${error}`);
+  }
+}

@@ -1,0 +1,46 @@
+import pg from 'pg';
+import type { Pool } from 'pg';
+import { z } from 'zod';
+
+const identifier = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,62}$/, 'expected a plain SQL identifier');
+
+/** The `[auth.postgres]` section. Durations are seconds. */
+export const PostgresConfigSchema = z
+  .object({
+    /** libpq-style URL, e.g. postgres://poplar@db.example/mail; unset: the PG* environment variables. */
+    url: z.string().min(1).optional(),
+    /** Schema holding the poplar_* tables (sets search_path); default: the server's search_path. */
+    schema: identifier.optional(),
+    /** Connections kept per process. */
+    pool_size: z.number().int().min(1).max(1000).default(10),
+    /** Seconds to wait for a connection before answering SYS/TEMP. */
+    connect_timeout: z.number().positive().max(300).default(5),
+    /** Seconds a query may take before answering SYS/TEMP. */
+    query_timeout: z.number().positive().max(300).default(5),
+    /** Apply pending schema migrations at startup. */
+    migrate: z.boolean().default(true),
+  })
+  .strict();
+
+export type PostgresConfig = z.output<typeof PostgresConfigSchema>;
+export type PostgresConfigInput = z.input<typeof PostgresConfigSchema>;
+
+/**
+ * A pg.Pool for the user database. Idle-connection errors (server restart,
+ * network cut) are reported to `logger` instead of crashing the process; the
+ * pool reconnects on the next query.
+ */
+export function createPostgresPool(config: PostgresConfigInput, logger?: (message: string) => void): Pool {
+  const c = PostgresConfigSchema.parse(config);
+  const pool = new pg.Pool({
+    ...(c.url !== undefined ? { connectionString: c.url } : {}),
+    ...(c.schema !== undefined ? { options: `-c search_path=${c.schema}` } : {}),
+    max: c.pool_size,
+    connectionTimeoutMillis: Math.round(c.connect_timeout * 1000),
+    query_timeout: Math.round(c.query_timeout * 1000),
+    idleTimeoutMillis: 30_000,
+    application_name: 'poplar',
+  });
+  pool.on('error', (e) => logger?.(`postgres: idle connection failed: ${e.message}`));
+  return pool;
+}

@@ -1,0 +1,111 @@
+/**
+ * Schema migrations for the PostgreSQL user database.
+ *
+ * The SQL lives here as string constants (tsc does not copy .sql files into
+ * dist/). Migrations are append-only: never edit a shipped one, add the next
+ * version instead. All objects are created unqualified, i.e. in the first
+ * schema of the connection's search_path.
+ */
+import type { Pool, PoolClient } from 'pg';
+
+export interface Migration {
+  readonly version: number;
+  readonly name: string;
+  readonly sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = Object.freeze([
+  {
+    version: 1,
+    name: '001_users',
+    sql: `
+CREATE TABLE IF NOT EXISTS poplar_schema_migrations (
+  version    int PRIMARY KEY,
+  applied_at timestamptz
+);
+
+CREATE TABLE poplar_users (
+  username   text PRIMARY KEY,
+  password   text NOT NULL,
+  home       text,
+  maildir    text,
+  enabled    boolean NOT NULL DEFAULT true,
+  created_at timestamptz DEFAULT now()
+);
+`,
+  },
+]);
+
+/** The schema version this code expects. */
+export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);
+
+const BOOTSTRAP = `CREATE TABLE IF NOT EXISTS poplar_schema_migrations (version int PRIMARY KEY, applied_at timestamptz)`;
+
+/**
+ * Two-key advisory lock: one constant for "poplar migrations", one for the
+ * schema, so nodes sharing a schema serialize and other schemas do not wait.
+ */
+const LOCK = `SELECT pg_advisory_xact_lock(hashtext('poplar:migrations'), hashtext(coalesce(current_schema(), '')))`;
+
+export interface MigrateOptions {
+  readonly logger?: ((message: string) => void) | undefined;
+  /** Defaults to MIGRATIONS; replaceable for tests. */
+  readonly migrations?: readonly Migration[] | undefined;
+}
+
+/**
+ * Applies pending migrations in one transaction under a transaction-scoped
+ * advisory lock, so several nodes starting at once apply each migration
+ * exactly once; the others wait and then find nothing to do. Returns the
+ * versions applied by this call. Fails (and rolls back everything) if any
+ * migration fails.
+ */
+export async function migrate(pool: Pool, options: MigrateOptions = {}): Promise<number[]> {
+  const migrations = [...(options.migrations ?? MIGRATIONS)].sort((a, b) => a.version - b.version);
+  const client = await pool.connect();
+  let broken = false;
+  try {
+    await client.query('BEGIN');
+    try {
+      const applied = await applyPending(client, migrations, options.logger);
+      await client.query('COMMIT');
+      return applied;
+    } catch (e) {
+      await client.query('ROLLBACK').catch(() => {
+        broken = true;
+      });
+      throw e;
+    }
+  } finally {
+    client.release(broken);
+  }
+}
+
+async function applyPending(client: PoolClient, migrations: readonly Migration[], logger: MigrateOptions['logger']): Promise<number[]> {
+  await client.query(LOCK);
+  await client.query(BOOTSTRAP);
+  const { rows } = await client.query<{ version: number }>('SELECT version FROM poplar_schema_migrations');
+  const done = new Set(rows.map((r) => r.version));
+  const known = new Set(migrations.map((m) => m.version));
+  const unknown = [...done].filter((v) => !known.has(v));
+  if (unknown.length > 0) {
+    logger?.(`postgres: schema has migrations this version does not know (${unknown.join(', ')}); a newer Poplar has run against it`);
+  }
+  const applied: number[] = [];
+  for (const m of migrations) {
+    if (done.has(m.version)) continue;
+    await client.query(m.sql);
+    await client.query('INSERT INTO poplar_schema_migrations (version, applied_at) VALUES ($1, now())', [m.version]);
+    logger?.(`postgres: applied migration ${m.name}`);
+    applied.push(m.version);
+  }
+  return applied;
+}
+
+/** Highest applied version, or 0 when the schema has never been migrated. */
+export async function schemaVersion(pool: Pool): Promise<number> {
+  const exists = await pool.query<{ t: string | null }>(`SELECT to_regclass('poplar_schema_migrations')::text AS t`);
+  if (exists.rows[0]?.t == null) return 0;
+  const { rows } = await pool.query<{ v: number }>('SELECT coalesce(max(version), 0) AS v FROM poplar_schema_migrations');
+  return rows[0]?.v ?? 0;
+}

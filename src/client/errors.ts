@@ -1,0 +1,60 @@
+/**
+ * The client's error kinds. Two matter most to callers: "the server said no"
+ * (Pop3ServerError, the connection is usually still usable) and "the
+ * protocol broke" (everything else: the connection is gone).
+ */
+import type { RespCode } from '../protocol/codes.js';
+
+/** Base class of every error the POP3 client raises itself. */
+export class Pop3ClientError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** The server answered `-ERR`. The connection stays usable unless it closed it. */
+export class Pop3ServerError extends Pop3ClientError {
+  /** A response code this client knows (RFC 2449 §8, RFC 3206); sub-codes map to their known parent. */
+  readonly code: RespCode | undefined;
+  /** The code exactly as sent (`SYS/TEMP/X`, or one this client does not know), without brackets. */
+  readonly rawCode: string | undefined;
+  /** The reply text after the code. */
+  readonly text: string;
+  /** The command that was refused (without arguments, which may hold secrets). */
+  readonly command: string;
+  /** For bearer-token mechanisms: the server's JSON error challenge (RFC 7628 §3.2.2). */
+  readonly saslError: string | undefined;
+
+  constructor(
+    command: string,
+    reply: { readonly code: RespCode | undefined; readonly rawCode: string | undefined; readonly text: string },
+    saslError?: string,
+  ) {
+    super(`${command}: -ERR ${reply.rawCode !== undefined ? `[${reply.rawCode}] ` : ''}${reply.text}`.trimEnd());
+    this.command = command;
+    this.code = reply.code;
+    this.rawCode = reply.rawCode;
+    this.text = reply.text;
+    this.saslError = saslError;
+  }
+}
+
+/** The protocol broke: a malformed reply, unexpected data, or the connection closed mid-reply. */
+export class Pop3ProtocolError extends Pop3ClientError {}
+
+/** The server stayed silent for longer than the call's `timeoutMs`; the connection was destroyed. */
+export class Pop3TimeoutError extends Pop3ClientError {}
+
+/** The call's AbortSignal fired; the connection was destroyed. `cause` is the signal's reason. */
+export class Pop3AbortError extends Pop3ClientError {}
+
+/** TLS could not be established or the server's certificate was not accepted (CA, host name, pin). */
+export class Pop3TlsError extends Pop3ClientError {}
+
+/**
+ * The client refused to do something unsafe or impossible: send a cleartext
+ * password without TLS to a non-loopback host, or log in when no mechanism
+ * both sides support is left. Nothing was sent; the connection is usable.
+ */
+export class Pop3PolicyError extends Pop3ClientError {}

@@ -1,0 +1,23 @@
+/** The POP3 client: see docs/client.md. */
+export {
+  Pop3Client,
+  type ConnectOptions,
+  type LoginOptions,
+  type OAuth2Options,
+  type MessageHandler,
+  type TlsMode,
+  type CallOptions,
+} from './pop3-client.js';
+export {
+  Pop3ClientError,
+  Pop3ServerError,
+  Pop3ProtocolError,
+  Pop3TimeoutError,
+  Pop3AbortError,
+  Pop3TlsError,
+  Pop3PolicyError,
+} from './errors.js';
+export { PIPELINE_WINDOW } from './connection.js';
+export { LOGIN_PREFERENCE, chooseLoginMethod, cleartextAllowed, isLoopback, sendsCleartextSecret, type CleartextContext, type MechanismChoice, type MechanismChoiceInput } from './policy.js';
+export { knownRespCode, parseStatusLine, type ListEntry, type MaildropStat, type StatusLine, type UidlEntry } from './reply.js';
+export { normalizeFingerprint } from './tls.js';

@@ -1,0 +1,183 @@
+import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { promises as fs, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { acquireSessionLock, releaseSessionLock, UidlistLock } from './locks.js';
+
+const HOST = os.hostname();
+
+/** Field 22 of /proc/<pid>/stat: the process start time in clock ticks since boot. */
+function startTime(pid: number): string {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]!;
+}
+
+/** The pid of a process that has already exited (and been reaped). */
+function deadPid(): number {
+  const r = spawnSync('true');
+  expect(r.pid).toBeGreaterThan(0);
+  return r.pid!;
+}
+
+let dir: string;
+const children: ChildProcess[] = [];
+
+/** A live process that is not us: `sleep 30`, killed after the test. */
+async function liveOther(): Promise<number> {
+  const c = spawn('sleep', ['30'], { stdio: 'ignore' });
+  children.push(c);
+  await once(c, 'spawn');
+  return c.pid!;
+}
+
+beforeEach(async () => {
+  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-locks-'));
+});
+
+afterEach(async () => {
+  for (const c of children.splice(0)) c.kill('SIGKILL');
+  await fs.rm(dir, { recursive: true, force: true });
+});
+
+describe('session lock (poplar-pop3.lock)', () => {
+  const notHere = (): boolean => false;
+
+  it('is created exclusively with "pid starttime host" and removed on release', async () => {
+    const file = path.join(dir, 'poplar-pop3.lock');
+    expect(await acquireSessionLock(file, notHere)).toBe(true);
+    expect(await fs.readFile(file, 'latin1')).toBe(`${process.pid} ${startTime(process.pid)} ${HOST}\n`);
+    await releaseSessionLock(file);
+    await expect(fs.access(file)).rejects.toThrow();
+    // Releasing twice is harmless.
+    await releaseSessionLock(file);
+  });
+
+  it('takes over a lock whose owner is dead', async () => {
+    const file = path.join(dir, 'poplar-pop3.lock');
+    await fs.writeFile(file, `${deadPid()} 12345 ${HOST}\n`);
+    expect(await acquireSessionLock(file, notHere)).toBe(true);
+    expect(await fs.readFile(file, 'latin1')).toMatch(new RegExp(`^${process.pid} `));
+  });
+
+  it('respects the lock of a live other process', async () => {
+    const pid = await liveOther();
+    const file = path.join(dir, 'poplar-pop3.lock');
+    const content = `${pid} ${startTime(pid)} ${HOST}\n`;
+    await fs.writeFile(file, content);
+    expect(await acquireSessionLock(file, notHere)).toBe(false);
+    expect(await fs.readFile(file, 'latin1')).toBe(content);
+  });
+
+  it('takes over when the pid is alive but belongs to a different process now (start time differs)', async () => {
+    const pid = await liveOther();
+    const file = path.join(dir, 'poplar-pop3.lock');
+    const wrongStart = String(Number(startTime(pid)) - 1000);
+    await fs.writeFile(file, `${pid} ${wrongStart} ${HOST}\n`);
+    expect(await acquireSessionLock(file, notHere)).toBe(true);
+  });
+
+  it('respects a lock from another host even if that pid is dead here', async () => {
+    const file = path.join(dir, 'poplar-pop3.lock');
+    await fs.writeFile(file, `${deadPid()} 1 some-other-host\n`);
+    expect(await acquireSessionLock(file, notHere)).toBe(false);
+  });
+
+  it('takes over a torn (empty) lock file left by a crash', async () => {
+    const file = path.join(dir, 'poplar-pop3.lock');
+    await fs.writeFile(file, '');
+    expect(await acquireSessionLock(file, notHere)).toBe(true);
+  });
+
+  it('our own pid: held while this process says so', async () => {
+    const file = path.join(dir, 'poplar-pop3.lock');
+    expect(await acquireSessionLock(file, notHere)).toBe(true);
+    expect(await acquireSessionLock(file, () => true)).toBe(false);
+    expect(await acquireSessionLock(file, () => false)).toBe(true);
+  });
+});
+
+describe('uidlist dotlock (dovecot-uidlist.lock)', () => {
+  const lockPath = (): string => path.join(dir, 'dovecot-uidlist.lock');
+
+  it('writes "pid:host" without a newline, as Dovecot does, and release removes it', async () => {
+    const lock = await UidlistLock.acquire(dir, { staleSeconds: 120 });
+    expect(await fs.readFile(lockPath(), 'latin1')).toBe(`${process.pid}:${HOST}`);
+    await lock.release();
+    await expect(fs.access(lockPath())).rejects.toThrow();
+    await lock.release(); // idempotent
+  });
+
+  it('replace() renames dovecot-uidlist.tmp over the list and drops the lock', async () => {
+    await fs.writeFile(path.join(dir, 'dovecot-uidlist'), 'old\n');
+    const lock = await UidlistLock.acquire(dir, { staleSeconds: 120 });
+    await lock.replace('3 V1 N1 Gx\n', true);
+    expect(await fs.readFile(path.join(dir, 'dovecot-uidlist'), 'utf8')).toBe('3 V1 N1 Gx\n');
+    expect((await fs.readdir(dir)).sort()).toEqual(['dovecot-uidlist']);
+  });
+
+  it('takes over a lock whose owner on this host is dead', async () => {
+    await fs.writeFile(lockPath(), `${deadPid()}:${HOST}`);
+    const t0 = Date.now();
+    const lock = await UidlistLock.acquire(dir, { staleSeconds: 120, waitMs: 5000 });
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(await fs.readFile(lockPath(), 'latin1')).toBe(`${process.pid}:${HOST}`);
+    await lock.release();
+  });
+
+  it('takes over a lock older than staleSeconds even if its owner lives', async () => {
+    const pid = await liveOther();
+    await fs.writeFile(lockPath(), `${pid}:${HOST}`);
+    const old = new Date(Date.now() - 200_000);
+    await fs.utimes(lockPath(), old, old);
+    const lock = await UidlistLock.acquire(dir, { staleSeconds: 120, waitMs: 5000 });
+    expect(await fs.readFile(lockPath(), 'latin1')).toBe(`${process.pid}:${HOST}`);
+    await lock.release();
+  });
+
+  it('takes over an old lock from another host', async () => {
+    await fs.writeFile(lockPath(), `1:elsewhere`);
+    const old = new Date(Date.now() - 200_000);
+    await fs.utimes(lockPath(), old, old);
+    const lock = await UidlistLock.acquire(dir, { staleSeconds: 120, waitMs: 2000 });
+    await lock.release();
+  });
+
+  it('waits for a held lock and gets it once it is released', async () => {
+    const pid = await liveOther();
+    await fs.writeFile(lockPath(), `${pid}:${HOST}`);
+    const t0 = Date.now();
+    setTimeout(() => void fs.unlink(lockPath()), 300);
+    const lock = await UidlistLock.acquire(dir, { staleSeconds: 120, waitMs: 5000 });
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
+    expect(await fs.readFile(lockPath(), 'latin1')).toBe(`${process.pid}:${HOST}`);
+    await lock.release();
+  });
+
+  it('times out with an error on a lock that stays held, and leaves that lock alone', async () => {
+    const pid = await liveOther();
+    await fs.writeFile(lockPath(), `${pid}:${HOST}`);
+    const t0 = Date.now();
+    await expect(UidlistLock.acquire(dir, { staleSeconds: 120, waitMs: 400 })).rejects.toThrow(/timed out/);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(400);
+    expect(Date.now() - t0).toBeLessThan(3000);
+    expect(await fs.readFile(lockPath(), 'latin1')).toBe(`${pid}:${HOST}`);
+  });
+
+  it('a lock held by this process (another session) is waited for, not broken', async () => {
+    const first = await UidlistLock.acquire(dir, { staleSeconds: 120 });
+    await expect(UidlistLock.acquire(dir, { staleSeconds: 120, waitMs: 200 })).rejects.toThrow(/timed out/);
+    await first.release();
+    const second = await UidlistLock.acquire(dir, { staleSeconds: 120, waitMs: 200 });
+    await second.release();
+  });
+
+  it('stops waiting when aborted', async () => {
+    const pid = await liveOther();
+    await fs.writeFile(lockPath(), `${pid}:${HOST}`);
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 100);
+    await expect(UidlistLock.acquire(dir, { staleSeconds: 120, waitMs: 10_000, signal: ac.signal })).rejects.toThrow();
+  });
+});

@@ -1,0 +1,201 @@
+/**
+ * Resource limits over real sockets: connections per address and in total,
+ * bad-command cutoff, slow and idle clients.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { ServerSettings } from '../../src/server/context.js';
+import { startTestServer, type TestServer } from '../helpers/server.js';
+import { Wire } from '../helpers/wire.js';
+
+let servers: TestServer[] = [];
+let wires: Wire[] = [];
+afterEach(async () => {
+  for (const w of wires) w.close();
+  wires = [];
+  await Promise.all(servers.map((s) => s.stop()));
+  servers = [];
+});
+
+async function server(settings: Partial<ServerSettings>): Promise<TestServer> {
+  const s = await startTestServer({ settings });
+  servers.push(s);
+  return s;
+}
+
+async function greeted(port: number, tls = false): Promise<Wire> {
+  const w = await Wire.connect(port, { tls });
+  wires.push(w);
+  expect(await w.line()).toBe('+OK Poplar ready.');
+  return w;
+}
+
+const REFUSED = '-ERR [SYS/TEMP] Too many connections, try again later.';
+
+/** Connect and expect the refusal line, then the close. */
+async function refused(port: number): Promise<void> {
+  const w = await Wire.connect(port);
+  wires.push(w);
+  expect(await w.line()).toBe(REFUSED);
+  await w.closed();
+  expect(w.pending.length).toBe(0);
+}
+
+/** Retry until a connection is admitted again (slots are freed when the socket closes). */
+async function admittedEventually(port: number): Promise<Wire> {
+  for (let i = 0; ; i++) {
+    const w = await Wire.connect(port);
+    wires.push(w);
+    const l = await w.line();
+    if (l === '+OK Poplar ready.') return w;
+    expect(l).toBe(REFUSED);
+    if (i > 100) throw new Error('slot never freed');
+    await sleep(20);
+  }
+}
+
+describe('connection limits', () => {
+  it('max_connections_per_ip: the third connection gets -ERR [SYS/TEMP] and is closed; the others keep working', async () => {
+    const srv = await server({ max_connections_per_ip: 2 });
+    const a = await greeted(srv.port);
+    const b = await greeted(srv.port);
+    await refused(srv.port);
+    await refused(srv.port);
+    // The implicit-TLS port counts against the same address: no handshake, no greeting.
+    const t = await Wire.connect(srv.tlsPort, { tls: true }).then(
+      (w) => {
+        wires.push(w);
+        return w.line(2000).then(
+          (l) => `line ${l}`,
+          () => 'closed',
+        );
+      },
+      () => 'handshake failed',
+    );
+    expect(t).toMatch(/^(closed|handshake failed)$/);
+    expect(await a.cmd('USER alice')).toBe('+OK');
+    expect(await a.cmd('PASS secret')).toBe('+OK Logged in.');
+    expect(await b.cmdLines('CAPA')).toMatchObject({ status: expect.stringMatching(/^\+OK/) });
+    expect(await a.cmd('QUIT')).toMatch(/^\+OK/);
+    await a.closed();
+    const c = await admittedEventually(srv.port);
+    expect(await c.cmd('USER alice')).toBe('+OK');
+    expect(await c.cmd('PASS secret')).toBe('+OK Logged in.');
+    expect(await c.cmd('QUIT')).toMatch(/^\+OK/);
+    expect(await b.cmd('QUIT')).toMatch(/^\+OK/);
+  });
+
+  it('max_connections: total limit over both listeners', async () => {
+    const srv = await server({ max_connections: 20 });
+    const open: Wire[] = [];
+    for (let i = 0; i < 10; i++) open.push(await greeted(srv.port));
+    for (let i = 0; i < 10; i++) open.push(await greeted(srv.tlsPort, true));
+    expect(srv.server.connectionCount).toBe(20);
+    await refused(srv.port);
+    open[0]!.close();
+    open[10]!.close();
+    const again = await admittedEventually(srv.port);
+    expect(await again.cmdLines('CAPA')).toMatchObject({ status: expect.stringMatching(/^\+OK/) });
+    for (const w of open.filter((_, i) => i !== 0 && i !== 10)) expect(await w.cmd('NOOP')).toBe('-ERR Not logged in.');
+  });
+
+  it('a refused connection does not use up a slot', async () => {
+    const srv = await server({ max_connections_per_ip: 1 });
+    const a = await greeted(srv.port);
+    for (let i = 0; i < 5; i++) await refused(srv.port);
+    a.close();
+    await admittedEventually(srv.port);
+  });
+});
+
+describe('max_bad_commands', () => {
+  it('drops the client after that many invalid commands', async () => {
+    const srv = await server({ max_bad_commands: 3 });
+    const w = await greeted(srv.port);
+    expect(await w.cmd('HELO x')).toBe('-ERR Unknown command.');
+    expect(await w.cmd('STAT')).toBe('-ERR Not logged in.');
+    expect(await w.cmd('GET / HTTP/1.0')).toBe('-ERR Too many invalid commands.');
+    await w.closed();
+    expect(w.pending.length).toBe(0);
+  });
+
+  it('counts in TRANSACTION too, and over-long lines count', async () => {
+    const srv = await server({ max_bad_commands: 3 });
+    const w = await greeted(srv.port);
+    expect(await w.cmd('USER alice')).toBe('+OK');
+    expect(await w.cmd('PASS secret')).toBe('+OK Logged in.');
+    expect(await w.cmd('USER alice')).toBe('-ERR Already logged in.');
+    expect(await w.cmd('X'.repeat(5000))).toBe('-ERR Line too long.');
+    expect(await w.cmd('BOGUS')).toBe('-ERR Too many invalid commands.');
+    await w.closed();
+    // Dropped, not QUIT: the lock is released, nothing removed; the next session works.
+    for (let i = 0; ; i++) {
+      const n = await greeted(srv.port);
+      expect(await n.cmd('USER alice')).toBe('+OK');
+      const r = await n.cmd('PASS secret');
+      if (r === '+OK Logged in.') break;
+      expect(r).toMatch(/^-ERR \[IN-USE\]/);
+      if (i > 100) throw new Error('lock never released');
+      await sleep(20);
+    }
+  });
+
+  it('valid commands do not reset or add to the count', async () => {
+    const srv = await server({ max_bad_commands: 2 });
+    const w = await greeted(srv.port);
+    expect(await w.cmd('BOGUS')).toBe('-ERR Unknown command.');
+    for (let i = 0; i < 20; i++) expect((await w.cmdLines('CAPA')).status).toMatch(/^\+OK/);
+    expect(await w.cmd('BOGUS')).toBe('-ERR Too many invalid commands.');
+    await w.closed();
+  });
+});
+
+describe('slow and idle clients', () => {
+  it('a client trickling a line that never ends is cut off by the login timeout', async () => {
+    const srv = await server({ login_timeout: 0.4 });
+    const w = await greeted(srv.port);
+    // A line over the cap is answered at once (not buffered), and the line never ending does not keep the session alive.
+    w.sendRaw('U'.repeat(20_000));
+    expect(await w.line()).toBe('-ERR Line too long.');
+    const t0 = Date.now();
+    expect(await w.line(3000)).toBe('-ERR Disconnected for inactivity.');
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(300);
+    await w.closed();
+  });
+
+  it('a logged-in client that stops reading in the middle of a big RETR is dropped by the idle timeout, without UPDATE', async () => {
+    const srv = await server({ idle_timeout: 0.3 });
+    const big = Buffer.alloc(16 * 1024 * 1024, `${'x'.repeat(1023)}\n`);
+    await srv.deliver('alice', big);
+    const w = await greeted(srv.port);
+    expect(await w.cmd('USER alice')).toBe('+OK');
+    expect(await w.cmd('PASS secret')).toBe('+OK Logged in.');
+    expect(await w.cmd('DELE 1')).toMatch(/^\+OK/);
+    expect(await w.cmd('RSET')).toMatch(/^\+OK/);
+    w.socket.removeAllListeners('data');
+    w.socket.pause();
+    w.socket.write('RETR 1\r\nDELE 1\r\nQUIT\r\n');
+    // The kernel keeps taking a trickle of data for a few seconds (each write counts as activity); then the
+    // transfer stalls for idle_timeout and the server drops the client.
+    for (let i = 0; i < 1000 && srv.server.connectionCount > 0; i++) await sleep(20);
+    expect(srv.server.connectionCount).toBe(0);
+    // QUIT was never reached: the message is still there.
+    const n = await greeted(srv.port);
+    expect(await n.cmd('USER alice')).toBe('+OK');
+    expect(await n.cmd('PASS secret')).toBe('+OK Logged in.');
+    expect(await n.cmd('STAT')).toBe(`+OK 1 ${big.length + big.length / 1024}`);
+    expect(await n.cmd('QUIT')).toMatch(/^\+OK/);
+  });
+
+  it('many idle connections are all closed by the login timeout and the slots are freed', async () => {
+    const srv = await server({ login_timeout: 0.3, max_connections: 60 });
+    const many: Wire[] = [];
+    for (let i = 0; i < 50; i++) many.push(await greeted(srv.port));
+    await Promise.all(many.map(async (w) => {
+      expect(await w.line(5000)).toBe('-ERR Disconnected for inactivity.');
+      await w.closed();
+    }));
+    for (let i = 0; i < 100 && srv.server.connectionCount > 0; i++) await sleep(20);
+    expect(srv.server.connectionCount).toBe(0);
+  });
+});
