@@ -1,7 +1,11 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { ChainAuthenticator } from '../auth/chain.js';
+import { OAuthAuthenticator } from '../auth/oauth/index.js';
 import { PasswdFileAuthenticator } from '../auth/passwd-file/authenticator.js';
+import { PostgresAuthenticator } from '../auth/postgres/index.js';
+import type { Authenticator } from '../auth/types.js';
 import { addUser, listUsers } from '../auth/passwd-file/passwd-file.js';
 import { hashPassword } from '../auth/schemes.js';
 import { ConfigError, loadConfig, parseHostPort, type ResolvedConfig, type ServeFlags } from '../config/load.js';
@@ -40,7 +44,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   }
 
   const store = new MaildirStore({ root: config.maildirRoot, logger, fsync: config.store.fsync, uidlistStaleSeconds: config.store.uidlist_lock_stale });
-  const authenticator = new PasswdFileAuthenticator(config.usersFile, { logger: (m) => logger.warn({ users: config.usersFile }, m) });
+  const authenticator = await buildAuthenticator(config, logger);
 
   const listenSpecs: ListenSpec[] = [
     ...config.server.listen.map((a) => ({ ...parseHostPort(a), tls: false })),
@@ -48,12 +52,12 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   ];
   if (listenSpecs.length === 0) throw new ConfigError('invalid configuration: no listeners (server.listen and server.listen_tls are both empty)');
 
-  const demo = await ensureDemoUser(config, store);
+  const demo = config.auth.type === 'passwd-file' ? await ensureDemoUser(config, store) : null;
 
   let server: Pop3Server;
   let listeners: BoundListener[];
   try {
-    server = new Pop3Server({ settings: config.server, authenticator, store, logger, tls });
+    server = new Pop3Server({ settings: config.server, authenticator, store, logger, tls, oauth: config.auth.oauth !== undefined });
     listeners = await server.listen(listenSpecs);
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { address?: string; port?: number };
@@ -94,8 +98,32 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     config,
     logger,
     reload,
-    stop: () => server.close(config.server.shutdown_grace * 1000),
+    stop: async () => {
+      await server.close(config.server.shutdown_grace * 1000);
+      await authenticator.close?.();
+    },
   };
+}
+
+/** Passwords from the passwd-file or PostgreSQL; bearer tokens from OAuth when configured. */
+async function buildAuthenticator(config: ResolvedConfig, logger: Logger): Promise<Authenticator> {
+  let passwords: Authenticator;
+  if (config.auth.type === 'postgres') {
+    if (config.auth.postgres === undefined) throw new ConfigError('invalid configuration: auth.type = "postgres" needs an [auth.postgres] section');
+    try {
+      passwords = await PostgresAuthenticator.open(config.auth.postgres, { logger: (m) => logger.warn({ backend: 'postgres' }, m) });
+    } catch (e) {
+      throw new ConfigError(`cannot use the PostgreSQL user database: ${(e as Error).message}`);
+    }
+  } else {
+    passwords = new PasswdFileAuthenticator(config.usersFile, { logger: (m) => logger.warn({ users: config.usersFile }, m) });
+  }
+  if (config.auth.oauth === undefined) return passwords;
+  const oauth = new OAuthAuthenticator(config.auth.oauth, { logger: (m) => logger.info({ backend: 'oauth' }, m) });
+  return new ChainAuthenticator([
+    { authenticator: passwords, kinds: ['password'], name: config.auth.type },
+    { authenticator: oauth, kinds: ['bearer'], name: 'oauth' },
+  ]);
 }
 
 function hostFor(h: string): string {

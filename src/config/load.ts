@@ -3,6 +3,7 @@ import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
 import { ConfigSchema, type Config } from './schema.js';
+import { SERVER_MECHANISM_NAMES } from '../protocol/sasl/index.js';
 
 /** A configuration mistake: the CLI prints the message as one line and exits with EX_CONFIG (78). */
 export class ConfigError extends Error {
@@ -90,6 +91,12 @@ export function loadConfig(flags: ServeFlags, cwd = process.cwd()): ResolvedConf
   for (const a of [...c.server.listen, ...c.server.listen_tls]) {
     const port = Number(a.slice(a.lastIndexOf(':') + 1));
     if (port > 65535) throw new ConfigError(`invalid configuration: port out of range in ${a}`);
+  }
+  for (const m of c.server.sasl_mechanisms ?? []) {
+    if (!SERVER_MECHANISM_NAMES.includes(m)) throw new ConfigError(`invalid configuration: server.sasl_mechanisms: unknown mechanism ${m} (known: ${SERVER_MECHANISM_NAMES.join(' ')})`);
+  }
+  if ((c.server.sasl_mechanisms ?? []).some((m) => m === 'XOAUTH2' || m === 'OAUTHBEARER') && c.auth.oauth === undefined) {
+    throw new ConfigError('invalid configuration: server.sasl_mechanisms offers OAuth mechanisms but there is no [auth.oauth] section');
   }
   const dataDir = path.resolve(base, c.data_dir);
   const generateCertificate = c.tls.cert === undefined;

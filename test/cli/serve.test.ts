@@ -85,6 +85,10 @@ describe('poplar serve: bad configuration', () => {
     ['a wrong type', ['--config', 'type.toml'], /server\.max_bad_commands/, '[server]\nmax_bad_commands = "ten"\n'],
     ['an idle timeout under 10 minutes', ['--config', 'idle.toml'], /server\.idle_timeout: RFC 1939/, '[server]\nidle_timeout = 30\n'],
     ['a certificate without a key', ['--tls-cert', 'x.pem'], /tls\.cert and tls\.key/],
+    ['an unknown SASL mechanism', ['--config', 'mech.toml'], /unknown mechanism DIGEST-MD5/, '[server]\nsasl_mechanisms = ["PLAIN", "DIGEST-MD5"]\n'],
+    ['OAuth mechanisms without OAuth', ['--config', 'oauth.toml'], /no \[auth\.oauth\] section/, '[server]\nsasl_mechanisms = ["XOAUTH2"]\n'],
+    ['postgres without its section', ['--config', 'pg.toml'], /needs an \[auth\.postgres\] section/, '[auth]\ntype = "postgres"\n'],
+    ['an unreachable user database', ['--config', 'pgdown.toml'], /cannot use the PostgreSQL user database/, '[auth]\ntype = "postgres"\n[auth.postgres]\nurl = "postgres://postgres@127.0.0.1:1/test"\nconnect_timeout = 1\n'],
   ];
   for (const [what, args, msg, file] of cases) {
     it(`exits 78 with one clear line for ${what}`, async () => {
