@@ -180,11 +180,12 @@ function cpuTable(r: Results): string {
     if (x) lines.push(`| RETR MB/s | ${name} | ${x.windowS} s | ${s(x.serverCpuS)} | ${s(x.genCpuS)} | ${s(x.otherCpuS)} | ${l(x.load1)} |`);
   }
   for (const key of ['poplar', 'dovecot'] as const) {
-    const name = key === 'poplar' ? 'Poplar' : 'Dovecot';
     const b = r[key].bigdrop;
-    if (b) lines.push(`| 100k maildrop, warm runs | ${name} | — | — | ${s(b.genCpuS)} | — | ${l(b.load1)} |`);
+    if (b) lines.push(`| 100k maildrop, warm runs | ${key === 'poplar' ? 'Poplar' : 'Dovecot'} | — | — | ${s(b.genCpuS)} | — | ${l(b.load1)} |`);
+  }
+  for (const key of ['poplar', 'dovecot'] as const) {
     const i = r[key].idle;
-    if (i) lines.push(`| opening the idle connections | ${name} | — | — | ${s(i.genCpuS)} | — | ${l(i.load1)} |`);
+    if (i) lines.push(`| opening the idle connections | ${key === 'poplar' ? 'Poplar' : 'Dovecot'} | — | — | ${s(i.genCpuS)} | — | ${l(i.load1)} |`);
   }
   return lines.join('\n');
 }
@@ -251,7 +252,7 @@ npm run bench -- --workers 4           # number of load generator processes
 It needs root and Dovecot 2.3 (\`/usr/sbin/dovecot\`), as the Dovecot comparison tests do.
 It runs \`npm run build\` when \`dist/\` is missing or older than \`src/\`, and keeps its data in
 \`bench/.work/\` (git-ignored). The first run generates the template maildirs and copies the
-100 000-message maildrop once per server, which takes several minutes, mostly for Poplar's
+100,000-message maildrop once per server, which takes several minutes, mostly for Poplar's
 first login on that maildrop (see below); later runs reuse them.
 
 ## Machine
@@ -310,7 +311,7 @@ ${o.workers} separate Node processes speaking raw POP3 over TCP sockets.
 3. **${BIG_MESSAGES.toLocaleString('en-US')}-message maildrop.** One user with ${BIG_MESSAGES.toLocaleString('en-US')} small messages (${(m.bytes.big / 1e6).toFixed(0)} MB) in \`cur/\`,
    named without \`,S=\`/\`,W=\`, so each server must read every file once for its size and then
    rely on its cache (Poplar: the W fields of dovecot-uidlist; Dovecot: its index files).
-   Copying 100 000 files takes long, so each server keeps its own copy in \`bench/.work/big/\`
+   Copying 100,000 files takes long, so each server keeps its own copy in \`bench/.work/big/\`
    between runs, caches included; it is checked against the template (same file names) before
    use and moved into the server's mail root only for this figure. One warming login, then
    ${p.bigRuns} runs, each on a fresh connection, measure connect → LIST reply fully received; the

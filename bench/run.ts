@@ -571,7 +571,11 @@ async function main(): Promise<number> {
   }
 
   const insts: Instance[] = [];
-  for (const s of o.servers) insts.push(await startInstance(s, m));
+  for (const s of o.servers) {
+    const inst = await startInstance(s, m);
+    results[s].settings = inst.server.settings;
+    insts.push(inst);
+  }
   const ws = await startWorkers(o.workers);
   cleanups.add(() => ws.forEach((w) => w.kill()));
   for (const f of o.figures) {
