@@ -30,6 +30,8 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   await fs.mkdir(config.maildirRoot, { recursive: true, mode: 0o700 });
 
+  // The user database first: an unreachable one is reported before anything is created.
+  const authenticator = await buildAuthenticator(config, logger);
   const needTls = config.server.listen_tls.length > 0 || !config.generateCertificate || config.server.listen.length > 0;
   let tls: { cert: Buffer; key: Buffer; minVersion: 'TLSv1.2' | 'TLSv1.3' } | undefined;
   if (needTls) {
@@ -44,7 +46,6 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   }
 
   const store = new MaildirStore({ root: config.maildirRoot, logger, fsync: config.store.fsync, uidlistStaleSeconds: config.store.uidlist_lock_stale });
-  const authenticator = await buildAuthenticator(config, logger);
 
   const listenSpecs: ListenSpec[] = [
     ...config.server.listen.map((a) => ({ ...parseHostPort(a), tls: false })),
