@@ -33,13 +33,17 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   // The user database first: an unreachable one is reported before anything is created.
   const authenticator = await buildAuthenticator(config, logger);
   const needTls = config.server.listen_tls.length > 0 || !config.generateCertificate || config.server.listen.length > 0;
-  let tls: { cert: Buffer; key: Buffer; minVersion: 'TLSv1.2' | 'TLSv1.3' } | undefined;
+  let tls: { cert: Buffer; key: Buffer; minVersion: 'TLSv1.2' | 'TLSv1.3'; clientCa?: Buffer } | undefined;
   if (needTls) {
     if (config.generateCertificate && (await ensureSelfSignedCertificate(config.tlsCertFile, config.tlsKeyFile, config.server.hostname ?? 'localhost'))) {
       logger.info({ cert: config.tlsCertFile }, 'created a self-signed certificate');
     }
     try {
-      tls = { ...(await readTlsFiles(config.tlsCertFile, config.tlsKeyFile)), minVersion: config.tls.min_version };
+      tls = {
+        ...(await readTlsFiles(config.tlsCertFile, config.tlsKeyFile)),
+        minVersion: config.tls.min_version,
+        ...(config.clientCaFile !== undefined ? { clientCa: await fs.readFile(config.clientCaFile) } : {}),
+      };
     } catch (e) {
       throw new ConfigError(`cannot read TLS certificate or key: ${(e as Error).message}`);
     }
@@ -87,7 +91,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     if (!tls) return;
     try {
       const fresh = await readTlsFiles(config.tlsCertFile, config.tlsKeyFile);
-      server.reloadTls({ ...fresh, minVersion: config.tls.min_version });
+      server.reloadTls({ ...tls, ...fresh });
       logger.info('TLS certificate and key reloaded');
     } catch (e) {
       logger.error({ err: e }, 'TLS reload failed; keeping the previous certificate');

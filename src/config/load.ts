@@ -30,6 +30,7 @@ export interface ResolvedConfig extends Config {
   readonly usersFile: string;
   readonly tlsCertFile: string;
   readonly tlsKeyFile: string;
+  readonly clientCaFile: string | undefined;
   /** True when the certificate is ours to create (no cert configured). */
   readonly generateCertificate: boolean;
 }
@@ -110,6 +111,7 @@ export function loadConfig(flags: ServeFlags, cwd = process.cwd()): ResolvedConf
     usersFile: path.resolve(base, c.auth.users ?? path.join(dataDir, 'users')),
     tlsCertFile: path.resolve(base, c.tls.cert ?? path.join(dataDir, 'tls', 'cert.pem')),
     tlsKeyFile: path.resolve(base, c.tls.key ?? path.join(dataDir, 'tls', 'key.pem')),
+    clientCaFile: c.tls.client_ca !== undefined ? path.resolve(base, c.tls.client_ca) : undefined,
     generateCertificate,
   };
 }

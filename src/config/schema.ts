@@ -49,6 +49,8 @@ export const ConfigSchema = z
         cert: z.string().min(1).optional(),
         key: z.string().min(1).optional(),
         min_version: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
+        /** CA bundle (PEM) for client certificates; when set, clients are asked for one and SASL EXTERNAL is offered to those that present a valid one. */
+        client_ca: z.string().min(1).optional(),
       })
       .strict()
       .prefault({}),

@@ -39,7 +39,7 @@ async function stls(s: Session, st: AuthorizationState, args: string): Promise<v
   if (s.conn.secure) return s.badCommand('TLS is already active.');
   if (ctx === null) return s.badCommand('TLS is not available.');
   s.ok('Begin TLS negotiation now.');
-  const ok = await s.conn.startTls(ctx, Math.max(1, s.ctx.settings.login_timeout) * 1000);
+  const ok = await s.conn.startTls(ctx, Math.max(1, s.ctx.settings.login_timeout) * 1000, s.ctx.requestClientCertificate());
   if (!ok) s.close('TLS handshake failed');
 }
 

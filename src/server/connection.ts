@@ -30,6 +30,7 @@ export class Connection {
   #inputEnded = false;
   #onTimeout: (() => void) | null = null;
   #tlsInfo: { protocol: string; cipher: string } | null = null;
+  #stlsPeerAuthorized = false;
   readonly #onData = (chunk: Buffer): void => this.#ingest(chunk);
 
   constructor(socket: net.Socket, secure: boolean, maxLineLength: number) {
@@ -60,7 +61,7 @@ export class Connection {
   /** The identity of a verified client certificate (SASL EXTERNAL), if the listener asked for one. */
   get certificateIdentity(): string | undefined {
     const s = this.tlsSocket;
-    if (!s || !s.authorized) return undefined;
+    if (!s || !(s.authorized || this.#stlsPeerAuthorized)) return undefined;
     const cert = s.getPeerCertificate();
     if (!cert || Object.keys(cert).length === 0) return undefined;
     const cn = cert.subject?.CN;
@@ -172,13 +173,13 @@ export class Connection {
    * RFC 2595 §4: after `+OK` to STLS the handshake starts at once, and any
    * plaintext already received after the STLS line is thrown away.
    */
-  async startTls(context: tls.SecureContext, handshakeTimeoutMs: number): Promise<boolean> {
+  async startTls(context: tls.SecureContext, handshakeTimeoutMs: number, requestCert = false): Promise<boolean> {
     this.#queue.length = 0;
     this.#reader.reset();
     this.#uncork();
     const raw = this.#sock;
     raw.removeListener('data', this.#onData);
-    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: context, requestCert: false });
+    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: context, requestCert, rejectUnauthorized: false });
     this.#sock = secure;
     this.#paused = false;
     this.#attach(secure);
@@ -192,6 +193,9 @@ export class Connection {
     }
     if (this.#closed) return false;
     this.#secure = true;
+    // Node sets `authorized` only for sockets a tls.Server made; for this one ask the handle directly.
+    const handle = (secure as unknown as { _handle?: { verifyError?: () => Error | null } })._handle;
+    this.#stlsPeerAuthorized = requestCert && handle?.verifyError?.() === null;
     this.#noteTls(secure);
     return true;
   }

@@ -24,4 +24,6 @@ export interface ServerContext {
   readonly loginDelay?: LoginDelayPolicy | undefined;
   /** The current certificate for STLS (re-read on SIGHUP), or null when TLS is not configured. */
   tlsContext(): tls.SecureContext | null;
+  /** Whether TLS handshakes ask for a client certificate (SASL EXTERNAL). */
+  requestClientCertificate(): boolean;
 }

@@ -16,6 +16,8 @@ export interface TlsMaterial {
   cert: string | Buffer;
   key: string | Buffer;
   minVersion?: 'TLSv1.2' | 'TLSv1.3';
+  /** CA certificates for client certificates: when set, clients are asked for one (SASL EXTERNAL). */
+  clientCa?: string | Buffer | undefined;
 }
 
 export interface Pop3ServerOptions {
@@ -60,6 +62,7 @@ function tlsOptions(m: TlsMaterial): tls.SecureContextOptions {
   return {
     cert: m.cert,
     key: m.key,
+    ...(m.clientCa !== undefined ? { ca: m.clientCa } : {}),
     minVersion: m.minVersion ?? 'TLSv1.2',
     // No renegotiation at all (checklist 23): TLS 1.3 has none, and TLS 1.2's is refused.
     secureOptions: cryptoConstants.SSL_OP_NO_RENEGOTIATION,
@@ -101,6 +104,7 @@ export class Pop3Server {
         }),
       loginDelay: opts.settings.login_delay !== undefined ? new LoginDelayPolicy(opts.settings.login_delay) : undefined,
       tlsContext: () => this.#secureContext,
+      requestClientCertificate: () => this.#tlsMaterial?.clientCa !== undefined,
     };
   }
 
@@ -125,6 +129,9 @@ export class Pop3Server {
         const s = tls.createServer({
           ...tlsOptions(this.#tlsMaterial),
           allowHalfOpen: true,
+          // A client certificate is asked for, never required: without one the client logs in otherwise.
+          requestCert: this.#tlsMaterial.clientCa !== undefined,
+          rejectUnauthorized: false,
           handshakeTimeout: Math.max(1, this.#opts.settings.login_timeout) * 1000,
         });
         s.on('connection', (raw: net.Socket) => this.#admit(raw, true));
