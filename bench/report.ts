@@ -240,7 +240,7 @@ Last run: ${when.toISOString().replace(/\.\d+Z$/, 'Z')}, ${runtimeS.toFixed(0)} 
 ## How to run
 
 \`\`\`sh
-npm run bench                          # full run (about 3 minutes once the data exists); rewrites this file
+npm run bench                          # full run (1–2 minutes once the data exists); rewrites this file
 npm run bench -- --quick               # shorter windows; the report goes to bench/.work/last-run.md
 npm run bench -- --only sessions,retr  # a subset of: idle, sessions, retr, bigdrop (report to bench/.work/)
 npm run bench -- --server poplar       # one server only (report to bench/.work/)

@@ -291,9 +291,12 @@ export class Session {
 
   /** QUIT in TRANSACTION: the UPDATE state (RFC 1939 §6). Never `+OK` unless every marked message is gone. */
   async update(state: TransactionState): Promise<void> {
-    const deleted = state.deletedIndexes();
+    const expire = this.ctx.settings.expire;
+    const retrieved = state.retrievedIndexes();
+    // RFC 2449 §6.7: EXPIRE 0 means a retrieved message does not stay on the server after a clean QUIT.
+    const deleted = expire === 0 ? [...new Set([...state.deletedIndexes(), ...retrieved])].sort((a, b) => a - b) : state.deletedIndexes();
     try {
-      await state.maildrop.commit(deleted);
+      await state.maildrop.commit(deleted, { retrieved, ...(typeof expire === 'number' && expire > 0 ? { expireDays: expire } : {}) });
       this.stats.expunged = deleted.length;
       // Unlock before answering: a client that reconnects at once must not find the maildrop [IN-USE].
       await state.maildrop.release();

@@ -9,6 +9,8 @@ export class TransactionState {
   readonly principal: Principal;
   readonly maildrop: Maildrop;
   readonly #deleted: Uint8Array;
+  /** RETR'd in this session (TOP does not count): marked seen at UPDATE, removed at UPDATE under EXPIRE 0. */
+  readonly #retrieved: Uint8Array;
   #count: number;
   #octets: number;
 
@@ -16,6 +18,7 @@ export class TransactionState {
     this.principal = principal;
     this.maildrop = maildrop;
     this.#deleted = new Uint8Array(maildrop.messages.length);
+    this.#retrieved = new Uint8Array(maildrop.messages.length);
     this.#count = maildrop.messages.length;
     let octets = 0;
     for (const m of maildrop.messages) octets += m.size;
@@ -41,6 +44,14 @@ export class TransactionState {
     this.#count = this.maildrop.messages.length;
     this.#octets = 0;
     for (const m of this.maildrop.messages) this.#octets += m.size;
+  }
+  markRetrieved(i: number): void {
+    this.#retrieved[i] = 1;
+  }
+  retrievedIndexes(): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < this.#retrieved.length; i++) if (this.#retrieved[i] === 1) out.push(i);
+    return out;
   }
   deletedIndexes(): number[] {
     const out: number[] = [];
@@ -141,6 +152,7 @@ async function retr(s: Session, st: TransactionState, args: string): Promise<voi
   if (a.length > 1) throw new Pop3Error('Noise after message number.');
   const i = messageIndex(st, a[0]);
   const sent = await sendMessage(s, st, i, undefined);
+  if (!s.conn.closed) st.markRetrieved(i);
   s.stats.retr++;
   s.stats.retrBytes += sent;
 }

@@ -7,14 +7,24 @@ export interface MessageInfo {
   readonly size: number;
 }
 
+export interface CommitOptions {
+  readonly retrieved?: readonly number[];
+  readonly expireDays?: number;
+}
+
 /** An opened, exclusively locked maildrop (RFC 1939 §8: the lock lives from PASS to the end of UPDATE). */
 export interface Maildrop {
   /** Snapshot at open; index i is message number i + 1 for the whole session. */
   readonly messages: readonly MessageInfo[];
   /** Raw stored bytes of message `index` (0-based). The protocol codec converts line ends and stuffs dots. */
   read(index: number, signal?: AbortSignal): Promise<Readable>;
-  /** UPDATE state: remove exactly these (0-based) messages, or throw. */
-  commit(deleted: readonly number[]): Promise<void>;
+  /**
+   * UPDATE state: remove exactly these (0-based) messages, or throw.
+   * `retrieved` messages (RETR in this session, not deleted) are marked as
+   * seen; with `expireDays`, messages seen more than that many days ago are
+   * removed as well (RFC 2449 EXPIRE). Neither changes the outcome for `deleted`.
+   */
+  commit(deleted: readonly number[], options?: CommitOptions): Promise<void>;
   /** Release the lock. Always called, exactly once, whatever happened before. */
   release(): Promise<void>;
 }

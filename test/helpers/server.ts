@@ -49,7 +49,7 @@ export function testSettings(overrides: Partial<ServerSettings> = {}): ServerSet
 
 /** An in-process Poplar on 127.0.0.1 port 0 (plain+STLS) and port 0 (implicit TLS), over a temp Maildir root. */
 export async function startTestServer(
-  opts: { users?: TestUser[]; settings?: Partial<ServerSettings>; logger?: Logger; dir?: string; authenticator?: Authenticator; oauth?: boolean } = {},
+  opts: { users?: TestUser[]; settings?: Partial<ServerSettings>; logger?: Logger; dir?: string; authenticator?: Authenticator; oauth?: boolean; now?: () => number } = {},
 ): Promise<TestServer> {
   const dir = opts.dir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-test-')));
   const maildirRoot = path.join(dir, 'mail');
@@ -60,7 +60,7 @@ export async function startTestServer(
   const { certFile, keyFile } = await testCertificate();
   const material = await readTlsFiles(certFile, keyFile);
   const logger = opts.logger ?? silentLogger();
-  const store = new MaildirStore({ root: maildirRoot, logger, fsync: false });
+  const store = new MaildirStore({ root: maildirRoot, logger, fsync: false, ...(opts.now ? { now: opts.now } : {}) });
   const server = new Pop3Server({
     settings: testSettings(opts.settings),
     authenticator: opts.authenticator ?? new PasswdFileAuthenticator(usersFile, { checkIntervalMs: 0 }),

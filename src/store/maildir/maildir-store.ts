@@ -6,7 +6,7 @@ import type { Principal } from '../../auth/types.js';
 import { Pop3Error } from '../../protocol/codes.js';
 import { CrlfSizeCounter } from '../../protocol/message-size.js';
 import type { Logger } from '../../observability/log.js';
-import type { MailStore, Maildrop, MessageInfo } from '../types.js';
+import type { CommitOptions, MailStore, Maildrop, MessageInfo } from '../types.js';
 import { acquireSessionLock, releaseSessionLock, UidlistLock } from './locks.js';
 import { baseName, compareMaildirNames, sizeFromName, uniqueName } from './names.js';
 import { extValue, formatUidlist, parseUidlist, setExt, UidlistFormatError, type Uidlist, type UidlistRecord } from './uidlist.js';
@@ -18,6 +18,8 @@ export interface MaildirStoreOptions {
   /** fsync files and directories where durability needs it (default true). */
   fsync?: boolean;
   uidlistStaleSeconds?: number;
+  /** Clock for EXPIRE (tests); default Date.now. */
+  now?: () => number;
 }
 
 const SESSION_LOCK = 'poplar-pop3.lock';
@@ -44,12 +46,14 @@ export class MaildirStore implements MailStore {
   readonly #log: Logger;
   readonly #fsync: boolean;
   readonly #stale: number;
+  readonly #now: () => number;
 
   constructor(opts: MaildirStoreOptions) {
     this.#root = opts.root;
     this.#log = opts.logger;
     this.#fsync = opts.fsync ?? true;
     this.#stale = opts.uidlistStaleSeconds ?? 120;
+    this.#now = opts.now ?? Date.now;
   }
 
   maildropPath(username: string, maildir?: string): string {
@@ -92,6 +96,10 @@ export class MaildirStore implements MailStore {
     } finally {
       LOCKED.delete(dir);
     }
+  }
+
+  now(): number {
+    return this.#now();
   }
 
   get fsyncEnabled(): boolean {
@@ -302,6 +310,20 @@ async function moveNewToCur(dir: string): Promise<void> {
   }
 }
 
+/** The Maildir info flags after `:2,` (kept sorted, as the spec asks). */
+function hasFlag(filename: string, flag: string): boolean {
+  const i = filename.indexOf(':2,');
+  return i !== -1 && filename.indexOf(flag, i + 3) !== -1;
+}
+
+function withFlag(filename: string, flag: string): string {
+  const i = filename.indexOf(':2,');
+  if (i === -1) return filename.includes(':') ? filename : `${filename}:2,${flag}`;
+  const flags = filename.slice(i + 3);
+  if (flags.includes(flag)) return filename;
+  return filename.slice(0, i + 3) + [...flags, flag].sort().join('');
+}
+
 export async function fileCrlfSize(file: string): Promise<number> {
   const counter = new CrlfSizeCounter();
   for await (const chunk of createReadStream(file, { highWaterMark: 256 * 1024 })) counter.push(chunk as Buffer);
@@ -360,34 +382,59 @@ class MaildirMaildrop implements Maildrop {
     throw new Pop3Error('Message was removed by another process');
   }
 
-  async commit(deleted: readonly number[]): Promise<void> {
-    if (deleted.length === 0) return;
+  async commit(deleted: readonly number[], options: CommitOptions = {}): Promise<void> {
     const cur = path.join(this.#dir, 'cur');
     let failed = 0;
     for (const i of deleted) {
       const e = this.#entries[i];
-      if (e === undefined) continue;
+      if (e !== undefined && !(await this.#unlink(e))) failed++;
+    }
+    const gone = new Set(deleted);
+    // Seen flag for what was retrieved (as Dovecot does); the rename's ctime then dates the first retrieval.
+    for (const i of options.retrieved ?? []) {
+      const e = this.#entries[i];
+      if (e === undefined || gone.has(i)) continue;
+      const flagged = withFlag(e.filename, 'S');
+      if (flagged === e.filename) continue;
       try {
-        await fs.unlink(path.join(cur, e.filename));
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code === 'ENOENT') {
-          if (await this.#relocate(e).catch(() => false)) {
-            try {
-              await fs.unlink(path.join(cur, e.filename));
-              continue;
-            } catch {
-              // counted below
-            }
-          } else {
-            continue; // already gone: removed by another process, nothing left to remove
-          }
-        }
-        failed++;
+        await fs.rename(path.join(cur, e.filename), path.join(cur, flagged));
+        e.filename = flagged;
+      } catch {
+        // Renamed or removed by another process: the flag is a hint, not a promise.
       }
     }
-    if (this.#store.fsyncEnabled) await fsyncDir(cur);
+    let changed = deleted.length > 0;
+    if (options.expireDays !== undefined) {
+      const limit = this.#store.now() - options.expireDays * 86_400_000;
+      const fresh = new Set(options.retrieved ?? []);
+      for (let i = 0; i < this.#entries.length; i++) {
+        const e = this.#entries[i]!;
+        if (gone.has(i) || fresh.has(i) || !hasFlag(e.filename, 'S')) continue;
+        const st = await fs.stat(path.join(cur, e.filename)).catch(() => null);
+        if (st !== null && st.ctimeMs < limit && (await this.#unlink(e))) changed = true;
+      }
+    }
+    if (changed && this.#store.fsyncEnabled) await fsyncDir(cur);
     if (failed > 0) throw new Pop3Error(`${failed} of ${deleted.length} messages could not be deleted`, 'SYS/TEMP');
+  }
+
+  /** Unlink one message; true when it is gone (also when someone else removed it first). */
+  async #unlink(e: Entry): Promise<boolean> {
+    const cur = path.join(this.#dir, 'cur');
+    try {
+      await fs.unlink(path.join(cur, e.filename));
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return false;
+    }
+    // Renamed by another process (flags changed)? Find it by its base name.
+    if (!(await this.#relocate(e).catch(() => false))) return true;
+    try {
+      await fs.unlink(path.join(cur, e.filename));
+      return true;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'ENOENT';
+    }
   }
 
   async release(): Promise<void> {
