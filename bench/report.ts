@@ -276,9 +276,9 @@ ${
   busy
     ? `**Caution:** other processes used a noticeable share of the ${mi.cores} cores while this run measured
 (the "Other processes" column). Servers, load generator and those processes compete for the same
-cores, so absolute figures are low and noisy; the Poplar/Dovecot ratios and the CPU time per
-session / per MB are more telling than the absolute rates. Run again on an idle machine for
-figures to quote.`
+cores, so the rates (and even their Poplar/Dovecot ratios) are low and vary from run to run;
+the CPU time per session / per MB and the memory figures are steadier. Run again on an idle
+machine for figures to quote.`
     : `Servers and load generator share the same ${mi.cores} cores, so the rates are whole-machine figures;
 the CPU time per session / per MB depends less on the machine.`
 }

@@ -248,9 +248,12 @@ export class Session {
       return;
     }
     let maildrop: Maildrop;
+    // Opening a big maildrop the first time can take long: that is our work, not client inactivity.
+    this.conn.setTimeout(0, () => this.#timeout());
     try {
       maildrop = await store.open(principal, this.conn.signal);
     } catch (e) {
+      this.conn.setTimeout(settings.login_timeout * 1000, () => this.#timeout());
       if (e instanceof Pop3Error) {
         logger.info({ user: principal.username, rip: this.conn.remoteAddress, code: e.code }, `maildrop not opened: ${e.message}`);
         this.err(e.code === 'IN-USE' ? 'Maildrop is locked by another session.' : e.message, e.code);
