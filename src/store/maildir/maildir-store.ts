@@ -1,4 +1,4 @@
-import { createReadStream, promises as fs, constants as C } from 'node:fs';
+import { promises as fs, constants as C } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -124,11 +124,17 @@ export class MaildirStore implements MailStore {
         ...plan.missingSize.map((r) => r.basename),
         ...plan.unassigned.filter((b) => sizeFromName(byBase.get(b)!) === undefined),
       ];
-      for (const basename of toMeasure) {
-        signal?.throwIfAborted();
-        const size = await fileCrlfSize(path.join(cur, byBase.get(basename)!)).catch(() => undefined);
-        if (size !== undefined) sizes.set(basename, size);
-      }
+      // A few files at a time: a first login on a big Maildir is bound by file-system latency.
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < toMeasure.length) {
+          signal?.throwIfAborted();
+          const basename = toMeasure[next++]!;
+          const size = await fileCrlfSize(path.join(cur, byBase.get(basename)!)).catch(() => undefined);
+          if (size !== undefined) sizes.set(basename, size);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(16, toMeasure.length) }, worker));
       const lock = await UidlistLock.acquire(dir, { staleSeconds: this.#stale, ...(signal ? { signal } : {}) });
       try {
         // Re-read under the lock: another server may have assigned UIDs meanwhile.
@@ -326,7 +332,18 @@ function withFlag(filename: string, flag: string): string {
 
 export async function fileCrlfSize(file: string): Promise<number> {
   const counter = new CrlfSizeCounter();
-  for await (const chunk of createReadStream(file, { highWaterMark: 256 * 1024 })) counter.push(chunk as Buffer);
+  const fh = await fs.open(file, 'r');
+  try {
+    // Most messages fit in one read; big ones are counted chunk by chunk with bounded memory.
+    const chunk = Buffer.allocUnsafe(256 * 1024);
+    for (;;) {
+      const { bytesRead } = await fh.read(chunk, 0, chunk.length, null);
+      if (bytesRead === 0) break;
+      counter.push(chunk.subarray(0, bytesRead));
+    }
+  } finally {
+    await fh.close();
+  }
   return counter.size;
 }
 
