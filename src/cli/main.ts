@@ -2,6 +2,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../config/load.js';
 import { EX_CONFIG, EX_SOFTWARE, EX_USAGE } from './exit-codes.js';
+import { isClusterWorker, reportReady, runPrimary } from './cluster.js';
 import { startServer } from './serve.js';
 import { registerUserCommands } from './user.js';
 
@@ -32,8 +33,10 @@ export function buildProgram(): Command {
     .option('--tls-key <pem>', 'private key (PEM)')
     .option('--workers <n>', 'worker processes', positiveInt)
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
-    .action(async (opts: Record<string, unknown>) => {
+    .action(async (opts: Record<string, unknown> & { workers?: number }) => {
+      if ((opts.workers ?? 1) > 1 && !isClusterWorker()) return runPrimary(opts, opts.workers!);
       const running = await startServer(opts);
+      reportReady();
       let stopping = false;
       const stop = (signal: string): void => {
         if (stopping) return;

@@ -1,0 +1,79 @@
+import cluster, { type Worker } from 'node:cluster';
+import { once } from 'node:events';
+import { createLogger } from '../observability/log.js';
+import { loadConfig, type ServeFlags } from '../config/load.js';
+
+/**
+ * `poplar serve --workers N`: N worker processes share the listening sockets
+ * (node:cluster). The first worker starts alone, so first-run work (the
+ * certificate, the demo user and its banner) happens exactly once; the others
+ * follow. Signals go to every worker: SIGHUP reloads certificates, SIGTERM
+ * and SIGINT stop gracefully. A worker that dies is replaced.
+ *
+ * Per-process state stays per worker: connection limits, login throttling
+ * counters and LOGIN-DELAY times apply to each worker separately (the maildrop
+ * lock is a file and covers them all).
+ */
+export async function runPrimary(flags: ServeFlags, workers: number): Promise<void> {
+  const config = loadConfig(flags); // a bad configuration fails here, once, with exit 78
+  const logger = createLogger({ level: config.log_level, format: config.log_format });
+  let stopping = false;
+  const live = new Set<Worker>();
+
+  const fork = async (index: number): Promise<void> => {
+    const w = cluster.fork({ POPLAR_WORKER: String(index) });
+    live.add(w);
+    w.on('exit', (code, signal) => {
+      live.delete(w);
+      if (stopping) {
+        if (live.size === 0) {
+          logger.flush();
+          process.exit(0);
+        }
+        return;
+      }
+      logger.error({ worker: index, code, signal }, 'worker died; starting a new one');
+      setTimeout(() => void fork(index), 1000).unref();
+    });
+    await new Promise<void>((resolve, reject) => {
+      const onMessage = (m: unknown): void => {
+        if ((m as { type?: string } | null)?.type === 'ready') resolve();
+      };
+      w.on('message', onMessage);
+      w.once('exit', (code) => reject(new Error(`worker ${index} exited with code ${code} while starting`)));
+    });
+  };
+
+  try {
+    await fork(1);
+    await Promise.all(Array.from({ length: workers - 1 }, (_, i) => fork(i + 2)));
+  } catch (e) {
+    stopping = true;
+    for (const w of live) w.process.kill('SIGTERM');
+    logger.error({ err: e }, 'workers failed to start');
+    logger.flush();
+    // The worker printed the reason (e.g. a port in use); keep its exit code meaning: configuration.
+    process.exit(78);
+  }
+  logger.info({ workers }, 'all workers ready');
+
+  const stop = (signal: NodeJS.Signals): void => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down workers');
+    for (const w of live) w.process.kill('SIGTERM');
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    for (const w of live) w.process.kill('SIGHUP');
+  });
+  await once(process, 'beforeExit');
+}
+
+export const isClusterWorker = (): boolean => cluster.isWorker;
+
+/** Tell the primary this worker listens. */
+export function reportReady(): void {
+  if (cluster.isWorker) process.send?.({ type: 'ready' });
+}
