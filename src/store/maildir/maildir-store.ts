@@ -24,6 +24,29 @@ export interface MaildirStoreOptions {
 
 const SESSION_LOCK = 'poplar-pop3.lock';
 
+/** Remembered scans, by maildrop directory (see #scan). */
+const SCAN_CACHE = new Map<string, { key: string; entries: Entry[] }>();
+const SCAN_CACHE_MAX = 2000;
+/** A directory must have been unchanged this long before a scan of it is remembered. */
+const QUIET_MS = 2000;
+
+async function statScanKey(dir: string): Promise<{ key: string; newest: number } | null> {
+  try {
+    const [c, n, u] = await Promise.all([
+      fs.stat(path.join(dir, 'cur')),
+      fs.stat(path.join(dir, 'new')),
+      fs.stat(path.join(dir, 'dovecot-uidlist')).catch(() => null),
+    ]);
+    const ukey = u === null ? '-' : `${u.ino}:${u.size}:${u.mtimeMs}:${u.ctimeMs}`;
+    return {
+      key: `${c.ino}:${c.mtimeMs}:${c.ctimeMs}|${n.ino}:${n.mtimeMs}:${n.ctimeMs}|${ukey}`,
+      newest: Math.max(c.mtimeMs, c.ctimeMs, n.mtimeMs, n.ctimeMs, u?.mtimeMs ?? 0, u?.ctimeMs ?? 0),
+    };
+  } catch {
+    return null;
+  }
+}
+
 /** Maildrops locked anywhere in this process, by any store instance (the lock file covers other processes). */
 const LOCKED = new Set<string>();
 
@@ -106,7 +129,35 @@ export class MaildirStore implements MailStore {
     return this.#fsync;
   }
 
+  /**
+   * The maildrop's messages. A scan is remembered per directory together with
+   * the modification times of cur/, new/ and dovecot-uidlist; while none of
+   * them changed, the next login reuses it (three stat calls instead of two
+   * directory listings and the uidlist). A scan is only remembered when the
+   * directories had been quiet for a while, so a change within the file
+   * system's timestamp granularity can never hide behind an equal mtime.
+   */
   async #scan(dir: string, signal?: AbortSignal): Promise<Entry[]> {
+    const before = await statScanKey(dir);
+    const cached = SCAN_CACHE.get(dir);
+    if (cached !== undefined && before !== null && cached.key === before.key) {
+      SCAN_CACHE.delete(dir); // re-insert: most recently used last
+      SCAN_CACHE.set(dir, cached);
+      return cached.entries.map((e) => ({ ...e }));
+    }
+    const started = Date.now();
+    const entries = await this.#fullScan(dir, signal);
+    const after = await statScanKey(dir);
+    if (after !== null && started - after.newest > QUIET_MS) {
+      SCAN_CACHE.set(dir, { key: after.key, entries: entries.map((e) => ({ ...e })) });
+      if (SCAN_CACHE.size > SCAN_CACHE_MAX) SCAN_CACHE.delete(SCAN_CACHE.keys().next().value!);
+    } else {
+      SCAN_CACHE.delete(dir);
+    }
+    return entries;
+  }
+
+  async #fullScan(dir: string, signal?: AbortSignal): Promise<Entry[]> {
     const cur = path.join(dir, 'cur');
     await moveNewToCur(dir);
     const files = (await fs.readdir(cur)).filter((f) => f[0] !== '.');

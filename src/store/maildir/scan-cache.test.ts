@@ -1,0 +1,60 @@
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../observability/log.js';
+import { MaildirStore } from './maildir-store.js';
+
+let root: string;
+let store: MaildirStore;
+beforeEach(async () => {
+  root = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-cache-'));
+  store = new MaildirStore({ root, logger: silentLogger(), fsync: false });
+});
+afterEach(() => fs.rm(root, { recursive: true, force: true }));
+
+const quiet = (): Promise<void> => new Promise((r) => setTimeout(r, 2100));
+
+async function uidls(): Promise<string[]> {
+  const m = await store.open({ username: 'u' });
+  try {
+    return m.messages.map((x) => x.uidl);
+  } finally {
+    await m.release();
+  }
+}
+
+describe('remembered maildrop scans never hide a change', () => {
+  it('sees removals, deliveries and renames by other processes after a remembered scan', async () => {
+    for (let i = 0; i < 3; i++) await store.deliver('u', Buffer.from(`Subject: ${i}\r\n\r\nbody\r\n`));
+    const first = await uidls();
+    expect(first).toHaveLength(3);
+    await quiet();
+    expect(await uidls()).toEqual(first); // remembered now
+    expect(await uidls()).toEqual(first); // and reused
+
+    const cur = path.join(root, 'u', 'cur');
+    const files = (await fs.readdir(cur)).sort();
+    await fs.unlink(path.join(cur, files[0]!));
+    expect(await uidls()).toEqual(first.slice(1));
+
+    await quiet();
+    await uidls();
+    await fs.writeFile(path.join(root, 'u', 'new', '1999999999.M1P1.other'), 'Subject: new\r\n\r\nx\r\n');
+    const withNew = await uidls();
+    expect(withNew).toHaveLength(3);
+    expect(withNew.slice(0, 2)).toEqual(first.slice(1));
+
+    await quiet();
+    await uidls();
+    // Another reader sets a flag: the file is renamed; the message keeps its UIDL and can be read.
+    const [f] = (await fs.readdir(cur)).sort();
+    await fs.rename(path.join(cur, f!), path.join(cur, `${f!.split(':')[0]}:2,RS`));
+    const m = await store.open({ username: 'u' });
+    expect(m.messages.map((x) => x.uidl)).toEqual(withNew);
+    const chunks: Buffer[] = [];
+    for await (const c of await m.read(0)) chunks.push(c as Buffer);
+    expect(Buffer.concat(chunks).toString()).toMatch(/^Subject: /);
+    await m.release();
+  }, 20_000);
+});
