@@ -93,6 +93,26 @@ export class ChainAuthenticator implements Authenticator {
     return undefined;
   }
 
+  /** The principal from the first password member that knows the user (same failure rules as lookupSecret). */
+  async lookupPrincipal(username: string, signal?: AbortSignal): Promise<Principal | undefined> {
+    let failure: unknown;
+    for (const m of this.#members) {
+      signal?.throwIfAborted();
+      if (m.authenticator.lookupPrincipal === undefined) continue;
+      if (m.kinds !== undefined && !m.kinds.has('password')) continue;
+      try {
+        const p = await m.authenticator.lookupPrincipal(username, signal);
+        if (p !== undefined) return p;
+      } catch (e) {
+        if (signal?.aborted) throw signal.reason;
+        this.#note(m.name, e);
+        failure ??= e;
+      }
+    }
+    if (failure !== undefined) throw asTemp(failure);
+    return undefined;
+  }
+
   /** Closes every member, even if some fail; rethrows the first failure. */
   async close(): Promise<void> {
     const results = await Promise.allSettled(this.#members.map((m) => m.authenticator.close?.()));

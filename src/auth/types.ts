@@ -26,5 +26,10 @@ export interface Authenticator {
   authenticate(c: Credentials, conn: ConnectionInfo, signal?: AbortSignal): Promise<Principal | null>;
   /** The stored `{SCHEME}secret` of a user, for CRAM-MD5, SCRAM and APOP; undefined for an unknown user. */
   lookupSecret?(username: string, signal?: AbortSignal): Promise<string | undefined>;
+  /**
+   * The principal (home, maildir) of a user verified elsewhere (CRAM-MD5, SCRAM,
+   * APOP, EXTERNAL); undefined for an unknown or disabled user.
+   */
+  lookupPrincipal?(username: string, signal?: AbortSignal): Promise<Principal | undefined>;
   close?(): Promise<void>;
 }

@@ -27,11 +27,11 @@ export interface RunningServer {
 export async function startServer(flags: ServeFlags, out: (line: string) => void = (l) => process.stdout.write(l + '\n')): Promise<RunningServer> {
   const config = loadConfig(flags);
   const logger = createLogger({ level: config.log_level, format: config.log_format });
-  await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
-  await fs.mkdir(config.maildirRoot, { recursive: true, mode: 0o700 });
 
   // The user database first: an unreachable one is reported before anything is created.
   const authenticator = await buildAuthenticator(config, logger);
+  await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  await fs.mkdir(config.maildirRoot, { recursive: true, mode: 0o700 });
   const needTls = config.server.listen_tls.length > 0 || !config.generateCertificate || config.server.listen.length > 0;
   let tls: { cert: Buffer; key: Buffer; minVersion: 'TLSv1.2' | 'TLSv1.3'; clientCa?: Buffer } | undefined;
   if (needTls) {

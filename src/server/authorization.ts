@@ -71,6 +71,8 @@ async function auth(s: Session, _st: AuthorizationState, args: string): Promise<
         return s.login(step.credentials, name, info.failureChallenge);
       case 'authenticated':
         if (step.final !== undefined) {
+          // A blocked client must not get SCRAM's proof (`v=`): it would tell a right guess from a wrong one.
+          if (await s.ctx.throttle.isBlocked(s.conn.remoteAddress, step.username)) return s.authFailed(step.username, name, 'blocked');
           // RFC 5034 §4: additional data with success goes in a challenge; the client answers empty.
           const answer = await readResponse(s, step.final);
           if (answer === null) return;

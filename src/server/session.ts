@@ -236,7 +236,24 @@ export class Session {
       await this.authFailed(username, mechanism, 'blocked');
       return;
     }
-    await this.#openMaildrop({ username }, mechanism);
+    // The user database still decides where the maildrop is (home, maildir) and whether the user may log in.
+    let principal: Principal | undefined = { username };
+    const lookup = this.ctx.authenticator.lookupPrincipal;
+    if (lookup !== undefined) {
+      try {
+        principal = await lookup.call(this.ctx.authenticator, username, this.conn.signal);
+      } catch (e) {
+        if (this.conn.closed) return;
+        this.ctx.logger.error({ err: e, rip: this.conn.remoteAddress, mech: mechanism }, 'authentication backend failed');
+        this.err('Authentication is temporarily unavailable.', 'SYS/TEMP');
+        return;
+      }
+    }
+    if (principal === undefined) {
+      await this.authFailed(username, mechanism);
+      return;
+    }
+    await this.#openMaildrop(principal, mechanism);
   }
 
   async #openMaildrop(principal: Principal, mechanism: string): Promise<void> {

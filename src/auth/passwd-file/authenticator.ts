@@ -58,6 +58,13 @@ export class PasswdFileAuthenticator implements Authenticator {
     return entry.home !== '' ? { username: entry.username, home: entry.home } : { username: entry.username };
   }
 
+  async lookupPrincipal(username: string): Promise<Principal | undefined> {
+    if (username === '' || FORBIDDEN.test(username)) return undefined;
+    const entry = await this.#lookup(username);
+    if (!entry) return undefined;
+    return entry.home !== '' ? { username: entry.username, home: entry.home } : { username: entry.username };
+  }
+
   /** The stored secret (e.g. `{PLAIN}...`) for challenge-response mechanisms, or undefined for unknown users. */
   async lookupSecret(username: string): Promise<string | undefined> {
     if (username === '' || FORBIDDEN.test(username)) return undefined;

@@ -87,11 +87,14 @@ export class PostgresAuthenticator implements Authenticator {
       return null;
     }
     if (!(await this.#verify(password, row.password))) return null;
-    return {
-      username: row.username,
-      ...(row.home !== null && row.home !== '' ? { home: row.home } : {}),
-      ...(row.maildir !== null && row.maildir !== '' ? { maildir: row.maildir } : {}),
-    };
+    return principalOf(row);
+  }
+
+  async lookupPrincipal(username: string, signal?: AbortSignal): Promise<Principal | undefined> {
+    signal?.throwIfAborted();
+    if (username === '' || FORBIDDEN.test(username)) return undefined;
+    const row = await this.#lookup(username);
+    return row?.enabled ? principalOf(row) : undefined;
   }
 
   /** The stored secret of an enabled user, for challenge-response mechanisms. */
@@ -122,4 +125,12 @@ export class PostgresAuthenticator implements Authenticator {
     this.#warned.add(k);
     this.#logger?.(`postgres: user ${row.username}: unusable password field: ${error}`);
   }
+}
+
+function principalOf(row: UserRow): Principal {
+  return {
+    username: row.username,
+    ...(row.home !== null && row.home !== '' ? { home: row.home } : {}),
+    ...(row.maildir !== null && row.maildir !== '' ? { maildir: row.maildir } : {}),
+  };
 }
