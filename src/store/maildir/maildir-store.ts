@@ -1,4 +1,4 @@
-import { promises as fs, constants as C } from 'node:fs';
+import { promises as fs, constants as C, statSync, accessSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -30,13 +30,12 @@ const SCAN_CACHE_MAX = 2000;
 /** A directory must have been unchanged this long before a scan of it is remembered. */
 const QUIET_MS = 2000;
 
-async function statScanKey(dir: string): Promise<{ key: string; newest: number } | null> {
+/** Three stat calls, synchronous: they run on every login and cost microseconds. */
+function statScanKey(dir: string): { key: string; newest: number } | null {
   try {
-    const [c, n, u] = await Promise.all([
-      fs.stat(path.join(dir, 'cur')),
-      fs.stat(path.join(dir, 'new')),
-      fs.stat(path.join(dir, 'dovecot-uidlist')).catch(() => null),
-    ]);
+    const c = statSync(path.join(dir, 'cur'));
+    const n = statSync(path.join(dir, 'new'));
+    const u = statSync(path.join(dir, 'dovecot-uidlist'), { throwIfNoEntry: false }) ?? null;
     const ukey = u === null ? '-' : `${u.ino}:${u.size}:${u.mtimeMs}:${u.ctimeMs}`;
     return {
       key: `${c.ino}:${c.mtimeMs}:${c.ctimeMs}|${n.ino}:${n.mtimeMs}:${n.ctimeMs}|${ukey}`,
@@ -138,7 +137,7 @@ export class MaildirStore implements MailStore {
    * system's timestamp granularity can never hide behind an equal mtime.
    */
   async #scan(dir: string, signal?: AbortSignal): Promise<Entry[]> {
-    const before = await statScanKey(dir);
+    const before = statScanKey(dir);
     const cached = SCAN_CACHE.get(dir);
     if (cached !== undefined && before !== null && cached.key === before.key) {
       SCAN_CACHE.delete(dir); // re-insert: most recently used last
@@ -147,7 +146,7 @@ export class MaildirStore implements MailStore {
     }
     const started = Date.now();
     const entries = await this.#fullScan(dir, signal);
-    const after = await statScanKey(dir);
+    const after = statScanKey(dir);
     if (after !== null && started - after.newest > QUIET_MS) {
       SCAN_CACHE.set(dir, { key: after.key, entries: entries.map((e) => ({ ...e })) });
       if (SCAN_CACHE.size > SCAN_CACHE_MAX) SCAN_CACHE.delete(SCAN_CACHE.keys().next().value!);
@@ -343,7 +342,7 @@ async function listBaseNames(dir: string): Promise<Set<string>> {
 
 async function ensureMaildir(dir: string): Promise<void> {
   try {
-    await fs.access(path.join(dir, 'tmp'));
+    accessSync(path.join(dir, 'tmp'));
     return;
   } catch {
     // fall through: create what is missing
