@@ -2,6 +2,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../config/load.js';
 import { EX_CONFIG, EX_SOFTWARE, EX_USAGE } from './exit-codes.js';
+import { registerFetchCommand } from './fetch.js';
 import { isClusterWorker, reportReady, runPrimary } from './cluster.js';
 import { startServer } from './serve.js';
 import { registerUserCommands } from './user.js';
@@ -53,6 +54,7 @@ export function buildProgram(): Command {
     });
 
   registerUserCommands(program);
+  registerFetchCommand(program);
   return program;
 }
 
