@@ -1,0 +1,292 @@
+/**
+ * The UIDL ledger of one fetch account: which messages were delivered (or
+ * discarded by a rule) and when each was first seen. It is an append-only
+ * journal, one line per record, made durable with fdatasync, and compacted by
+ * writing a temporary file, fsyncing it and renaming it over the journal.
+ *
+ *   poplar-ledger 1                      header
+ *   ? <ms> <uidl> <target>               intent: about to deliver (written and synced before the sink sees a byte)
+ *   + <firstSeenMs> <d|x> <uidl>         done: delivered (d) or discarded by a rule (x)
+ *
+ * UIDLs are 1-70 octets in 0x21-0x7E (RFC 1939 §7), so they never contain a
+ * space or a line end. A last line without its LF was torn by a crash; it is
+ * dropped (its intent line, synced earlier, still stands). An intent without
+ * a matching `+` is pending: the crash came between the intent and the
+ * record, and the fetcher settles it before fetching (see reconcile.ts).
+ */
+import { constants, promises as fs } from 'node:fs';
+import path from 'node:path';
+
+const HEADER = 'poplar-ledger 1';
+const UIDL_RE = /^[\x21-\x7e]{1,70}$/;
+
+export interface LedgerEntry {
+  /** When the message was first recorded (ms since the epoch; the fetch clock). */
+  readonly firstSeen: number;
+  /** Discarded by a rule rather than delivered. */
+  readonly discarded: boolean;
+}
+
+export interface PendingDelivery {
+  readonly uidl: string;
+  /** Real time (ms) the intent was written: files the sink wrote for it are no older. */
+  readonly since: number;
+  /** Where it was going: `-` for the account's sink, else the rule target's key. */
+  readonly target: string;
+}
+
+export class LedgerError extends Error {
+  override name = 'LedgerError';
+}
+
+/** Another process holds the ledger (a second fetch of the same account). */
+export class LedgerBusyError extends LedgerError {
+  override name = 'LedgerBusyError';
+}
+
+export interface LedgerOptions {
+  /** fdatasync after each group of records (default true; false only for tests and benchmarks). */
+  readonly fsync?: boolean;
+}
+
+export class Ledger {
+  readonly file: string;
+  readonly #entries = new Map<string, LedgerEntry>();
+  readonly #pending = new Map<string, PendingDelivery>();
+  readonly #fsync: boolean;
+  #fh: fs.FileHandle | undefined;
+  #lines = 0;
+  #unsynced = false;
+  #lock: string | undefined;
+
+  private constructor(file: string, fsync: boolean) {
+    this.file = file;
+    this.#fsync = fsync;
+  }
+
+  /** Lock, read (dropping a torn tail), compact when worthwhile, and open for appending. */
+  static async open(file: string, opts: LedgerOptions = {}): Promise<Ledger> {
+    const ledger = new Ledger(path.resolve(file), opts.fsync ?? true);
+    await fs.mkdir(path.dirname(ledger.file), { recursive: true, mode: 0o700 });
+    await ledger.#takeLock();
+    try {
+      const { torn } = await ledger.#load();
+      if (torn || ledger.#lines > 2 * (ledger.#entries.size + ledger.#pending.size) + 1000) await ledger.compact();
+      else if (ledger.#lines === 0) await ledger.compact(); // a new ledger starts with its header, durably
+      ledger.#fh = await fs.open(ledger.file, 'a', 0o600);
+    } catch (e) {
+      await ledger.#releaseLock();
+      throw e;
+    }
+    return ledger;
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  get(uidl: string): LedgerEntry | undefined {
+    return this.#entries.get(uidl);
+  }
+
+  has(uidl: string): boolean {
+    return this.#entries.has(uidl);
+  }
+
+  uidls(): IterableIterator<string> {
+    return this.#entries.keys();
+  }
+
+  /** Intents a crash left without their record, oldest first. */
+  pending(): PendingDelivery[] {
+    return [...this.#pending.values()];
+  }
+
+  /** Write intents (and sync) before the sink sees any of these messages. */
+  async intend(items: readonly { uidl: string; target: string }[], now = Date.now()): Promise<void> {
+    if (items.length === 0) return;
+    let text = '';
+    for (const it of items) {
+      checkUidl(it.uidl);
+      if (!/^[\x21-\x7e]+$/.test(it.target)) throw new RangeError(`bad ledger target ${JSON.stringify(it.target)}`);
+      text += `? ${now} ${it.uidl} ${it.target}\n`;
+      this.#pending.set(it.uidl, { uidl: it.uidl, since: now, target: it.target });
+    }
+    await this.#append(text);
+    await this.sync();
+  }
+
+  /**
+   * Record messages as delivered or discarded (written, not yet synced: call
+   * sync() before acting on them, e.g. before DELE). A UIDL already recorded
+   * keeps its first-seen time.
+   */
+  async record(items: readonly { uidl: string; discarded?: boolean }[], now: number): Promise<void> {
+    if (items.length === 0) return;
+    let text = '';
+    for (const it of items) {
+      checkUidl(it.uidl);
+      const firstSeen = this.#entries.get(it.uidl)?.firstSeen ?? now;
+      const discarded = it.discarded === true;
+      text += `+ ${firstSeen} ${discarded ? 'x' : 'd'} ${it.uidl}\n`;
+      this.#entries.set(it.uidl, { firstSeen, discarded });
+      this.#pending.delete(it.uidl);
+    }
+    await this.#append(text);
+  }
+
+  /** Drop intents found not delivered (in memory; the next compaction forgets them on disk). */
+  abandon(uidls: Iterable<string>): void {
+    for (const u of uidls) this.#pending.delete(u);
+  }
+
+  /** Make every record written so far durable. */
+  async sync(): Promise<void> {
+    if (!this.#unsynced || this.#fh === undefined) return;
+    if (this.#fsync) await this.#fh.datasync();
+    this.#unsynced = false;
+  }
+
+  /**
+   * Forget entries the server no longer lists (RFC 1939: a UIDL is never
+   * reused, so once gone it cannot come back as another message). Returns how
+   * many were dropped; compacts when anything changed.
+   */
+  async retainOnly(onServer: ReadonlySet<string>): Promise<number> {
+    let dropped = 0;
+    for (const u of [...this.#entries.keys()]) {
+      if (!onServer.has(u)) {
+        this.#entries.delete(u);
+        dropped++;
+      }
+    }
+    for (const u of [...this.#pending.keys()]) if (!onServer.has(u)) this.#pending.delete(u);
+    if (dropped > 0 || this.#lines > 2 * (this.#entries.size + this.#pending.size) + 1000) await this.compact();
+    return dropped;
+  }
+
+  /** Rewrite the journal as its live records: temporary file, fsync, rename, fsync of the directory. */
+  async compact(): Promise<void> {
+    await this.sync();
+    const tmp = `${this.file}.tmp${process.pid}`;
+    const lines = [HEADER];
+    for (const [u, e] of this.#entries) lines.push(`+ ${e.firstSeen} ${e.discarded ? 'x' : 'd'} ${u}`);
+    for (const p of this.#pending.values()) lines.push(`? ${p.since} ${p.uidl} ${p.target}`);
+    const fh = await fs.open(tmp, 'w', 0o600);
+    try {
+      await fh.writeFile(lines.join('\n') + '\n');
+      if (this.#fsync) await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fs.rename(tmp, this.file);
+    if (this.#fsync) await syncDir(path.dirname(this.file));
+    this.#lines = lines.length - 1;
+    if (this.#fh !== undefined) {
+      // The old descriptor points at the replaced inode.
+      await this.#fh.close();
+      this.#fh = await fs.open(this.file, 'a', 0o600);
+    }
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.sync();
+      await this.#fh?.close();
+      this.#fh = undefined;
+    } finally {
+      await this.#releaseLock();
+    }
+  }
+
+  async #append(text: string): Promise<void> {
+    if (this.#fh === undefined) throw new LedgerError('ledger is closed');
+    await this.#fh.write(text);
+    this.#unsynced = true;
+    this.#lines += countLines(text);
+  }
+
+  async #load(): Promise<{ torn: boolean }> {
+    let text: string;
+    try {
+      text = await fs.readFile(this.file, 'latin1');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { torn: false };
+      throw e;
+    }
+    if (text === '') return { torn: false };
+    const torn = !text.endsWith('\n');
+    const lines = text.split('\n');
+    lines.pop(); // '' after the last LF, or the torn fragment
+    if (lines[0] !== HEADER) throw new LedgerError(`${this.file}: not a poplar ledger (first line ${JSON.stringify(lines[0]?.slice(0, 40) ?? '')})`);
+    for (let i = 1; i < lines.length; i++) {
+      const f = lines[i]!.split(' ');
+      if (f[0] === '+' && f.length === 4 && /^\d+$/.test(f[1]!) && (f[2] === 'd' || f[2] === 'x') && UIDL_RE.test(f[3]!)) {
+        this.#entries.set(f[3]!, { firstSeen: Number(f[1]), discarded: f[2] === 'x' });
+        this.#pending.delete(f[3]!);
+      } else if (f[0] === '?' && f.length === 4 && /^\d+$/.test(f[1]!) && UIDL_RE.test(f[2]!)) {
+        // A repeated intent for a UIDL already recorded (fetch = "all") is pending again until its record.
+        this.#pending.set(f[2]!, { uidl: f[2]!, since: Number(f[1]), target: f[3]! });
+      } else {
+        throw new LedgerError(`${this.file}: line ${i + 1} is not a ledger record`);
+      }
+    }
+    this.#lines = lines.length - 1;
+    return { torn };
+  }
+
+  async #takeLock(): Promise<void> {
+    const lock = `${this.file}.lock`;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        const fh = await fs.open(lock, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+        await fh.writeFile(String(process.pid));
+        await fh.close();
+        this.#lock = lock;
+        return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      }
+      const holder = Number((await fs.readFile(lock, 'utf8').catch(() => '')).trim());
+      if (Number.isInteger(holder) && holder > 0 && holder !== process.pid && alive(holder)) {
+        throw new LedgerBusyError(`${this.file} is in use by process ${holder}`);
+      }
+      // Stale: the holder died (a crash or kill -9). Remove and try again.
+      await fs.rm(lock, { force: true });
+    }
+    throw new LedgerBusyError(`cannot lock ${this.file}`);
+  }
+
+  async #releaseLock(): Promise<void> {
+    if (this.#lock !== undefined) await fs.rm(this.#lock, { force: true });
+    this.#lock = undefined;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function checkUidl(u: string): void {
+  if (!UIDL_RE.test(u)) throw new RangeError(`invalid UIDL ${JSON.stringify(u)}`);
+}
+
+function countLines(s: string): number {
+  let n = 0;
+  for (let i = s.indexOf('\n'); i >= 0; i = s.indexOf('\n', i + 1)) n++;
+  return n;
+}
+
+export async function syncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

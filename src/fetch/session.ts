@@ -1,0 +1,434 @@
+/**
+ * One fetch of one account: connect, log in, list, settle what a crash left
+ * pending, deliver what is new, record it, delete what may go, QUIT.
+ *
+ * The order per message is the feature (DESIGN.md, "Durability rules"):
+ *
+ *   intent in the ledger (synced) → RETR → sink.deliver → sink.flush (durable)
+ *   → UIDL recorded in the ledger (synced) → DELE → QUIT +OK
+ *
+ * Intents and records are group-committed: one ledger fsync and one sink
+ * flush per `batch` messages (or `batch_ms`), while RETRs stay pipelined.
+ */
+import { readFile } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { Pop3Client, Pop3ServerError } from '../client/index.js';
+import type { ResolvedAccount, SinkSpecValue } from './config.js';
+import { CredentialError, readSecret, TokenSource } from './credentials.js';
+import { Ledger } from './ledger.js';
+import { findInMaildirs, type PendingMessage } from './reconcile.js';
+import { chooseDestination, compileRules, DEFAULT_DESTINATION, destinationKey, parseHeaders, rulesNeedHeaders, type Destination } from './rules.js';
+import type { DeliveryInfo, Sink } from './sinks/types.js';
+import { maildirFolderPath } from './sinks/maildir.js';
+
+const DAY_MS = 86_400_000;
+/** Messages up to this size (as announced) may be delivered in parallel, read into memory first. */
+const PARALLEL_MAX_OCTETS = 256 * 1024;
+/** A server whose announced size was too small gets streamed delivery beyond this much. */
+const PARALLEL_BUFFER_CAP = 1024 * 1024;
+/** How much of a message `header_preview = "retr"` reads to find the end of the header. */
+const HEADER_PEEK_LIMIT = 256 * 1024;
+
+export interface AccountReport {
+  readonly account: string;
+  ok: boolean;
+  /** sysexits code for this account (0 when ok). */
+  exitCode: number;
+  error?: string;
+  /** Messages the server listed. */
+  onServer: number;
+  /** Messages not in the ledger (or all, with fetch = "all") that were candidates for delivery. */
+  candidates: number;
+  delivered: number;
+  discarded: number;
+  skipped: number;
+  /** Deletions the server confirmed (QUIT answered +OK). */
+  deleted: number;
+  /** Octets delivered (as the server announced them). */
+  bytes: number;
+  /** Pending deliveries from an interrupted run found delivered (recorded, not fetched again). */
+  recovered: number;
+  /** Interrupted by a stop request after finishing a message. */
+  stopped: boolean;
+  elapsedMs: number;
+}
+
+export interface ProgressListener {
+  accountStarted?(account: string, messages: number, octets: number): void;
+  messageDone?(account: string, octets: number): void;
+}
+
+export interface SessionDeps {
+  createSink(spec: SinkSpecValue, account: ResolvedAccount): Promise<Sink> | Sink;
+  /** The fetch clock: first-seen times and delete_after_days (injectable for tests). */
+  now(): number;
+  /** Soft stop: finish the current message, commit, QUIT. */
+  stop?: AbortSignal;
+  /** Hard stop: drop the connection. */
+  signal?: AbortSignal;
+  progress?: ProgressListener;
+  env?: NodeJS.ProcessEnv;
+  /** fsync the ledger (default true). */
+  fsync?: boolean;
+  /** Token sources by account name, kept across fetches (the daemon reuses cached tokens); created on first use. */
+  tokenSources?: Map<string, TokenSource>;
+  log?: (level: 'info' | 'warn', msg: string) => void;
+}
+
+/** Raised inside the delivery loop when a stop was requested; never escapes fetchAccount. */
+class StopRequested extends Error {}
+
+/** The server cannot do what a safe fetch needs (UIDL). */
+export class FetchProtocolError extends Error {
+  override name = 'FetchProtocolError';
+}
+
+interface Candidate {
+  readonly number: number;
+  readonly uidl: string;
+  readonly size: number;
+  dest: Destination | undefined;
+}
+
+export function newReport(account: string): AccountReport {
+  return { account, ok: false, exitCode: 0, onServer: 0, candidates: 0, delivered: 0, discarded: 0, skipped: 0, deleted: 0, bytes: 0, recovered: 0, stopped: false, elapsedMs: 0 };
+}
+
+/**
+ * Fetch one account once. Resolves with the report on success; on failure
+ * rejects with the error, after committing every delivery that completed
+ * (and `report` holds the counts so far).
+ */
+export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, report: AccountReport = newReport(acct.name)): Promise<AccountReport> {
+  const started = performance.now();
+  const env = deps.env ?? process.env;
+  const log = deps.log ?? (() => undefined);
+  const rules = compileRules(acct.rule);
+  const needHeaders = rulesNeedHeaders(rules);
+  const deleteDelivered = !acct.keep || acct.delete_after_days === 0;
+
+  const ledger = await Ledger.open(acct.state, { fsync: deps.fsync ?? true });
+  const sinks = new Map<string, Promise<Sink>>();
+  let client: Pop3Client | undefined;
+  try {
+    // Secrets first: a missing one is a configuration problem, found before any connection.
+    const password = acct.oauth2 === undefined ? await readSecret({ value: acct.password, env: acct.password_env, command: acct.password_command }, 'password', env, deps.signal) : undefined;
+    const ca = acct.ca !== undefined ? await readFile(acct.ca).catch((e: NodeJS.ErrnoException) => Promise.reject(new CredentialError(`cannot read CA file ${acct.ca!}: ${e.code ?? e.message}`, false))) : undefined;
+
+    client = await Pop3Client.connect({
+      host: acct.host,
+      port: acct.port,
+      tls: acct.tls,
+      ca,
+      fingerprint: acct.fingerprint,
+      insecure: acct.insecure,
+      servername: acct.servername,
+      timeoutMs: acct.timeout * 1000,
+      signal: deps.signal,
+      allowPlaintextPassword: acct.allow_plaintext_password,
+    });
+    if (password !== undefined) {
+      await client.login(acct.user, password, { mechanism: acct.auth });
+    } else {
+      let tokens = deps.tokenSources?.get(acct.name);
+      if (tokens === undefined) {
+        tokens = new TokenSource(acct.oauth2!, { env, cacheFile: `${acct.state}.token` });
+        deps.tokenSources?.set(acct.name, tokens);
+      }
+      const mechanism = acct.oauth2!.mechanism ?? (acct.auth === 'XOAUTH2' || acct.auth === 'OAUTHBEARER' ? acct.auth : undefined);
+      const first = await tokens.get(deps.signal);
+      try {
+        await client.loginOAuth2(acct.user, first.token, { mechanism });
+      } catch (e) {
+        // A cached token the server refuses (revoked early): one fresh one.
+        if (!(e instanceof Pop3ServerError) || !first.cached) throw e;
+        await client.loginOAuth2(acct.user, (await tokens.get(deps.signal, true)).token, { mechanism });
+      }
+    }
+
+    let uidls;
+    try {
+      uidls = await client.uidl();
+    } catch (e) {
+      if (e instanceof Pop3ServerError) throw new FetchProtocolError(`${acct.host} does not support UIDL, which a safe fetch needs (${e.text})`);
+      throw e;
+    }
+    const sizes = new Map((await client.list()).map((l) => [l.number, l.octets]));
+    report.onServer = uidls.length;
+    const byUidl = new Map(uidls.map((u) => [u.uid, u.number]));
+    if (byUidl.size !== uidls.length) throw new FetchProtocolError(`${acct.host} lists the same UIDL twice`);
+    // Entries whose message is gone are forgotten (keeping them until now is what makes a lost QUIT harmless).
+    await ledger.retainOnly(new Set(byUidl.keys()));
+
+    const sinkFor = (dest: Destination): Promise<Sink> => {
+      const key = dest.kind === 'sink' ? dest.key : '-';
+      let s = sinks.get(key);
+      if (s === undefined) {
+        s = Promise.resolve(deps.createSink(dest.kind === 'sink' ? dest.spec : acct.sink, acct));
+        s.catch(() => undefined);
+        sinks.set(key, s);
+      }
+      return s;
+    };
+
+    // ---- settle deliveries an interrupted run left pending
+    const pending = ledger.pending();
+    if (pending.length > 0) {
+      const checkable: PendingMessage[] = [];
+      const contents = await Promise.all(pending.map((p) => client!.retrBuffer(byUidl.get(p.uidl)!)));
+      for (const [i, p] of pending.entries()) {
+        const dirs = maildirsFor(p.target, acct);
+        if (dirs.length > 0) checkable.push({ uidl: p.uidl, since: p.since, dirs, content: contents[i]! });
+      }
+      const found = await findInMaildirs(checkable);
+      await ledger.record([...found].map((uidl) => ({ uidl })), deps.now());
+      await ledger.sync();
+      ledger.abandon(pending.map((p) => p.uidl).filter((u) => !found.has(u)));
+      report.recovered = found.size;
+      if (found.size > 0 || pending.length > found.size) {
+        log('info', `${acct.name}: ${pending.length} deliveries were interrupted; ${found.size} had arrived, ${pending.length - found.size} will be fetched again`);
+      }
+    }
+
+    // ---- plan
+    const now = deps.now();
+    const toDelete: number[] = [];
+    const candidates: Candidate[] = [];
+    for (const { number, uid } of uidls) {
+      const size = sizes.get(number) ?? 0;
+      const entry = ledger.get(uid);
+      if (entry !== undefined) {
+        const old = acct.delete_after_days !== undefined && now - entry.firstSeen >= acct.delete_after_days * DAY_MS;
+        if (!acct.keep || old) toDelete.push(number); // again: an earlier QUIT may never have been answered
+        else if (acct.fetch === 'all') candidates.push({ number, uidl: uid, size, dest: undefined });
+        continue;
+      }
+      if (acct.delete_larger_than !== undefined && size > acct.delete_larger_than) {
+        toDelete.push(number);
+        continue;
+      }
+      if (acct.skip_larger_than !== undefined && size > acct.skip_larger_than) {
+        report.skipped++;
+        continue;
+      }
+      candidates.push({ number, uidl: uid, size, dest: undefined });
+    }
+    report.candidates = candidates.length;
+
+    // ---- rules: headers via TOP where asked, pipelined
+    let peek = false;
+    if (needHeaders && candidates.length > 0) {
+      if (acct.header_preview === 'top') {
+        try {
+          const heads = await Promise.all(candidates.map((c) => client!.topBuffer(c.number, 0)));
+          candidates.forEach((c, i) => (c.dest = chooseDestination(rules, c.size, parseHeaders(heads[i]!))));
+        } catch (e) {
+          if (!(e instanceof Pop3ServerError)) throw e;
+          log('warn', `${acct.name}: TOP refused (${e.text}); reading headers from the messages instead`);
+          peek = true;
+        }
+      } else peek = true;
+    } else for (const c of candidates) c.dest = chooseDestination(rules, c.size, undefined);
+
+    const deles: Promise<boolean>[] = [];
+    const dele = (n: number): void => {
+      deles.push(client!.dele(n).then(() => true, () => false));
+    };
+    for (const n of toDelete) dele(n);
+
+    // ---- deliver with group commit
+    const discardedNow = candidates.filter((c) => c.dest?.kind === 'discard');
+    const fetchList = candidates.filter((c) => c.dest?.kind !== 'discard');
+    deps.progress?.accountStarted?.(acct.name, fetchList.length, fetchList.reduce((t, c) => t + c.size, 0));
+    let group: { uidl: string; number: number; discarded: boolean }[] = discardedNow.map((c) => ({ uidl: c.uidl, number: c.number, discarded: true }));
+    let groupStart = performance.now();
+    const usedSinks = new Set<Sink>();
+    const commit = async (): Promise<void> => {
+      if (group.length === 0) return;
+      const items = group;
+      group = [];
+      // Durable in the sink, then durable in the ledger, then DELE.
+      await Promise.all([...usedSinks].map((s) => s.flush?.()));
+      await ledger.record(items, deps.now());
+      await ledger.sync();
+      report.delivered += items.filter((i) => !i.discarded).length;
+      report.discarded += items.filter((i) => i.discarded).length;
+      if (deleteDelivered) for (const it of items) dele(it.number);
+    };
+
+    // Small messages bound for a Maildir are read into memory and written by up to `parallel`
+    // deliveries at once (file creation is the cost there); the socket keeps streaming meanwhile.
+    const inflight = new Set<Promise<void>>();
+    let asyncError: unknown;
+    const deliverTo = async (c: Candidate, dest: Destination, message: Readable): Promise<void> => {
+      const sink = await sinkFor(dest);
+      usedSinks.add(sink);
+      const info: DeliveryInfo = { account: acct.name, uidl: c.uidl, size: c.size, ...(dest.kind === 'folder' ? { folder: dest.folder } : {}) };
+      await sink.deliver(message, info, deps.signal);
+      report.bytes += c.size;
+      group.push({ uidl: c.uidl, number: c.number, discarded: false });
+      deps.progress?.messageDone?.(acct.name, c.size);
+    };
+    const drain = async (): Promise<void> => {
+      while (inflight.size > 0) await Promise.all([...inflight]);
+    };
+    const commitNow = commit;
+    const commitAll = async (): Promise<void> => {
+      await drain();
+      await commitNow();
+    };
+
+    let intentUpto = 0;
+    let index = 0;
+    let deliverError: unknown;
+    try {
+      await client.retrEach(
+        fetchList.map((c) => c.number),
+        async (_n, stream) => {
+          if (asyncError !== undefined) throw asyncError;
+          if (deps.stop?.aborted) throw new StopRequested();
+          const i = index++;
+          const c = fetchList[i]!;
+          if (i >= intentUpto) {
+            const next = fetchList.slice(i, i + acct.batch);
+            await ledger.intend(next.map((x) => ({ uidl: x.uidl, target: x.dest !== undefined ? destinationKey(x.dest) : '*' })));
+            intentUpto = i + next.length;
+          }
+          let message: Readable = stream;
+          let dest = c.dest ?? DEFAULT_DESTINATION;
+          if (peek) {
+            const p = await peekHeader(stream);
+            dest = chooseDestination(rules, c.size, parseHeaders(p.head));
+            message = p.message;
+          }
+          if (dest.kind === 'discard') {
+            message.destroy();
+            group.push({ uidl: c.uidl, number: c.number, discarded: true });
+            deps.progress?.messageDone?.(acct.name, c.size);
+          } else if (acct.parallel > 1 && c.size <= PARALLEL_MAX_OCTETS && isMaildir(dest.kind === 'sink' ? dest.spec : acct.sink)) {
+            const body = await bufferUpTo(message, PARALLEL_BUFFER_CAP);
+            if (Buffer.isBuffer(body)) {
+              while (inflight.size >= acct.parallel) await Promise.race(inflight);
+              const task = deliverTo(c, dest, Readable.from([body], { objectMode: false })).catch((e: unknown) => {
+                asyncError ??= e;
+              });
+              inflight.add(task);
+              void task.then(() => inflight.delete(task));
+            } else {
+              await deliverTo(c, dest, body); // the server's size was wrong: stream it after all
+            }
+          } else {
+            await deliverTo(c, dest, message);
+          }
+          if (group.length + inflight.size >= acct.batch || performance.now() - groupStart >= acct.batch_ms) {
+            await commitAll();
+            groupStart = performance.now();
+          }
+        },
+      );
+    } catch (e) {
+      if (e instanceof StopRequested) report.stopped = true;
+      else deliverError = e;
+    }
+    await drain();
+    deliverError ??= asyncError;
+    // Whatever completed is committed, even after an error: it is delivered.
+    try {
+      await commitAll();
+    } catch (e) {
+      deliverError ??= e;
+    }
+    if (deliverError !== undefined) throw deliverError;
+
+    const marked = (await Promise.all(deles)).filter(Boolean).length;
+    await client.quit();
+    report.deleted = marked;
+    report.ok = true;
+    return report;
+  } finally {
+    client?.close();
+    report.elapsedMs = Math.round(performance.now() - started);
+    const closing = await Promise.allSettled([...sinks.values()].map(async (s) => (await s).close()));
+    await ledger.close();
+    const failed = closing.find((r): r is PromiseRejectedResult => r.status === 'rejected' && !String(r.reason).includes('closed'));
+    if (failed !== undefined && report.ok) log('warn', `${acct.name}: closing a sink failed: ${String(failed.reason)}`);
+  }
+}
+
+/** The Maildir directories a pending delivery may have reached (none when its sink is not a Maildir). */
+function maildirsFor(target: string, acct: ResolvedAccount): string[] {
+  const dirOf = (spec: SinkSpecValue, folder?: string): string[] => {
+    if (spec['type'] !== 'maildir' || typeof spec['path'] !== 'string') return [];
+    try {
+      return [maildirFolderPath(spec['path'], folder)];
+    } catch {
+      return [];
+    }
+  };
+  if (target === '-') return dirOf(acct.sink);
+  if (target.startsWith('folder:')) return dirOf(acct.sink, decodeURIComponent(target.slice(7)));
+  if (target === '*') {
+    // Decided while reading the message: any destination of the account.
+    return [...dirOf(acct.sink), ...acct.rule.flatMap((r) => (r.folder !== undefined ? dirOf(acct.sink, r.folder) : r.sink !== undefined ? dirOf(r.sink) : []))];
+  }
+  const rule = acct.rule.find((r) => r.sinkKey === target);
+  return rule?.sink !== undefined ? dirOf(rule.sink) : [];
+}
+
+function isMaildir(spec: SinkSpecValue): boolean {
+  return spec['type'] === 'maildir';
+}
+
+/** The whole message when it fits in `cap` octets; otherwise a stream of all of it (what was read, then the rest). */
+async function bufferUpTo(stream: Readable, cap: number): Promise<Buffer | Readable> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  const it = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  for (;;) {
+    const r = await it.next();
+    if (r.done === true) return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, total);
+    chunks.push(r.value);
+    total += r.value.length;
+    if (total > cap) {
+      async function* all(): AsyncGenerator<Buffer> {
+        yield* chunks;
+        for (;;) {
+          const n = await it.next();
+          if (n.done === true) return;
+          yield n.value;
+        }
+      }
+      return Readable.from(all(), { objectMode: false });
+    }
+  }
+}
+
+/** Read up to the end of the header (bounded), and give back a stream of the whole message. */
+async function peekHeader(stream: Readable): Promise<{ head: Buffer; message: Readable }> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  const it = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  for (;;) {
+    const r = await it.next();
+    if (r.done === true) break;
+    chunks.push(r.value);
+    total += r.value.length;
+    const so = Buffer.concat(chunks);
+    if (/\r?\n\r?\n/.test(so.toString('latin1')) || total >= HEADER_PEEK_LIMIT) {
+      chunks.length = 0;
+      chunks.push(so);
+      const head = so;
+      async function* rest(): AsyncGenerator<Buffer> {
+        yield head;
+        for (;;) {
+          const n = await it.next();
+          if (n.done === true) return;
+          yield n.value;
+        }
+      }
+      return { head, message: Readable.from(rest(), { objectMode: false }) };
+    }
+  }
+  const all = Buffer.concat(chunks);
+  return { head: all, message: Readable.from([all], { objectMode: false }) };
+}

@@ -1,0 +1,282 @@
+/**
+ * Delivery into a Maildir (and its Maildir++ sub-folders), the way Poplar's
+ * own store and Dovecot's deliver do it:
+ *
+ *   tmp/<unique>  written, fsynced, closed
+ *   new/<unique>,S=<octets>,W=<crlf octets>   hard link (rename where links are not supported)
+ *   tmp/<unique>  unlinked
+ *   new/          fsynced, so the link itself survives a crash
+ *
+ * The message is visible (in new/) only once it is complete; a failure before
+ * the link removes the tmp file, and a failure after it (the directory fsync)
+ * removes the link again, so a rejected delivery leaves nothing in new/.
+ *
+ * Group commit (`fsync: 'group'`): `deliver` writes and links without any
+ * fsync and remembers the file and its directories; `flush()` fsyncs every
+ * pending file, then each directory once. The fetcher records UIDLs (and
+ * sends DELE) only after `flush()` resolves, so a batch costs a handful of
+ * directory fsyncs instead of two fsyncs per message.
+ *
+ * Line ends: the POP3 client hands over message content with CRLF line ends.
+ * By default (`lineEnding: 'lf'`) CRLF is stored as LF, which is what Unix
+ * mail readers and MDAs (mutt, Dovecot, procmail) write and expect in a
+ * Maildir; Poplar's own server and Dovecot send either form as CRLF. With
+ * `lineEnding: 'crlf'` the bytes are stored exactly as received. Either way
+ * `,W=` is the size the message has on the wire (every line end as CRLF), so
+ * a POP3 server serving this Maildir answers LIST without reading the file.
+ */
+import { promises as fs, constants as C } from 'node:fs';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { CrlfSizeCounter } from '../../protocol/message-size.js';
+import { fsyncDir } from '../../store/maildir/maildir-store.js';
+import { uniqueName } from '../../store/maildir/names.js';
+import type { DeliveryInfo, Sink } from './types.js';
+import { chunksOf, CrlfToLf, destroyOnAbort, SinkError } from './util.js';
+
+export interface MaildirSinkOptions {
+  /** The Maildir (the directory holding cur/, new/ and tmp/). */
+  readonly path: string;
+  /**
+   * true (default): each delivery is durable when `deliver` resolves.
+   * 'group': durable only after `flush()` (see above). false: never fsync
+   * (tests, or a file system that is not worth it).
+   */
+  readonly fsync?: boolean | 'group';
+  /** Create the Maildir (and missing parents) when it does not exist (default true). Sub-folders are always created on demand. */
+  readonly create?: boolean;
+  /** How line ends are stored: 'lf' (default) or 'crlf' (exactly as received). */
+  readonly lineEnding?: 'lf' | 'crlf';
+  /** Permission bits of new message files (default 0o600) ; directories get 0o700. */
+  readonly fileMode?: number;
+}
+
+/** How many pending files `flush` fsyncs at once: the journal commits them together. */
+const FLUSH_CONCURRENCY = 16;
+
+/** errno codes of file systems without hard links, where rename is used instead. */
+const NO_LINK = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EMLINK']);
+
+/**
+ * The directory of a Maildir++ folder name such as ".Lists.node" (a leading
+ * dot is added when missing; "", "." and "INBOX" mean the Maildir itself).
+ * Names that could leave the Maildir are refused.
+ */
+export function maildirFolderPath(root: string, folder: string | undefined): string {
+  if (folder === undefined || folder === '' || folder === '.' || folder.toUpperCase() === 'INBOX') return root;
+  const name = folder.startsWith('.') ? folder : `.${folder}`;
+  // "." alone, "..", "/", NUL, and empty hierarchy levels (".a..b", ".a.") are not folder names.
+  if (name === '..' || /[/\0]/.test(name) || name.length < 2 || name.slice(1).split('.').some((part) => part === '')) {
+    throw new SinkError(`invalid Maildir++ folder name ${JSON.stringify(folder)}`, { temporary: false });
+  }
+  return path.join(root, name);
+}
+
+export class MaildirSink implements Sink {
+  readonly #root: string;
+  readonly #fsync: boolean | 'group';
+  readonly #create: boolean;
+  readonly #lf: boolean;
+  readonly #mode: number;
+  /** Folders known to exist with cur/, new/ and tmp/. */
+  readonly #ready = new Set<string>();
+  /** Group commit: linked files not yet fsynced, and directories whose entries are not. */
+  #pendingFiles = new Set<string>();
+  #pendingDirs = new Set<string>();
+  #closed = false;
+
+  constructor(opts: MaildirSinkOptions) {
+    this.#root = path.resolve(opts.path);
+    this.#fsync = opts.fsync ?? true;
+    this.#create = opts.create ?? true;
+    this.#lf = (opts.lineEnding ?? 'lf') === 'lf';
+    this.#mode = opts.fileMode ?? 0o600;
+  }
+
+  /** Files delivered in group mode and not yet made durable by `flush`. */
+  get pending(): number {
+    return this.#pendingFiles.size;
+  }
+
+  async deliver(message: Readable, info: DeliveryInfo, signal?: AbortSignal): Promise<void> {
+    if (this.#closed) throw new SinkError('the Maildir sink is closed', { temporary: true });
+    signal?.throwIfAborted();
+    const dir = maildirFolderPath(this.#root, info.folder);
+    const newDirs = await this.#ensureFolder(dir);
+    const group = this.#fsync === 'group';
+    const syncNow = this.#fsync === true;
+
+    const base = uniqueName();
+    const tmp = path.join(dir, 'tmp', base);
+    const fh = await fs.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, this.#mode);
+    const counter = new CrlfSizeCounter();
+    const conv = this.#lf ? new CrlfToLf() : null;
+    let physical = 0;
+    const write = async (b: Buffer): Promise<void> => {
+      if (b.length === 0) return;
+      counter.push(b);
+      physical += b.length;
+      await fh.write(b);
+    };
+    const stopWatching = destroyOnAbort(message, signal);
+    try {
+      for await (const chunk of chunksOf(message)) {
+        signal?.throwIfAborted();
+        await write(conv ? conv.push(chunk) : chunk);
+      }
+      if (conv) await write(conv.end());
+      signal?.throwIfAborted();
+      if (syncNow) await fh.sync();
+      await fh.close();
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      await fs.unlink(tmp).catch(() => undefined);
+      throw e;
+    } finally {
+      stopWatching();
+    }
+
+    // Last chance to give up cleanly; from the link on the message is delivered.
+    if (signal?.aborted) {
+      await fs.unlink(tmp).catch(() => undefined);
+      signal.throwIfAborted();
+    }
+    const final = path.join(dir, 'new', `${base},S=${physical},W=${counter.size}`);
+    try {
+      await linkOrRename(tmp, final);
+    } catch (e) {
+      await fs.unlink(tmp).catch(() => undefined);
+      throw e;
+    }
+    await fs.unlink(tmp).catch(() => undefined);
+
+    if (group) {
+      this.#pendingFiles.add(final);
+      this.#pendingDirs.add(path.join(dir, 'new'));
+      for (const d of newDirs) this.#pendingDirs.add(d);
+      return;
+    }
+    if (!syncNow) return;
+    try {
+      await fsyncDir(path.join(dir, 'new'));
+      for (const d of newDirs) await fsyncDir(d);
+    } catch (e) {
+      // Not durable: take it back so that the rejection means "not delivered".
+      await fs.unlink(final).catch(() => undefined);
+      if (newDirs.length > 0) this.#ready.delete(dir);
+      throw e;
+    }
+  }
+
+  /**
+   * Make every message delivered since the last flush durable: fsync each
+   * file, then each directory once. If anything fails, the pending messages
+   * are removed again (best effort) and flush rejects, so that none of them
+   * counts as delivered and a later fetch brings them without duplicates.
+   */
+  async flush(): Promise<void> {
+    const files = [...this.#pendingFiles];
+    const dirs = [...this.#pendingDirs];
+    this.#pendingFiles = new Set();
+    this.#pendingDirs = new Set();
+    if (files.length === 0 && dirs.length === 0) return;
+    try {
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < files.length) await fsyncFile(files[next++]!);
+      };
+      await Promise.all(Array.from({ length: Math.min(FLUSH_CONCURRENCY, files.length) }, worker));
+      // Deepest first: new/ holds the file names, the folder holds new/, the root holds the folder.
+      dirs.sort((a, b) => b.length - a.length);
+      for (const d of dirs) await fsyncDir(d);
+    } catch (e) {
+      await Promise.all(files.map((f) => fs.unlink(f).catch(() => undefined)));
+      for (const d of dirs) await fsyncDir(d).catch(() => undefined);
+      this.#ready.clear();
+      throw e;
+    }
+  }
+
+  /** Flushes what group mode still holds (so nothing delivered stays half-durable), then refuses further deliveries. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.flush();
+  }
+
+  /**
+   * Make sure `dir` is a Maildir (a Maildir++ folder, with its `maildirfolder`
+   * marker, when it is not the root). Returns the directories whose entries
+   * changed and need an fsync for the new parts to be durable.
+   */
+  async #ensureFolder(dir: string): Promise<string[]> {
+    if (this.#ready.has(dir)) return [];
+    const changed: string[] = [];
+    const isRoot = dir === this.#root;
+    if (!isRoot) await this.#ensureFolder(this.#root).then((d) => changed.push(...d));
+    else if (!this.#create) {
+      const st = await fs.stat(dir).catch(() => null);
+      if (st === null || !st.isDirectory()) {
+        throw new SinkError(`Maildir ${dir} does not exist (and create is off)`, { temporary: true });
+      }
+    }
+    // mkdir without recursion tells exactly which levels are new.
+    changed.push(...(await mkdirTracked(dir, isRoot)));
+    for (const sub of ['cur', 'new', 'tmp']) changed.push(...(await mkdirTracked(path.join(dir, sub), false)));
+    if (!isRoot) {
+      try {
+        const fh = await fs.open(path.join(dir, 'maildirfolder'), C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600);
+        await fh.close();
+        changed.push(dir);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      }
+    }
+    this.#ready.add(dir);
+    return [...new Set(changed)];
+  }
+}
+
+/**
+ * mkdir that reports the directories whose entries it changed (the parent of
+ * each directory it created); `parents` creates missing ancestors too.
+ */
+async function mkdirTracked(dir: string, parents: boolean): Promise<string[]> {
+  try {
+    if (parents) {
+      const first = await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+      if (first === undefined) return [];
+      const out: string[] = [];
+      for (let d = dir; ; d = path.dirname(d)) {
+        out.push(path.dirname(d));
+        if (d === first || path.dirname(d) === d) break;
+      }
+      return out;
+    }
+    await fs.mkdir(dir, { mode: 0o700 });
+    return [path.dirname(dir)];
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return [];
+    throw e;
+  }
+}
+
+async function linkOrRename(from: string, to: string): Promise<void> {
+  try {
+    await fs.link(from, to);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? '';
+    if (!NO_LINK.has(code)) throw e;
+    // The name is unique, so rename cannot replace another message.
+    await fs.rename(from, to);
+  }
+}
+
+async function fsyncFile(file: string): Promise<void> {
+  const fh = await fs.open(file, C.O_RDONLY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
