@@ -25,6 +25,8 @@ export interface Options {
   servers: ServerKey[];
   params: Params;
   workers: number;
+  /** `poplar serve --workers N` for the run (Dovecot runs its own process pool). */
+  poplarWorkers: number;
   cpuProf: boolean;
   quick: boolean;
   cold: boolean;

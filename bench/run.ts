@@ -68,6 +68,7 @@ const USAGE = `usage: npm run bench -- [options]
   --cold                  drop the 100k maildrop's caches first and measure the first login without them
   --cpu-prof              run Poplar's sessions/s figure under node --cpu-prof and summarise the profile
   --workers N             load generator processes (default: cores, at least 2, at most 4)
+  --poplar-workers N      run Poplar as \`poplar serve --workers N\` (default: the number of cores)
 Only a full run (all figures, both servers, no --quick) rewrites docs/benchmarks.md.
 `;
 
@@ -290,7 +291,7 @@ function rescueBig(mail: string, bigHome: string): void {
   if (existsSync(inRoot) && !existsSync(path.join(bigHome, BIG_USER))) moveDir(inRoot, path.join(bigHome, BIG_USER));
 }
 
-async function startInstance(key: ServerKey, m: Manifest, nodeArgs: string[] = []): Promise<Instance> {
+async function startInstance(key: ServerKey, m: Manifest, nodeArgs: string[] = [], serverWorkers = 1): Promise<Instance> {
   const dir = path.join(WORK, 'run', key);
   const mail = path.join(dir, 'mail');
   const bigHome = path.join(WORK, 'big', key);
@@ -300,7 +301,7 @@ async function startInstance(key: ServerKey, m: Manifest, nodeArgs: string[] = [
   const t0 = Date.now();
   const server =
     key === 'poplar'
-      ? await startPoplar({ root: ROOT, workDir: path.join(dir, 'poplar'), maildirRoot: mail, users: allUsers(m), nodeArgs })
+      ? await startPoplar({ root: ROOT, workDir: path.join(dir, 'poplar'), maildirRoot: mail, users: allUsers(m), nodeArgs, serverWorkers })
       : await startDovecotBench(mail, allUsers(m));
   log(`${server.name} is up on port ${server.port} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
   const inst: Instance = { key, server, mail, bigHome, bigInRoot: false };
@@ -490,6 +491,7 @@ function parseOptions(): Options {
       only: { type: 'string' },
       server: { type: 'string' },
       workers: { type: 'string' },
+      'poplar-workers': { type: 'string' },
       cold: { type: 'boolean', default: false },
       'cpu-prof': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -519,7 +521,9 @@ function parseOptions(): Options {
   const cores = os.availableParallelism();
   const workers = values.workers !== undefined ? Number(values.workers) : Math.min(4, Math.max(2, cores));
   if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new Error('--workers: a whole number from 1 to 64');
-  return { figures, servers, params: values.quick === true ? QUICK : FULL, workers, cpuProf, quick: values.quick === true, cold: values.cold === true };
+  const poplarWorkers = values['poplar-workers'] !== undefined ? Number(values['poplar-workers']) : cpuProf ? 1 : cores;
+  if (!Number.isInteger(poplarWorkers) || poplarWorkers < 1 || poplarWorkers > 64) throw new Error('--poplar-workers: a whole number from 1 to 64');
+  return { figures, servers, params: values.quick === true ? QUICK : FULL, workers, poplarWorkers, cpuProf, quick: values.quick === true, cold: values.cold === true };
 }
 
 let isWrapper = false;
@@ -572,7 +576,7 @@ async function main(): Promise<number> {
 
   const insts: Instance[] = [];
   for (const s of o.servers) {
-    const inst = await startInstance(s, m);
+    const inst = await startInstance(s, m, [], o.poplarWorkers);
     results[s].settings = inst.server.settings;
     insts.push(inst);
   }

@@ -69,6 +69,8 @@ export interface PoplarOptions {
   users: BenchUser[];
   /** Extra node flags, e.g. --cpu-prof. */
   nodeArgs?: string[];
+  /** `poplar serve --workers N` (the cluster shares the listeners); 1 = a single process. */
+  serverWorkers?: number;
 }
 
 /** Poplar's settings for the bench: the default limits would refuse 2000 connections from one address. */
@@ -105,6 +107,7 @@ export async function startPoplar(o: PoplarOptions): Promise<BenchServer> {
     '--listen', `127.0.0.1:${port}`,
     '--listen-tls', `127.0.0.1:${tlsPort}`,
     '--log-level', 'warn',
+    ...((o.serverWorkers ?? 1) > 1 ? ['--workers', String(o.serverWorkers)] : []),
   ]);
   const child: ChildProcess = spawn(cmd, args, { cwd: o.workDir, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let output = '';
@@ -148,9 +151,10 @@ export async function startPoplar(o: PoplarOptions): Promise<BenchServer> {
   return {
     name: 'Poplar',
     port,
-    pids: () => (exited ? [] : [pid]),
-    cpuSeconds: () => cpuSeconds(pid, true),
-    settings: POPLAR_CONFIG.trim(),
+    // With --workers the cluster's processes share the primary's process group.
+    pids: () => (exited ? [] : groupMembers(pid)),
+    cpuSeconds: () => groupMembers(pid).reduce((t, p) => t + cpuSeconds(p, p === pid), 0),
+    settings: POPLAR_CONFIG.trim() + `\n# command line: poplar serve --workers ${o.serverWorkers ?? 1} ...`,
     adopt: () => undefined, // Poplar runs as the owner of the copies
     stop,
   };
