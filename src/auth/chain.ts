@@ -75,34 +75,29 @@ export class ChainAuthenticator implements Authenticator {
    * unless a later one knows the user.
    */
   async lookupSecret(username: string, signal?: AbortSignal): Promise<string | undefined> {
-    let failure: unknown;
-    for (const m of this.#members) {
-      signal?.throwIfAborted();
-      if (m.authenticator.lookupSecret === undefined) continue;
-      if (m.kinds !== undefined && !m.kinds.has('password')) continue;
-      try {
-        const secret = await m.authenticator.lookupSecret(username, signal);
-        if (secret !== undefined) return secret;
-      } catch (e) {
-        if (signal?.aborted) throw signal.reason;
-        this.#note(m.name, e);
-        failure ??= e;
-      }
-    }
-    if (failure !== undefined) throw asTemp(failure);
-    return undefined;
+    return this.#firstAnswer((a) => a.lookupSecret?.bind(a), username, signal);
   }
 
   /** The principal from the first password member that knows the user (same failure rules as lookupSecret). */
   async lookupPrincipal(username: string, signal?: AbortSignal): Promise<Principal | undefined> {
+    return this.#firstAnswer((a) => a.lookupPrincipal?.bind(a), username, signal);
+  }
+
+  /** Ask password members in order for a per-user answer; see lookupSecret for the failure rules. */
+  async #firstAnswer<T>(
+    method: (a: Authenticator) => ((username: string, signal?: AbortSignal) => Promise<T | undefined>) | undefined,
+    username: string,
+    signal?: AbortSignal,
+  ): Promise<T | undefined> {
     let failure: unknown;
     for (const m of this.#members) {
       signal?.throwIfAborted();
-      if (m.authenticator.lookupPrincipal === undefined) continue;
+      const ask = method(m.authenticator);
+      if (ask === undefined) continue;
       if (m.kinds !== undefined && !m.kinds.has('password')) continue;
       try {
-        const p = await m.authenticator.lookupPrincipal(username, signal);
-        if (p !== undefined) return p;
+        const answer = await ask(username, signal);
+        if (answer !== undefined) return answer;
       } catch (e) {
         if (signal?.aborted) throw signal.reason;
         this.#note(m.name, e);
