@@ -2,12 +2,9 @@
 import path from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../config/load.js';
-import { createLogger } from '../observability/log.js';
-import { accountFromFlags, loadFetchConfig, type AccountFlags, type ResolvedAccount, type ResolvedFetchConfig, type SinkSpecValue } from '../fetch/config.js';
-import { ProgressBar, summaryLine } from '../fetch/progress.js';
-import { runDaemon, runOnce } from '../fetch/scheduler.js';
+import type { AccountFlags, ResolvedAccount, ResolvedFetchConfig, SinkSpecValue } from '../fetch/config.js';
 import type { SessionDeps } from '../fetch/session.js';
-import { createSink, type SinkSpecInput } from '../fetch/sinks/index.js';
+import type { SinkSpecInput } from '../fetch/sinks/index.js';
 import type { Sink } from '../fetch/sinks/types.js';
 
 interface FetchFlags extends AccountFlags {
@@ -97,6 +94,7 @@ export function registerFetchCommand(program: Command): void {
     .option('--lmtp-recipient <address>', 'LMTP recipient (default: the local user name)')
     .option('--state <file>', 'the ledger file')
     .option('--batch <n>', 'group commit size (1 = fsync per message)', positiveInt)
+    .option('--parallel <n>', 'Maildir: small messages written at the same time', positiveInt)
     .option('--timeout <seconds>', 'server silence limit', positiveInt)
     .action(async (opts: FetchFlags) => {
       process.exitCode = await fetchCommand(opts);
@@ -104,6 +102,14 @@ export function registerFetchCommand(program: Command): void {
 }
 
 async function fetchCommand(opts: FetchFlags): Promise<number> {
+  // Loaded here, not at startup: other subcommands (serve) need none of it.
+  const [{ accountFromFlags, loadFetchConfig }, { ProgressBar, summaryLine }, { runDaemon, runOnce }, { createSink }, { createLogger }] = await Promise.all([
+    import('../fetch/config.js'),
+    import('../fetch/progress.js'),
+    import('../fetch/scheduler.js'),
+    import('../fetch/sinks/index.js'),
+    import('../observability/log.js'),
+  ]);
   if (opts.once === true && opts.daemon === true) throw new ConfigError('--once and --daemon exclude each other');
   let cfg: ResolvedFetchConfig;
   if (opts.config !== undefined) {
@@ -129,7 +135,7 @@ async function fetchCommand(opts: FetchFlags): Promise<number> {
   process.on('SIGINT', onSignal);
 
   const deps: SessionDeps = {
-    createSink: (spec, acct): Promise<Sink> => Promise.resolve(createSink(sinkSpecFor(spec, acct) as SinkSpecInput)),
+    createSink: (spec, acct): Promise<Sink> => createSink(sinkSpecFor(spec, acct) as SinkSpecInput),
     now: fetchClock(),
     stop: soft.signal,
     signal: hard.signal,
@@ -143,11 +149,14 @@ async function fetchCommand(opts: FetchFlags): Promise<number> {
     if (opts.daemon === true) {
       const logger = createLogger({ level: (opts.logLevel ?? 'info') as 'info' });
       logger.info({ accounts: cfg.accounts.map((a) => a.name) }, 'fetch daemon started');
-      await runDaemon(cfg, deps, { onReport: (r, next) => {
-        const { account, ok, error, ...counts } = r;
-        if (ok) logger.info({ account, ...counts, nextInS: Math.round(next / 1000) }, 'fetched');
-        else logger.warn({ account, error, exitCode: r.exitCode, nextInS: Math.round(next / 1000) }, 'fetch failed');
-      } });
+      await runDaemon(cfg, deps, {
+        onReport: (r, next) => {
+          const { account, ok, error, ...counts } = r;
+          const nextInS = Math.round(next / 1000);
+          if (ok) logger.info({ account, ...counts, nextInS }, 'fetched');
+          else logger.warn({ account, error, exitCode: r.exitCode, nextInS }, 'fetch failed');
+        },
+      });
       logger.info('fetch daemon stopped');
       logger.flush();
       return 0;

@@ -296,6 +296,7 @@ export interface AccountFlags {
   deleteAfterDays?: number;
   name?: string;
   batch?: number;
+  parallel?: number;
   timeout?: number;
 }
 
@@ -342,6 +343,7 @@ export function accountFromFlags(f: AccountFlags, cwd = process.cwd(), env: Node
   set('delete_larger_than', f.deleteLargerThan);
   set('delete_after_days', f.deleteAfterDays);
   set('batch', f.batch);
+  set('parallel', f.parallel);
   set('timeout', f.timeout);
   return resolveFetchConfig({ account: [account] }, cwd, env);
 }

@@ -100,13 +100,13 @@ export class ProgressBar implements ProgressListener {
     const now = performance.now();
     if (!force && now - this.#last < 100) return;
     this.#last = now;
-    const width = 24;
+    const width = 20;
     const frac = this.#messages > 0 ? this.#doneMessages / this.#messages : 0;
     const fill = Math.round(frac * width);
     const secs = (now - this.#start) / 1000;
     const rate = secs > 0 ? `${formatBytes(this.#doneOctets / secs)}/s` : '';
-    const line = `[${'#'.repeat(fill)}${'-'.repeat(width - fill)}] ${this.#doneMessages}/${this.#messages} messages  ${formatBytes(this.#doneOctets)}/${formatBytes(this.#octets)}  ${rate}`;
-    const cols = this.#out.columns ?? 80;
+    const line = `[${'#'.repeat(fill)}${'-'.repeat(width - fill)}] ${this.#doneMessages}/${this.#messages} msgs  ${formatBytes(this.#doneOctets)} of ${formatBytes(this.#octets)}  ${rate}`;
+    const cols = this.#out.columns > 0 ? this.#out.columns : 80;
     this.#out.write(`\r\x1b[2K${line.slice(0, cols - 1)}`);
     this.#drawn = true;
   }

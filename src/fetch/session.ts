@@ -22,6 +22,8 @@ import type { DeliveryInfo, Sink } from './sinks/types.js';
 import { maildirFolderPath } from './sinks/maildir.js';
 
 const DAY_MS = 86_400_000;
+/** Intents are written (and synced) for this many messages at a time. */
+const INTENTS_AHEAD = 64;
 /** Messages up to this size (as announced) may be delivered in parallel, read into memory first. */
 const PARALLEL_MAX_OCTETS = 256 * 1024;
 /** A server whose announced size was too small gets streamed delivery beyond this much. */
@@ -243,23 +245,41 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
     let group: { uidl: string; number: number; discarded: boolean }[] = discardedNow.map((c) => ({ uidl: c.uidl, number: c.number, discarded: true }));
     let groupStart = performance.now();
     const usedSinks = new Set<Sink>();
-    const commit = async (): Promise<void> => {
-      if (group.length === 0) return;
-      const items = group;
-      group = [];
-      // Durable in the sink, then durable in the ledger, then DELE.
-      await Promise.all([...usedSinks].map((s) => s.flush?.()));
-      await ledger.record(items, deps.now());
-      await ledger.sync();
-      report.delivered += items.filter((i) => !i.discarded).length;
-      report.discarded += items.filter((i) => i.discarded).length;
-      if (deleteDelivered) for (const it of items) dele(it.number);
-    };
-
     // Small messages bound for a Maildir are read into memory and written by up to `parallel`
     // deliveries at once (file creation is the cost there); the socket keeps streaming meanwhile.
     const inflight = new Set<Promise<void>>();
     let asyncError: unknown;
+    const drain = async (): Promise<void> => {
+      while (inflight.size > 0) await Promise.all([...inflight]);
+    };
+    /**
+     * Everything delivered so far: durable in the sink, then durable in the
+     * ledger, then DELE. Commits are chained (the ledger sees them in order)
+     * and run while the next group is being delivered: a flush covers exactly
+     * the deliveries that completed before it was called.
+     */
+    let committing: Promise<void> = Promise.resolve();
+    const commit = async (wait: boolean): Promise<void> => {
+      await drain();
+      const items = group;
+      group = [];
+      const sinksNow = [...usedSinks];
+      const previous = committing;
+      committing = (async () => {
+        await previous;
+        if (items.length === 0) return;
+        await Promise.all(sinksNow.map((s) => s.flush?.()));
+        await ledger.record(items, deps.now());
+        await ledger.sync();
+        report.delivered += items.filter((i) => !i.discarded).length;
+        report.discarded += items.filter((i) => i.discarded).length;
+        if (deleteDelivered) for (const it of items) dele(it.number);
+      })();
+      committing.catch(() => undefined); // awaited by the next commit; not an unhandled rejection meanwhile
+      // At most one commit runs behind the deliveries; a failed one stops the fetch.
+      if (wait) await committing;
+      else await previous;
+    };
     const deliverTo = async (c: Candidate, dest: Destination, message: Readable): Promise<void> => {
       const sink = await sinkFor(dest);
       usedSinks.add(sink);
@@ -268,14 +288,6 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
       report.bytes += c.size;
       group.push({ uidl: c.uidl, number: c.number, discarded: false });
       deps.progress?.messageDone?.(acct.name, c.size);
-    };
-    const drain = async (): Promise<void> => {
-      while (inflight.size > 0) await Promise.all([...inflight]);
-    };
-    const commitNow = commit;
-    const commitAll = async (): Promise<void> => {
-      await drain();
-      await commitNow();
     };
 
     let intentUpto = 0;
@@ -290,7 +302,8 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
           const i = index++;
           const c = fetchList[i]!;
           if (i >= intentUpto) {
-            const next = fetchList.slice(i, i + acct.batch);
+            // Intents run ahead of commits: one synced write covers many messages even with batch = 1.
+            const next = fetchList.slice(i, i + Math.max(acct.batch, INTENTS_AHEAD));
             await ledger.intend(next.map((x) => ({ uidl: x.uidl, target: x.dest !== undefined ? destinationKey(x.dest) : '*' })));
             intentUpto = i + next.length;
           }
@@ -321,7 +334,7 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
             await deliverTo(c, dest, message);
           }
           if (group.length + inflight.size >= acct.batch || performance.now() - groupStart >= acct.batch_ms) {
-            await commitAll();
+            await commit(false);
             groupStart = performance.now();
           }
         },
@@ -334,7 +347,7 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
     deliverError ??= asyncError;
     // Whatever completed is committed, even after an error: it is delivered.
     try {
-      await commitAll();
+      await commit(true);
     } catch (e) {
       deliverError ??= e;
     }

@@ -67,6 +67,9 @@ export const MdaSinkSchema = z
     /** Seconds one delivery may take; 0 = no limit. */
     timeout: seconds.default(600),
     kill_grace: seconds.default(5),
+    /** Give the MDA the complete message from a temporary file (default) instead of piping it while it arrives. */
+    spool: z.boolean().default(true),
+    spool_dir: z.string().min(1).optional(),
   })
   .strict();
 
@@ -141,6 +144,8 @@ export async function createSink(spec: SinkSpecInput, deps: SinkDeps = {}): Prom
         lineEnding: s.line_ending,
         timeoutMs: s.timeout * 1000,
         killGraceMs: s.kill_grace * 1000,
+        spool: s.spool,
+        ...(s.spool_dir !== undefined ? { spoolDir: s.spool_dir } : {}),
         ...(s.env !== undefined ? { env: s.env } : {}),
         ...(s.cwd !== undefined ? { cwd: s.cwd } : {}),
         ...(deps.logger !== undefined ? { logger: deps.logger } : {}),

@@ -90,11 +90,11 @@ export class MdaSink implements Sink {
   async deliver(message: Readable, info: DeliveryInfo, signal?: AbortSignal): Promise<void> {
     if (this.#closed) throw new SinkError('the MDA sink is closed', { temporary: true });
     signal?.throwIfAborted();
-    if (this.#opts.spool === false) return this.#run(info, signal, message);
+    if (this.#opts.spool === false) return this.#run(info, signal, { pipe: message });
     const input = await this.#spoolMessage(message, signal);
     try {
       signal?.throwIfAborted();
-      await this.#run(info, signal, input);
+      await this.#run(info, signal, { file: input });
     } finally {
       await input.close().catch(() => undefined);
     }
@@ -131,9 +131,9 @@ export class MdaSink implements Sink {
   }
 
   /** Run the MDA with `input` (a spool file, or the message to pipe) on its stdin, and judge its exit. */
-  async #run(info: DeliveryInfo, signal: AbortSignal | undefined, input: FileHandle | Readable): Promise<void> {
+  async #run(info: DeliveryInfo, signal: AbortSignal | undefined, input: { file: FileHandle } | { pipe: Readable }): Promise<void> {
     const o = this.#opts;
-    const message = 'fd' in input ? null : input;
+    const message = 'pipe' in input ? input.pipe : null;
     const env: NodeJS.ProcessEnv = {
       ...process.env,
       ...o.env,
@@ -145,7 +145,7 @@ export class MdaSink implements Sink {
     else delete env.POPLAR_FOLDER;
 
     const child = spawn('/bin/sh', ['-c', o.command], {
-      stdio: [message ? 'pipe' : (input as FileHandle).fd, 'ignore', 'pipe'],
+      stdio: ['file' in input ? input.file.fd : 'pipe', 'ignore', 'pipe'],
       env,
       ...(o.cwd !== undefined ? { cwd: o.cwd } : {}),
       // Its own process group, so that stopping it reaches whatever it started.
