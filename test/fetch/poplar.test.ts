@@ -210,9 +210,15 @@ describe('fetch from Poplar', () => {
       stop: stop.signal,
       progress: { messageDone: () => void (++seen === 10 && stop.abort()) },
     });
-    expect(r).toMatchObject({ ok: true, stopped: true, delivered: 10, deleted: 10 });
-    expect((await uidlsOnServer(srv)).length).toBe(30);
-    expect(await fetchOnce(acct)).toMatchObject({ ok: true, delivered: 30, deleted: 30 });
+    // The stop lands while message 10 is being finished; messages already read before it may
+    // complete too (at most the rest of the group). What matters: stopped early, nothing lost.
+    expect(r).toMatchObject({ ok: true, stopped: true });
+    const first = (r as { delivered: number }).delivered;
+    expect(first).toBeGreaterThanOrEqual(10);
+    expect(first).toBeLessThanOrEqual(14);
+    expect(r).toMatchObject({ deleted: first });
+    expect((await uidlsOnServer(srv)).length).toBe(40 - first);
+    expect(await fetchOnce(acct)).toMatchObject({ ok: true, delivered: 40 - first, deleted: 40 - first });
     const counts = await seqCounts(path.join(dir, 'Maildir'));
     expect(counts.size).toBe(40);
     expect([...counts.values()].every((n) => n === 1)).toBe(true);
