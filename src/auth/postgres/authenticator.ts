@@ -1,6 +1,6 @@
 import type { Pool } from 'pg';
 import { Pop3Error } from '../../protocol/codes.js';
-import { dummyVerify, inspectSecret, verifyPassword } from '../schemes.js';
+import { PasswordChecker, passwordRequest, usableName } from '../password-check.js';
 import type { Authenticator, ConnectionInfo, Credentials, Principal } from '../types.js';
 import { createPostgresPool } from './config.js';
 import type { PostgresConfigInput } from './config.js';
@@ -23,7 +23,6 @@ interface UserRow {
   enabled: boolean;
 }
 
-const FORBIDDEN = /[\r\n\0]/;
 const LOOKUP = 'SELECT username, password, home, maildir, enabled FROM poplar_users WHERE username = $1';
 
 /**
@@ -39,16 +38,13 @@ export class PostgresAuthenticator implements Authenticator {
   readonly pool: Pool;
   readonly #logger: ((message: string) => void) | undefined;
   readonly #ownsPool: boolean;
-  readonly #verify: (password: string, stored: string) => Promise<boolean>;
-  readonly #dummy: (password: string) => Promise<void>;
-  readonly #warned = new Set<string>();
+  readonly #checker: PasswordChecker;
 
   constructor(pool: Pool, options: PostgresAuthenticatorOptions = {}) {
     this.pool = pool;
     this.#logger = options.logger;
     this.#ownsPool = options.ownsPool ?? false;
-    this.#verify = options.verify ?? verifyPassword;
-    this.#dummy = options.dummy ?? dummyVerify;
+    this.#checker = new PasswordChecker({ label: 'postgres', logger: options.logger, verify: options.verify, dummy: options.dummy });
   }
 
   /**
@@ -70,29 +66,17 @@ export class PostgresAuthenticator implements Authenticator {
 
   async authenticate(c: Credentials, _conn: ConnectionInfo, signal?: AbortSignal): Promise<Principal | null> {
     signal?.throwIfAborted();
-    if (c.kind !== 'password') return null;
-    const { username, password } = c;
-    if (username === '' || FORBIDDEN.test(username) || FORBIDDEN.test(password)) return null;
-    if (c.authzid !== undefined && c.authzid !== '' && c.authzid !== username) return null;
-
-    const row = await this.#lookup(username);
-    if (!row || !row.enabled) {
-      await this.#dummy(password);
-      return null;
-    }
-    const { error } = inspectSecret(row.password);
-    if (error !== undefined) {
-      this.#warnOnce(row, error);
-      await this.#dummy(password);
-      return null;
-    }
-    if (!(await this.#verify(password, row.password))) return null;
+    const req = passwordRequest(c);
+    if (req === null) return null;
+    const found = await this.#lookup(req.username);
+    const row = found?.enabled ? found : undefined;
+    if (!(await this.#checker.check(req.password, row && { username: row.username, secret: row.password })) || !row) return null;
     return principalOf(row);
   }
 
   async lookupPrincipal(username: string, signal?: AbortSignal): Promise<Principal | undefined> {
     signal?.throwIfAborted();
-    if (username === '' || FORBIDDEN.test(username)) return undefined;
+    if (!usableName(username)) return undefined;
     const row = await this.#lookup(username);
     return row?.enabled ? principalOf(row) : undefined;
   }
@@ -100,7 +84,7 @@ export class PostgresAuthenticator implements Authenticator {
   /** The stored secret of an enabled user, for challenge-response mechanisms. */
   async lookupSecret(username: string, signal?: AbortSignal): Promise<string | undefined> {
     signal?.throwIfAborted();
-    if (username === '' || FORBIDDEN.test(username)) return undefined;
+    if (!usableName(username)) return undefined;
     const row = await this.#lookup(username);
     return row?.enabled ? row.password : undefined;
   }
@@ -117,13 +101,6 @@ export class PostgresAuthenticator implements Authenticator {
       this.#logger?.(`postgres: user lookup failed: ${e instanceof Error ? e.message : String(e)}`);
       throw new Pop3Error('authentication backend unavailable', 'SYS/TEMP', { cause: e });
     }
-  }
-
-  #warnOnce(row: UserRow, error: string): void {
-    const k = `${row.username}\0${row.password}`;
-    if (this.#warned.has(k)) return;
-    this.#warned.add(k);
-    this.#logger?.(`postgres: user ${row.username}: unusable password field: ${error}`);
   }
 }
 
