@@ -53,3 +53,29 @@ export interface ClientMechanism {
 export function hasForbiddenControl(s: string): boolean {
   return /[\r\n\0]/.test(s);
 }
+
+/**
+ * A server mechanism that takes exactly one client message: as the initial
+ * response, or after one empty challenge. Subclasses only parse that message.
+ */
+export abstract class OneMessageServer implements ServerMechanism {
+  #state: 'start' | 'asked' | 'done' = 'start';
+
+  async step(response: Buffer | null): Promise<ServerStep> {
+    if (response === null) {
+      if (this.#state !== 'start') return this.#fail('no response');
+      this.#state = 'asked';
+      return { kind: 'challenge', data: Buffer.alloc(0) };
+    }
+    if (this.#state === 'done') return this.#fail('exchange already finished');
+    this.#state = 'done';
+    return this.parse(response);
+  }
+
+  protected abstract parse(message: Buffer): ServerStep;
+
+  #fail(reason: string): ServerStep {
+    this.#state = 'done';
+    return { kind: 'fail', reason };
+  }
+}

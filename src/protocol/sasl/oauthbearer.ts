@@ -9,7 +9,7 @@
  * refused token the server sends the `failureChallenge` JSON, the client
  * answers `\x01` (AQ==), and the exchange ends with `-ERR`.
  */
-import { hasForbiddenControl, type ClientMechanism, type ServerMechanism, type ServerStep } from './mechanism.js';
+import { hasForbiddenControl, OneMessageServer, type ClientMechanism, type ServerStep } from './mechanism.js';
 import { BEARER_TOKEN, decodeUtf8Strict, encodeSaslname, parseBearerAuth, parseGs2Header, parseKvPairs } from './syntax.js';
 
 /** RFC 7628 §3.2.2 error: `status` is required; `scope` and `openid-configuration` are optional. */
@@ -17,24 +17,15 @@ export function oauthBearerFailureChallenge(extra: { readonly scope?: string; re
   return Buffer.from(JSON.stringify({ status: 'invalid_token', ...extra }), 'utf8');
 }
 
-export class OAuthBearerServer implements ServerMechanism {
-  #state: 'start' | 'asked' | 'done' = 'start';
-
-  async step(response: Buffer | null): Promise<ServerStep> {
-    if (response === null) {
-      if (this.#state !== 'start') return this.#fail('no response');
-      this.#state = 'asked';
-      return { kind: 'challenge', data: Buffer.alloc(0) };
-    }
-    if (this.#state === 'done') return this.#fail('exchange already finished');
-    this.#state = 'done';
+export class OAuthBearerServer extends OneMessageServer {
+  protected parse(response: Buffer): ServerStep {
     const text = decodeUtf8Strict(response);
     const gs2 = text === undefined ? undefined : parseGs2Header(text);
-    if (gs2 === undefined) return this.#fail('malformed gs2 header');
-    if (gs2.flag === 'p') return this.#fail('channel binding is not supported with OAUTHBEARER');
+    if (gs2 === undefined) return fail('malformed gs2 header');
+    if (gs2.flag === 'p') return fail('channel binding is not supported with OAUTHBEARER');
     const username = gs2.authzid;
     if (username === undefined || hasForbiddenControl(username) || Buffer.byteLength(username) > 255) {
-      return this.#fail('OAUTHBEARER needs a=user');
+      return fail('OAUTHBEARER needs a=user');
     }
     const kv = gs2.rest.startsWith('\x01') ? parseKvPairs(gs2.rest.slice(1)) : undefined;
     if (kv === undefined) return { kind: 'fail', reason: 'malformed OAUTHBEARER response', username };
@@ -43,11 +34,10 @@ export class OAuthBearerServer implements ServerMechanism {
     if (token === undefined) return { kind: 'fail', reason: 'malformed auth', username };
     return { kind: 'credentials', credentials: { kind: 'bearer', username, token } };
   }
+}
 
-  #fail(reason: string): ServerStep {
-    this.#state = 'done';
-    return { kind: 'fail', reason };
-  }
+function fail(reason: string): ServerStep {
+  return { kind: 'fail', reason };
 }
 
 export interface OAuthBearerClientOptions {

@@ -9,41 +9,31 @@
  * clients do not interpret the JSON beyond showing it, so Poplar sends the
  * generic `{"status":"401","schemes":"bearer"}` (plus `scope` when configured).
  */
-import { hasForbiddenControl, type ClientMechanism, type ServerMechanism, type ServerStep } from './mechanism.js';
+import { hasForbiddenControl, OneMessageServer, type ClientMechanism, type ServerStep } from './mechanism.js';
 import { BEARER_TOKEN, decodeUtf8Strict, parseBearerAuth, parseKvPairs } from './syntax.js';
 
 export function xoauth2FailureChallenge(scope?: string): Buffer {
   return Buffer.from(JSON.stringify({ status: '401', schemes: 'bearer', ...(scope !== undefined ? { scope } : {}) }), 'utf8');
 }
 
-export class XOAuth2Server implements ServerMechanism {
-  #state: 'start' | 'asked' | 'done' = 'start';
-
-  async step(response: Buffer | null): Promise<ServerStep> {
-    if (response === null) {
-      if (this.#state !== 'start') return this.#fail('no response');
-      this.#state = 'asked';
-      return { kind: 'challenge', data: Buffer.alloc(0) };
-    }
-    if (this.#state === 'done') return this.#fail('exchange already finished');
-    this.#state = 'done';
+export class XOAuth2Server extends OneMessageServer {
+  protected parse(response: Buffer): ServerStep {
     const text = decodeUtf8Strict(response);
     const kv = text === undefined ? undefined : parseKvPairs(text);
-    if (kv === undefined) return this.#fail('malformed XOAUTH2 response');
+    if (kv === undefined) return fail('malformed XOAUTH2 response');
     const username = kv.get('user');
     const auth = kv.get('auth');
     if (username === undefined || username === '' || hasForbiddenControl(username) || Buffer.byteLength(username) > 255) {
-      return this.#fail('bad user');
+      return fail('bad user');
     }
     const token = auth === undefined ? undefined : parseBearerAuth(auth);
     if (token === undefined) return { kind: 'fail', reason: 'malformed auth', username };
     return { kind: 'credentials', credentials: { kind: 'bearer', username, token } };
   }
+}
 
-  #fail(reason: string): ServerStep {
-    this.#state = 'done';
-    return { kind: 'fail', reason };
-  }
+function fail(reason: string): ServerStep {
+  return { kind: 'fail', reason };
 }
 
 export class XOAuth2Client implements ClientMechanism {
