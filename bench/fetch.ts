@@ -14,7 +14,7 @@
  * Writes docs/benchmarks-fetch.md and prints it.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, chmodSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, chmodSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -27,11 +27,23 @@ import { startDovecotBench } from './servers.js';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const DOC = path.join(ROOT, 'docs', 'benchmarks-fetch.md');
 const POPLAR_MAIN = path.join(ROOT, 'dist', 'cli', 'main.js');
+/** The `poplar` command as installed (package.json "bin"): a launcher that runs POPLAR_MAIN. */
+const POPLAR_BIN = path.join(ROOT, 'bin', 'poplar');
 const DOVECOT_BIN = '/usr/sbin/dovecot';
 
 const MESSAGES = 2000;
 const MESSAGE_SIZE = 8192; // octets on disk (LF line ends)
-const RUNS = 3;
+/** `--runs N` and `--only poplar,mpop` are for quick comparisons while working; they do not write the report. */
+function flag(name: string): string | undefined {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+const RUNS = Number(flag('--runs') ?? 3);
+const ONLY = flag('--only')?.split(',');
+/** `--dir DIR`: put the Maildirs (and everything else) under DIR instead of a scratch ext4 file system. */
+const DIR = flag('--dir');
+/** Size of the scratch ext4 image. */
+const SCRATCH_FS_BYTES = 2 * 1024 ** 3;
 const USER = 'bench';
 const PASSWORD = 'bench-secret';
 const RUN_TIMEOUT_MS = 120_000;
@@ -165,20 +177,21 @@ const poplar: Tool = {
   key: 'poplar',
   version: `poplar ${(JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version} (dist/, ${process.version})`,
   durability:
-    'per-message durability with group commit (default `batch` 64, `parallel` 8): every message file and the Maildir directories are fsynced before the ledger records the UIDLs (ledger fdatasync), and before any DELE; intents are synced before delivery',
+    'per-message durability: every message file is fsynced, and new/ after it, before the ledger records its UIDL (ledger fdatasync) and before any DELE; ' +
+    'up to `parallel` (8) messages are written at a time and their fsyncs overlap; the ledger is group-committed (`batch` 64); intents are synced before delivery',
   available: existsSync(POPLAR_MAIN),
   async once(dir, port) {
     const md = path.join(dir, 'Maildir');
     makeMaildir(md);
     const r = await run(
-      process.execPath,
+      POPLAR_BIN,
       [
-        POPLAR_MAIN, 'fetch', '--once', '--json', '--no-progress',
+        'fetch', '--once', '--json', '--no-progress',
         '--host', '127.0.0.1', '--port', String(port), '--tls', 'none',
         '--user', USER, '--password-env', 'BENCH_PW',
         '--keep', '--maildir', md, '--state', path.join(dir, 'ledger'),
       ],
-      { env: cleanEnv(dir, { BENCH_PW: PASSWORD }), timeoutMs: RUN_TIMEOUT_MS },
+      { env: cleanEnv(dir, { BENCH_PW: PASSWORD, PATH: `${path.dirname(process.execPath)}:${process.env['PATH'] ?? '/usr/bin:/bin'}` }), timeoutMs: RUN_TIMEOUT_MS },
     );
     let note: string | undefined;
     try {
@@ -195,7 +208,7 @@ const mpop: Tool = {
   key: 'mpop',
   version: which('mpop') !== undefined ? versionOf('mpop', ['--version']) : 'not installed',
   durability:
-    '`delivery maildir`: writes each message into tmp/ and links it into new/; the directory is not fsynced (as the brief states; not re-verified here). `keep on`, UIDs in its `uidls_file`',
+    '`delivery maildir`: writes each message into tmp/, fsyncs it (one fsync per message, one message at a time: 2001 fsync calls for 2000 messages under `strace -c`) and links it into new/; the directory is not fsynced. `keep on`, UIDs in its `uidls_file`',
   available: which('mpop') !== undefined,
   async once(dir, port) {
     const md = path.join(dir, 'Maildir');
@@ -343,6 +356,60 @@ const getmail6: Tool = {
 
 const TOOL: Record<ToolKey, Tool> = { poplar, mpop, fetchmail, getmail6 };
 
+// --------------------------------------------------------------------------- where the Maildirs live
+
+interface Scratch {
+  dir: string;
+  description: string;
+  cleanup(): void;
+}
+
+/**
+ * The file system the Maildirs are written to. By default a fresh ext4 made
+ * for this run (an image file on a loop device, default mount options), so
+ * that every client meets the same, ordinary file system rather than the
+ * history of the machine's root file system; `--dir` chooses another place.
+ */
+function scratchFileSystem(): Scratch {
+  if (DIR !== undefined) return { dir: DIR, description: `${DIR} (chosen with --dir)`, cleanup: () => undefined };
+  const img = path.join('/var/tmp', `poplar-bench-fetch-${process.pid}.img`);
+  const mnt = mkdtempSync(path.join(os.tmpdir(), 'poplar-bench-fetch-mnt-'));
+  const undo = (): void => {
+    try {
+      execFileSync('umount', [mnt], { stdio: 'ignore' });
+    } catch {
+      // not mounted
+    }
+    rmSync(img, { force: true });
+    rmSync(mnt, { recursive: true, force: true });
+  };
+  try {
+    execFileSync('truncate', ['-s', String(SCRATCH_FS_BYTES), img]);
+    execFileSync('mkfs.ext4', ['-q', '-F', img], { stdio: 'ignore' });
+    execFileSync('mount', ['-o', 'loop', img, mnt], { stdio: 'ignore' });
+    chmodSync(mnt, 0o755);
+    return {
+      dir: mnt,
+      description: `a fresh ${SCRATCH_FS_BYTES / 1024 ** 3} GiB ext4 file system made for this run (\`mkfs.ext4\` on an image file in /var/tmp, mounted through a loop device with default options: data=ordered journal, barriers on, so fsync reaches the disk)`,
+      cleanup: undo,
+    };
+  } catch (e) {
+    undo();
+    log(`no scratch file system (${(e as Error).message.split('\n')[0] ?? ''}); using ${os.tmpdir()}`);
+    return { dir: os.tmpdir(), description: `${os.tmpdir()} (no scratch file system could be made)`, cleanup: () => undefined };
+  }
+}
+
+/** Milliseconds per file to create (open O_CREAT|O_EXCL, close) 2000 empty files in a new directory under `dir`. */
+function createCostMs(dir: string): number {
+  const d = mkdtempSync(path.join(dir, 'create-cost-'));
+  const t0 = performance.now();
+  for (let i = 0; i < 2000; i++) closeSync(openSync(path.join(d, String(i)), 'wx'));
+  const ms = (performance.now() - t0) / 2000;
+  rmSync(d, { recursive: true, force: true });
+  return ms;
+}
+
 // --------------------------------------------------------------------------- main
 
 interface ToolResult {
@@ -362,7 +429,10 @@ async function main(): Promise<void> {
   const startedAt = Date.now();
   const load = os.loadavg();
   const mi = machineInfo(DOVECOT_BIN);
-  const base = mkdtempSync(path.join(os.tmpdir(), 'poplar-bench-fetch-'));
+  const scratch = scratchFileSystem();
+  const createCost = { scratch: createCostMs(scratch.dir), tmp: scratch.dir === os.tmpdir() ? NaN : createCostMs(os.tmpdir()) };
+  log(`Maildirs on ${scratch.dir}; creating a file costs ${createCost.scratch.toFixed(3)} ms there, ${createCost.tmp.toFixed(3)} ms in ${os.tmpdir()}`);
+  const base = mkdtempSync(path.join(scratch.dir, 'poplar-bench-fetch-'));
   chmodSync(base, 0o755); // getmail's delivery child (nobody) must reach the Maildirs
   const mailRoot = path.join(base, 'mail');
   log(`writing ${MESSAGES} messages of ${MESSAGE_SIZE} octets under ${mailRoot}`);
@@ -378,6 +448,7 @@ async function main(): Promise<void> {
     log(`${sig}: stopping Dovecot and removing ${base}`);
     void dovecot.stop().finally(() => {
       rmSync(base, { recursive: true, force: true });
+      scratch.cleanup();
       process.exit(130);
     });
   };
@@ -387,13 +458,19 @@ async function main(): Promise<void> {
     const seen = await warmUp(dovecot.port);
     if (seen !== MESSAGES) throw new Error(`Dovecot lists ${seen} messages, expected ${MESSAGES}`);
     log(`Dovecot on 127.0.0.1:${dovecot.port} lists ${seen} messages`);
+    if (process.argv.includes('--hold')) {
+      // For profiling by hand: keep the server up until a signal (user bench, password in BENCH_PW).
+      log(`--hold: Dovecot stays on port ${dovecot.port}; Ctrl-C to stop`);
+      await new Promise(() => undefined);
+    }
     let n = 0;
     for (let round = 0; round < RUNS; round++) {
       const order = TOOLS.map((_, i) => TOOLS[(i + round) % TOOLS.length]!);
       for (const key of order) {
         const tool = TOOL[key];
         const res = results[key];
-        if (!tool.available || res.cut) continue;
+        if (!tool.available || res.cut || (ONLY !== undefined && !ONLY.includes(key))) continue;
+        execFileSync('sync'); // the previous run's writes and deletions are not left for this one to wait on
         const dir = path.join(base, `${key}-${round}-${n++}`);
         mkdirSync(dir);
         chmodSync(dir, 0o755);
@@ -414,18 +491,26 @@ async function main(): Promise<void> {
   } finally {
     await dovecot.stop();
     rmSync(base, { recursive: true, force: true });
+    scratch.cleanup();
   }
 
   const runtimeS = (Date.now() - startedAt) / 1000;
-  const md = report(results, mi, load, runtimeS);
-  writeFileSync(DOC, md);
+  const md = report(results, mi, load, runtimeS, scratch.description, createCost);
+  if (ONLY === undefined && flag('--runs') === undefined) writeFileSync(DOC, md);
   process.stdout.write(md);
   const failed = TOOLS.filter((k) => TOOL[k].available && results[k].failures.length > 0);
   for (const k of failed) for (const f of results[k].failures) log(`${k} FAILED ${f}`);
   if (failed.length > 0) process.exitCode = 1;
 }
 
-function report(results: Record<ToolKey, ToolResult>, mi: ReturnType<typeof machineInfo>, load: number[], runtimeS: number): string {
+function report(
+  results: Record<ToolKey, ToolResult>,
+  mi: ReturnType<typeof machineInfo>,
+  load: number[],
+  runtimeS: number,
+  where: string,
+  createCost: { scratch: number; tmp: number },
+): string {
   const med = (k: ToolKey): number => median(results[k].times);
   const mpopMs = med('mpop');
   const fmt = (x: number, d = 0): string => (Number.isFinite(x) ? x.toFixed(d) : '–');
@@ -441,7 +526,16 @@ function report(results: Record<ToolKey, ToolResult>, mi: ReturnType<typeof mach
       'and fresh client state (ledger, UIDL file, idfile, getmail dir). ' +
       `Each client runs ${RUNS} times, in rounds that rotate the order of the clients; the figure is the median ` +
       'wall time of the client process from start to exit (process start-up, login and QUIT included). ' +
-      `Every run is checked to leave exactly ${MESSAGES} files in new/+cur/ and none in tmp/.`,
+      `Every run is checked to leave exactly ${MESSAGES} files in new/+cur/ and none in tmp/. ` +
+      '`sync` runs before each run, so no run waits on the writes and deletions of the one before it.',
+    '',
+    `The Maildirs (and Dovecot's mailbox) are on ${where}. ` +
+      `Creating an empty file costs ${fmt(createCost.scratch * 1000)} µs there` +
+      (Number.isFinite(createCost.tmp)
+        ? `, against ${fmt(createCost.tmp * 1000)} µs in this machine's ${os.tmpdir()} (measured by this run): on that ` +
+          'long-used root file system the kernel spends about a millisecond of CPU on every new inode, for every client ' +
+          'alike, which would turn the comparison into a measurement of inode allocation. `--dir DIR` runs the benchmark elsewhere.'
+        : '.'),
     '',
   );
   lines.push('| client | median wall time | messages/s | vs mpop (speed) | runs (ms) |', '|---|---:|---:|---:|---|');
@@ -493,8 +587,9 @@ function report(results: Record<ToolKey, ToolResult>, mi: ReturnType<typeof mach
       '`--fetchall`; getmail6 `read_all = true`, `delete = false`, `delivered_to`/`received` off. getmail6 runs with a ' +
       `small wrapper that delays each forked delivery child by ${GETMAIL_CHILD_DELAY_S * 1000} ms, to avoid a race in ` +
       'getmail 6.18 (it installs its SIGCHLD handler after forking); that adds at most ' +
-      `${((MESSAGES * GETMAIL_CHILD_DELAY_S)).toFixed(0)} s to its time. poplar runs as ` +
-      '`node dist/cli/main.js fetch --once --json --tls none --keep --maildir … --state …` with default batch/parallel settings.',
+      `${((MESSAGES * GETMAIL_CHILD_DELAY_S)).toFixed(0)} s to its time. poplar runs as installed, through its launcher ` +
+      '(`bin/poplar fetch --once --json --tls none --keep --maildir … --state …`, default settings; the launcher sets ' +
+      'UV_THREADPOOL_SIZE=16 when it is not set, see docs/fetch.md).',
     '',
   );
   lines.push('## Machine', '');
@@ -504,7 +599,7 @@ function report(results: Record<ToolKey, ToolResult>, mi: ReturnType<typeof mach
     `- Load average at start (1/5/15 min): ${load.map((x) => x.toFixed(2)).join(' / ')}`,
     `- OS: ${mi.os}; kernel ${mi.kernel}`,
     `- Node ${mi.node}; ${mi.dovecot.startsWith('2') ? `Dovecot ${mi.dovecot}` : mi.dovecot}`,
-    `- Temp directory (Maildirs, Dovecot's mailbox): ${os.tmpdir()}`,
+    `- Maildirs and Dovecot's mailbox: ${where}`,
     '',
   );
   return lines.join('\n');

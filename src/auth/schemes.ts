@@ -57,26 +57,8 @@ export const KNOWN_SCHEMES: readonly string[] = Object.freeze([
   'SCRAM-SHA-256',
 ]);
 
-/** Schemes that hashPassword() can produce. */
-export type HashScheme =
-  | 'ARGON2ID'
-  | 'SHA512-CRYPT'
-  | 'SHA256-CRYPT'
-  | 'BLF-CRYPT'
-  | 'PLAIN'
-  | 'CRAM-MD5'
-  | 'SCRAM-SHA-1'
-  | 'SCRAM-SHA-256';
-export const HASH_SCHEMES: readonly HashScheme[] = Object.freeze([
-  'ARGON2ID',
-  'SHA512-CRYPT',
-  'SHA256-CRYPT',
-  'BLF-CRYPT',
-  'PLAIN',
-  'CRAM-MD5',
-  'SCRAM-SHA-1',
-  'SCRAM-SHA-256',
-] as const);
+import type { HashScheme } from './scheme-names.js';
+export { HASH_SCHEMES, type HashScheme } from './scheme-names.js';
 
 export interface Argon2Params {
   /** KiB */

@@ -1,7 +1,7 @@
 /** `poplar fetch`: argv → fetch config → scheduler. The work is in src/fetch/. */
 import path from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import { ConfigError } from '../config/load.js';
+import { ConfigError } from '../config/errors.js';
 import type { AccountFlags, ResolvedAccount, ResolvedFetchConfig, SinkSpecValue } from '../fetch/config.js';
 import type { SessionDeps } from '../fetch/session.js';
 import type { SinkSpecInput } from '../fetch/sinks/index.js';
@@ -103,12 +103,11 @@ export function registerFetchCommand(program: Command): void {
 
 async function fetchCommand(opts: FetchFlags): Promise<number> {
   // Loaded here, not at startup: other subcommands (serve) need none of it.
-  const [{ accountFromFlags, loadFetchConfig }, { ProgressBar, summaryLine }, { runDaemon, runOnce }, { createSink }, { createLogger }] = await Promise.all([
+  const [{ accountFromFlags, loadFetchConfig }, { ProgressBar, summaryLine }, { runDaemon, runOnce }, { createSink }] = await Promise.all([
     import('../fetch/config.js'),
     import('../fetch/progress.js'),
     import('../fetch/scheduler.js'),
     import('../fetch/sinks/index.js'),
-    import('../observability/log.js'),
   ]);
   if (opts.once === true && opts.daemon === true) throw new ConfigError('--once and --daemon exclude each other');
   let cfg: ResolvedFetchConfig;
@@ -147,6 +146,7 @@ async function fetchCommand(opts: FetchFlags): Promise<number> {
 
   try {
     if (opts.daemon === true) {
+      const { createLogger } = await import('../observability/log.js'); // the daemon logs; --once prints a summary
       const logger = createLogger({ level: (opts.logLevel ?? 'info') as 'info' });
       logger.info({ accounts: cfg.accounts.map((a) => a.name) }, 'fetch daemon started');
       await runDaemon(cfg, deps, {

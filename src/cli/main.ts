@@ -1,10 +1,8 @@
 #!/usr/bin/env node
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { ConfigError } from '../config/load.js';
+import { ConfigError } from '../config/errors.js';
 import { EX_CONFIG, EX_SOFTWARE, EX_USAGE } from './exit-codes.js';
 import { registerFetchCommand } from './fetch.js';
-import { isClusterWorker, reportReady, runPrimary } from './cluster.js';
-import { startServer } from './serve.js';
 import { registerUserCommands } from './user.js';
 
 const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
@@ -35,7 +33,10 @@ export function buildProgram(): Command {
     .option('--workers <n>', 'worker processes', positiveInt)
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
     .action(async (opts: Record<string, unknown> & { workers?: number }) => {
+      // Loaded here, not at the top: `poplar fetch` and `poplar user` start without the server's modules.
+      const { isClusterWorker, reportReady, runPrimary } = await import('./cluster.js');
       if ((opts.workers ?? 1) > 1 && !isClusterWorker()) return runPrimary(opts, opts.workers!);
+      const { startServer } = await import('./serve.js');
       const running = await startServer(opts);
       reportReady();
       let stopping = false;

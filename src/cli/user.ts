@@ -8,8 +8,7 @@
 import { createInterface } from 'node:readline';
 import { Writable } from 'node:stream';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { HASH_SCHEMES, hashPassword } from '../auth/schemes.js';
-import type { HashScheme } from '../auth/schemes.js';
+import { HASH_SCHEMES, type HashScheme } from '../auth/scheme-names.js';
 import { EX_CANTCREAT, EX_DATAERR, EX_NOUSER, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE } from './exit-codes.js';
 import { PasswdFileError, addUser, listUsers, removeUser, setPassword, usernameProblem } from '../auth/passwd-file/passwd-file.js';
 
@@ -64,7 +63,7 @@ export async function userAdd(file: string, name: string, password: string, sche
   try {
     checkName(name);
     checkPassword(password);
-    await addUser(file, { username: name, password: await hashPassword(password, scheme) });
+    await addUser(file, { username: name, password: await (await import('../auth/schemes.js')).hashPassword(password, scheme) });
   } catch (e) {
     throw toCommandError(e);
   }
@@ -74,7 +73,7 @@ export async function userPasswd(file: string, name: string, password: string, s
   try {
     checkName(name);
     checkPassword(password);
-    await setPassword(file, name, await hashPassword(password, scheme));
+    await setPassword(file, name, await (await import('../auth/schemes.js')).hashPassword(password, scheme));
   } catch (e) {
     throw toCommandError(e);
   }

@@ -103,6 +103,8 @@ export class Pop3Connection {
   #closed = false;
   #failure: Error | undefined;
   #maxInFlight = 0;
+  /** The socket is corked until the end of this tick (see #pump). */
+  #corked = false;
   readonly #signals = new Map<AbortSignal, { users: number; listener: () => void }>();
 
   constructor(socket: net.Socket, options: ConnectionOptions) {
@@ -427,18 +429,30 @@ export class Pop3Connection {
   }
 
   #pump(): void {
+    // Requests queued in the same tick leave in one write (one segment, one wake-up of the server).
     while (!this.#closed && !this.#upgrading) {
       const next = this.#unsent[0];
-      if (next === undefined) return;
+      if (next === undefined) break;
       const n = this.#inFlight.length;
       if (n > 0) {
         const last = this.#inFlight[n - 1]!;
-        if (!this.#pipelining || next.exclusive || last.exclusive || n >= PIPELINE_WINDOW) return;
+        if (!this.#pipelining || next.exclusive || last.exclusive || n >= PIPELINE_WINDOW) break;
       }
       this.#unsent.shift();
       this.#inFlight.push(next);
       this.#maxInFlight = Math.max(this.#maxInFlight, this.#inFlight.length);
-      if (next.bytes !== null) this.#socket.write(next.bytes);
+      if (next.bytes !== null) {
+        if (!this.#corked) {
+          this.#corked = true;
+          const s = this.#socket;
+          s.cork();
+          process.nextTick(() => {
+            this.#corked = false;
+            s.uncork();
+          });
+        }
+        this.#socket.write(next.bytes);
+      }
       if (n === 0) this.#armTimer();
     }
   }

@@ -407,7 +407,8 @@ export class Pop3Client {
     try {
       for (const n of numbers) {
         const message = streamOf('RETR', await ahead.shift()!);
-        request();
+        // Refill by halves: the requests then go out several to a write.
+        if (ahead.length <= PIPELINE_WINDOW / 2) request();
         try {
           await handler(n, message);
         } finally {

@@ -5,10 +5,9 @@ import { z } from 'zod';
 import { ConfigSchema, type Config } from './schema.js';
 import { SERVER_MECHANISM_NAMES } from '../protocol/sasl/index.js';
 
-/** A configuration mistake: the CLI prints the message as one line and exits with EX_CONFIG (78). */
-export class ConfigError extends Error {
-  override name = 'ConfigError';
-}
+import { ConfigError } from './errors.js';
+
+export { ConfigError };
 
 export interface ServeFlags {
   config?: string;

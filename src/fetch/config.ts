@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
-import { ConfigError } from '../config/load.js';
+import { ConfigError } from '../config/errors.js';
 import { SinkSpecSchema } from './sinks/index.js';
 
 /** `10485760`, `"10M"`, `"512k"`, `"1G"` (binary multiples). */

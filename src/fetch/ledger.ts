@@ -56,7 +56,9 @@ export class Ledger {
   readonly #fsync: boolean;
   #fh: fs.FileHandle | undefined;
   #lines = 0;
-  #unsynced = false;
+  /** Appends made, and how many of them a finished fdatasync covers (appends and syncs may overlap). */
+  #written = 0;
+  #synced = 0;
   #lock: string | undefined;
 
   private constructor(file: string, fsync: boolean) {
@@ -142,9 +144,10 @@ export class Ledger {
 
   /** Make every record written so far durable. */
   async sync(): Promise<void> {
-    if (!this.#unsynced || this.#fh === undefined) return;
+    if (this.#synced >= this.#written || this.#fh === undefined) return;
+    const upto = this.#written; // appends made after this point are not covered by this fdatasync
     if (this.#fsync) await this.#fh.datasync();
-    this.#unsynced = false;
+    this.#synced = Math.max(this.#synced, upto);
   }
 
   /**
@@ -202,7 +205,7 @@ export class Ledger {
   async #append(text: string): Promise<void> {
     if (this.#fh === undefined) throw new LedgerError('ledger is closed');
     await this.#fh.write(text);
-    this.#unsynced = true;
+    this.#written++;
     this.#lines += countLines(text);
   }
 

@@ -14,23 +14,11 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { crlfToLf } from './sinks/util.js';
 
 /** Clock and file-system timestamp granularity. */
 const SLACK_MS = 2_000;
 
-export function crlfToLf(b: Buffer): Buffer {
-  let i = b.indexOf('\r\n');
-  if (i < 0) return b;
-  const parts: Buffer[] = [];
-  let start = 0;
-  while (i >= 0) {
-    parts.push(b.subarray(start, i));
-    start = i + 1; // keep the LF
-    i = b.indexOf('\r\n', start);
-  }
-  parts.push(b.subarray(start));
-  return Buffer.concat(parts);
-}
 
 export interface PendingMessage {
   readonly uidl: string;

@@ -280,17 +280,29 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
       if (wait) await committing;
       else await previous;
     };
-    const deliverTo = async (c: Candidate, dest: Destination, message: Readable): Promise<void> => {
+    const deliverTo = async (c: Candidate, dest: Destination, message: Readable | Buffer): Promise<void> => {
       const sink = await sinkFor(dest);
       usedSinks.add(sink);
       const info: DeliveryInfo = { account: acct.name, uidl: c.uidl, size: c.size, ...(dest.kind === 'folder' ? { folder: dest.folder } : {}) };
-      await sink.deliver(message, info, deps.signal);
+      if (!Buffer.isBuffer(message)) await sink.deliver(message, info, deps.signal);
+      else if (sink.deliverBuffer !== undefined) await sink.deliverBuffer(message, info, deps.signal);
+      else await sink.deliver(Readable.from([message], { objectMode: false }), info, deps.signal);
       report.bytes += c.size;
       group.push({ uidl: c.uidl, number: c.number, discarded: false });
       deps.progress?.messageDone?.(acct.name, c.size);
     };
 
+    // Intents run ahead of commits: one synced write covers many messages even with batch = 1, and the
+    // next window's is written while this window's messages arrive, so the wait for it is rarely felt.
+    const intentSpan = Math.max(acct.batch, INTENTS_AHEAD);
     let intentUpto = 0;
+    let intentNext: { from: number; upto: number; done: Promise<void> } | undefined;
+    const writeIntents = (from: number): { from: number; upto: number; done: Promise<void> } => {
+      const next = fetchList.slice(from, from + intentSpan);
+      const done = ledger.intend(next.map((x) => ({ uidl: x.uidl, target: x.dest !== undefined ? destinationKey(x.dest) : '*' })));
+      done.catch(() => undefined); // awaited before any of these messages reaches a sink
+      return { from, upto: from + next.length, done };
+    };
     let index = 0;
     let deliverError: unknown;
     try {
@@ -302,11 +314,12 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
           const i = index++;
           const c = fetchList[i]!;
           if (i >= intentUpto) {
-            // Intents run ahead of commits: one synced write covers many messages even with batch = 1.
-            const next = fetchList.slice(i, i + Math.max(acct.batch, INTENTS_AHEAD));
-            await ledger.intend(next.map((x) => ({ uidl: x.uidl, target: x.dest !== undefined ? destinationKey(x.dest) : '*' })));
-            intentUpto = i + next.length;
+            if (intentNext?.from !== i) intentNext = writeIntents(i);
+            await intentNext.done;
+            intentUpto = intentNext.upto;
+            intentNext = undefined;
           }
+          if (intentNext === undefined && intentUpto < fetchList.length && i >= intentUpto - intentSpan / 2) intentNext = writeIntents(intentUpto);
           let message: Readable = stream;
           let dest = c.dest ?? DEFAULT_DESTINATION;
           if (peek) {
@@ -322,7 +335,7 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
             const body = await bufferUpTo(message, PARALLEL_BUFFER_CAP);
             if (Buffer.isBuffer(body)) {
               while (inflight.size >= acct.parallel) await Promise.race(inflight);
-              const task = deliverTo(c, dest, Readable.from([body], { objectMode: false })).catch((e: unknown) => {
+              const task = deliverTo(c, dest, body).catch((e: unknown) => {
                 asyncError ??= e;
               });
               inflight.add(task);

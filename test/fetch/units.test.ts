@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ConfigError } from '../../src/config/load.js';
 import { accountFromFlags, resolveFetchConfig } from '../../src/fetch/config.js';
 import { CredentialError, TokenSource } from '../../src/fetch/credentials.js';
@@ -34,6 +34,35 @@ describe('ledger', () => {
     expect(r.get('u3')).toEqual({ firstSeen: 5000, discarded: true });
     expect(r.pending()).toEqual([{ uidl: 'u2', since: 1000, target: 'folder:.x' }]);
     await r.close();
+  });
+
+  it('a record appended while an fdatasync is under way gets an fdatasync of its own', async () => {
+    // intend() (next window) and record() (last batch) run at the same time in a fetch.
+    const probe = await fs.open(path.join(tmp, 'probe'), 'w');
+    const proto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> };
+    await probe.close();
+    const real = proto.datasync;
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (release = r));
+    let calls = 0;
+    const spy = vi.spyOn(proto, 'datasync').mockImplementation(async function (this: unknown) {
+      calls++;
+      if (calls === 1) await gate; // the intents' fdatasync is slow
+      return real.call(this);
+    });
+    try {
+      const l = await Ledger.open(path.join(tmp, 'l-race.ledger'));
+      const intents = l.intend([{ uidl: 'u9', target: '-' }]);
+      await vi.waitFor(() => expect(calls).toBe(1));
+      await l.record([{ uidl: 'u1' }], 1000); // written while that fdatasync runs
+      release();
+      await intents;
+      await l.sync(); // must not count the record as covered by the earlier fdatasync
+      expect(calls).toBe(2);
+      await l.close();
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('drops a torn last line, and rewrites the file so appends start on a fresh line', async () => {

@@ -19,6 +19,11 @@ export interface DeliveryInfo {
 export interface Sink {
   deliver(message: Readable, info: DeliveryInfo, signal?: AbortSignal): Promise<void>;
   /**
+   * Optional: the same as `deliver` for a message already in memory (the
+   * fetcher reads small messages whole); same guarantees, fewer steps.
+   */
+  deliverBuffer?(message: Buffer, info: DeliveryInfo, signal?: AbortSignal): Promise<void>;
+  /**
    * Optional group commit: `deliver` may return before the data is durable
    * when `flush` is implemented; the fetcher then calls `flush()` and only
    * after it resolves records the UIDLs and sends DELE for that group.

@@ -48,6 +48,24 @@ export class SinkError extends Error {
 const LF = 0x0a;
 const CR = 0x0d;
 
+/** CRLF → LF for a whole message in memory (a bare CR stays, as in CrlfToLf). */
+export function crlfToLf(b: Buffer): Buffer {
+  let i = b.indexOf(LF);
+  while (i > 0 && b[i - 1] !== CR) i = b.indexOf(LF, i + 1);
+  if (i < 0) return b;
+  const out = Buffer.allocUnsafe(b.length);
+  let o = 0;
+  let start = 0;
+  for (; i >= 0; i = b.indexOf(LF, i + 1)) {
+    if (i > 0 && b[i - 1] === CR) {
+      o += b.copy(out, o, start, i - 1);
+      start = i; // keep the LF
+    }
+  }
+  o += b.copy(out, o, start);
+  return out.subarray(0, o);
+}
+
 /**
  * Streaming CRLF → LF. Only a CR immediately followed by LF is dropped; a
  * bare CR is content and stays. A CR at the end of a chunk is held back until
