@@ -6,6 +6,8 @@ import { LineReader, type LineEvent } from '../protocol/line-reader.js';
 /** Lines queued beyond this pause reading from the socket (input backpressure for pipelining). */
 const HIGH_WATER_LINES = 32;
 const LOW_WATER_LINES = 4;
+/** The abort reason of every closed connection (one object: nothing to build per connection). */
+const CLOSED = Object.freeze(new Error('the connection is closed'));
 
 /**
  * The byte-level side of one client connection: a bounded line queue in,
@@ -15,9 +17,8 @@ const LOW_WATER_LINES = 4;
 export class Connection {
   readonly remoteAddress: string;
   readonly remotePort: number;
-  readonly localAddress: string;
-  readonly localPort: number;
-  readonly #abort = new AbortController();
+  /** Made on first use: most sessions never ask for it, and an abort with a ready reason costs no DOMException. */
+  #abort: AbortController | undefined;
   readonly #reader: LineReader;
   readonly #queue: LineEvent[] = [];
   readonly #raw: net.Socket;
@@ -40,8 +41,6 @@ export class Connection {
     this.#reader = new LineReader(maxLineLength);
     this.remoteAddress = normalizeAddress(socket.remoteAddress ?? '');
     this.remotePort = socket.remotePort ?? 0;
-    this.localAddress = normalizeAddress(socket.localAddress ?? '');
-    this.localPort = socket.localPort ?? 0;
     if (secure) this.#noteTls(socket as tls.TLSSocket);
     this.#attach(socket);
     socket.setNoDelay(true);
@@ -70,8 +69,19 @@ export class Connection {
   get closed(): boolean {
     return this.#closed;
   }
+  /** The local end (a getsockname call, so only when asked). */
+  get localAddress(): string {
+    return normalizeAddress(this.#raw.localAddress ?? '');
+  }
+  get localPort(): number {
+    return this.#raw.localPort ?? 0;
+  }
   /** Aborted when the connection is gone: cancels pending storage and auth work. */
   get signal(): AbortSignal {
+    if (this.#abort === undefined) {
+      this.#abort = new AbortController();
+      if (this.#closed) this.#abort.abort(CLOSED);
+    }
     return this.#abort.signal;
   }
 
@@ -155,7 +165,7 @@ export class Connection {
     if (!this.#sock.writableNeedDrain) return true;
     const ac = new AbortController();
     try {
-      await Promise.race([once(this.#sock, 'drain', { signal: ac.signal }), once(this.#abort.signal, 'abort', { signal: ac.signal })]);
+      await Promise.race([once(this.#sock, 'drain', { signal: ac.signal }), once(this.signal, 'abort', { signal: ac.signal })]);
     } catch {
       // aborted listener cleanup
     } finally {
@@ -185,7 +195,7 @@ export class Connection {
     this.#attach(secure);
     const timer = setTimeout(() => this.destroy(), handshakeTimeoutMs);
     try {
-      await Promise.race([once(secure, 'secure'), once(this.#abort.signal, 'abort')]);
+      await Promise.race([once(secure, 'secure'), once(this.signal, 'abort')]);
     } catch {
       this.destroy();
     } finally {
@@ -228,7 +238,7 @@ export class Connection {
   #markClosed(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#abort.abort();
+    this.#abort?.abort(CLOSED);
     this.#wake();
   }
 

@@ -56,7 +56,17 @@ export class Session {
 
   get connectionInfo(): ConnectionInfo {
     const c = this.conn;
-    return { remoteAddress: c.remoteAddress, remotePort: c.remotePort, localAddress: c.localAddress, localPort: c.localPort, secure: c.secure };
+    return {
+      remoteAddress: c.remoteAddress,
+      remotePort: c.remotePort,
+      get localAddress() {
+        return c.localAddress; // read only by a backend that asks (a system call)
+      },
+      get localPort() {
+        return c.localPort;
+      },
+      secure: c.secure,
+    };
   }
 
   /** RFC 2595 §4 / checklist 22: cleartext passwords only over TLS, from loopback, or when configured. */

@@ -9,26 +9,7 @@
  * this process drops the lock. Callers therefore serialise users of one file
  * inside the process themselves, and open no other descriptor of a locked file.
  */
-import { createRequire } from 'node:module';
-
-interface FsExt {
-  fcntl(fd: number, cmd: 'setlk', arg: number, cb: (err: NodeJS.ErrnoException | null) => void): void;
-  readonly constants: { readonly F_WRLCK: number; readonly F_UNLCK: number };
-}
-
-let loaded: FsExt | Error | undefined;
-
-function fsExt(): FsExt {
-  if (loaded === undefined) {
-    try {
-      loaded = createRequire(import.meta.url)('fs-ext') as FsExt;
-    } catch (e) {
-      loaded = new Error(`fcntl locking needs the fs-ext native module, which did not load: ${(e as Error).message}`, { cause: e });
-    }
-  }
-  if (loaded instanceof Error) throw loaded;
-  return loaded;
-}
+import { fsExt } from '../../platform/fs-ext.js';
 
 /** Whether fcntl locking is available in this installation. */
 export function fcntlAvailable(): boolean {

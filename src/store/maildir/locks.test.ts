@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { promises as fs, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { acquireSessionLock, releaseSessionLock, UidlistLock } from './locks.js';
+import { SessionLock, UidlistLock } from './locks.js';
 
 const HOST = os.hostname();
 
@@ -41,60 +41,65 @@ afterEach(async () => {
   await fs.rm(dir, { recursive: true, force: true });
 });
 
-describe('session lock (poplar-pop3.lock)', () => {
-  const notHere = (): boolean => false;
+describe('session lock (flock on poplar-pop3.lock)', () => {
+  /** Another process holding an exclusive flock on `file` (util-linux flock(1)) until it is killed. */
+  async function heldByOther(file: string): Promise<ChildProcess> {
+    const c = spawn('flock', ['--exclusive', '--nonblock', '--close', file, 'sleep', '30'], { stdio: 'ignore' });
+    children.push(c);
+    await once(c, 'spawn');
+    // flock(1) takes the lock before it runs sleep: wait until the lock is really held.
+    for (let i = 0; i < 200 && spawnSync('flock', ['--nonblock', file, 'true']).status === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    return c;
+  }
 
-  it('is created exclusively with "pid starttime host" and removed on release', async () => {
+  it('creates the lock file once and keeps it; release drops the lock, not the file', () => {
     const file = path.join(dir, 'poplar-pop3.lock');
-    expect(await acquireSessionLock(file, notHere)).toBe(true);
-    expect(await fs.readFile(file, 'latin1')).toBe(`${process.pid} ${startTime(process.pid)} ${HOST}\n`);
-    await releaseSessionLock(file);
-    await expect(fs.access(file)).rejects.toThrow();
-    // Releasing twice is harmless.
-    await releaseSessionLock(file);
+    const lock = SessionLock.tryAcquire(file);
+    expect(lock).not.toBeNull();
+    // While held, another open file of it cannot lock it (flock(1) from outside says so too).
+    expect(spawnSync('flock', ['--nonblock', file, 'true']).status).not.toBe(0);
+    lock!.release();
+    lock!.release(); // twice is harmless
+    expect(spawnSync('flock', ['--nonblock', file, 'true']).status).toBe(0);
+    expect(readFileSync(file, 'latin1')).toBe(''); // kept, never unlinked
+    const again = SessionLock.tryAcquire(file);
+    expect(again).not.toBeNull();
+    again!.release();
   });
 
-  it('takes over a lock whose owner is dead', async () => {
+  it('a second session of this same process is refused while the first holds it', () => {
     const file = path.join(dir, 'poplar-pop3.lock');
-    await fs.writeFile(file, `${deadPid()} 12345 ${HOST}\n`);
-    expect(await acquireSessionLock(file, notHere)).toBe(true);
-    expect(await fs.readFile(file, 'latin1')).toMatch(new RegExp(`^${process.pid} `));
+    const first = SessionLock.tryAcquire(file)!;
+    expect(SessionLock.tryAcquire(file)).toBeNull();
+    first.release();
+    SessionLock.tryAcquire(file)!.release();
   });
 
-  it('respects the lock of a live other process', async () => {
-    const pid = await liveOther();
+  it('respects the lock of another process, and is free the moment that process dies (SIGKILL)', async () => {
     const file = path.join(dir, 'poplar-pop3.lock');
-    const content = `${pid} ${startTime(pid)} ${HOST}\n`;
-    await fs.writeFile(file, content);
-    expect(await acquireSessionLock(file, notHere)).toBe(false);
-    expect(await fs.readFile(file, 'latin1')).toBe(content);
+    const other = await heldByOther(file);
+    expect(SessionLock.tryAcquire(file)).toBeNull();
+    other.kill('SIGKILL');
+    await once(other, 'exit');
+    const lock = SessionLock.tryAcquire(file);
+    expect(lock).not.toBeNull();
+    lock!.release();
   });
 
-  it('takes over when the pid is alive but belongs to a different process now (start time differs)', async () => {
-    const pid = await liveOther();
+  it('a lock file left by an older version or a crash (any content) locks nobody out', async () => {
     const file = path.join(dir, 'poplar-pop3.lock');
-    const wrongStart = String(Number(startTime(pid)) - 1000);
-    await fs.writeFile(file, `${pid} ${wrongStart} ${HOST}\n`);
-    expect(await acquireSessionLock(file, notHere)).toBe(true);
+    await fs.writeFile(file, `${await liveOther()} ${startTime(process.pid)} ${HOST}\n`);
+    const lock = SessionLock.tryAcquire(file);
+    expect(lock).not.toBeNull();
+    lock!.release();
   });
 
-  it('respects a lock from another host even if that pid is dead here', async () => {
-    const file = path.join(dir, 'poplar-pop3.lock');
-    await fs.writeFile(file, `${deadPid()} 1 some-other-host\n`);
-    expect(await acquireSessionLock(file, notHere)).toBe(false);
-  });
-
-  it('takes over a torn (empty) lock file left by a crash', async () => {
-    const file = path.join(dir, 'poplar-pop3.lock');
-    await fs.writeFile(file, '');
-    expect(await acquireSessionLock(file, notHere)).toBe(true);
-  });
-
-  it('our own pid: held while this process says so', async () => {
-    const file = path.join(dir, 'poplar-pop3.lock');
-    expect(await acquireSessionLock(file, notHere)).toBe(true);
-    expect(await acquireSessionLock(file, () => true)).toBe(false);
-    expect(await acquireSessionLock(file, () => false)).toBe(true);
+  it('does not follow a symbolic link planted as the lock file', async () => {
+    const target = path.join(dir, 'elsewhere');
+    await fs.writeFile(target, 'keep');
+    await fs.symlink(target, path.join(dir, 'poplar-pop3.lock'));
+    expect(() => SessionLock.tryAcquire(path.join(dir, 'poplar-pop3.lock'))).toThrow(/ELOOP/);
+    expect(readFileSync(target, 'latin1')).toBe('keep');
   });
 });
 

@@ -1,19 +1,8 @@
-import { promises as fs, constants as C, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, promises as fs, constants as C } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-
-/** Start time of a process in clock ticks since boot (Linux), to tell a live owner from a reused pid. */
-function processStartTime(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    // Field 22; the command name (field 2) may contain spaces, so count from the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return fields[19];
-  } catch {
-    return undefined;
-  }
-}
+import { fsExt } from '../../platform/fs-ext.js';
 
 function pidAlive(pid: number): boolean {
   try {
@@ -24,56 +13,45 @@ function pidAlive(pid: number): boolean {
   }
 }
 
-const SELF_START = processStartTime(process.pid) ?? '0';
 const HOST = os.hostname();
 
 /**
- * The POP3 maildrop lock (RFC 1939 §8): one file per maildrop holding
- * "pid starttime host". A lock whose owner process on this host is gone (or
- * whose pid now belongs to another process) is stale and taken over, so a
- * SIGKILLed server never leaves a maildrop locked.
+ * The POP3 maildrop lock (RFC 1939 §8): flock(2), exclusive and
+ * non-blocking, on a lock file kept in the maildrop. The kernel holds the
+ * lock for the open file and drops it when the file is closed or the process
+ * dies, however it dies, so a killed server never leaves a maildrop locked,
+ * and nothing is created or removed per session. The file itself stays: it is
+ * never unlinked, because a session that opened the old file while another
+ * unlinked it and a third created a new one would lock a different inode.
+ * flock conflicts between two descriptors of the same process too, so it
+ * also separates sessions within one process (and between --workers).
  */
-export async function acquireSessionLock(file: string, heldHere: (file: string) => boolean): Promise<boolean> {
-  const content = `${process.pid} ${SELF_START} ${HOST}\n`;
-  for (let attempt = 0; attempt < 3; attempt++) {
+export class SessionLock {
+  #fd: number | undefined;
+
+  private constructor(fd: number) {
+    this.#fd = fd;
+  }
+
+  /** The lock, or null when another session holds it. Synchronous: three system calls on every login. */
+  static tryAcquire(file: string): SessionLock | null {
+    const fd = openSync(file, C.O_RDWR | C.O_CREAT | C.O_NOFOLLOW, 0o600);
     try {
-      // Synchronous on purpose: a create of a few bytes takes microseconds on a local
-      // file system, far less than a round trip through the thread pool, and it runs on every login.
-      writeFileSync(file, content, { flag: 'wx', mode: 0o600 });
-      return true;
+      fsExt().flockSync(fd, 'exnb');
+      return new SessionLock(fd);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-    }
-    let owner: string;
-    try {
-      owner = await fs.readFile(file, 'latin1');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue; // released meanwhile
+      closeSync(fd);
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EAGAIN' || code === 'EWOULDBLOCK') return null;
       throw e;
     }
-    if (!isStale(owner, file, heldHere)) return false;
-    // Remove only the stale file we read, not a fresh lock someone took in between.
-    await fs.unlink(file).catch(() => undefined);
   }
-  return false;
-}
 
-function isStale(owner: string, file: string, heldHere: (file: string) => boolean): boolean {
-  const [pidText, start, host] = owner.trim().split(' ');
-  const pid = Number(pidText);
-  if (!Number.isInteger(pid) || pid <= 0) return true; // unreadable: a torn write from a crash
-  if (host !== undefined && host !== HOST) return false; // another machine: cannot tell, keep it
-  if (pid === process.pid) return start !== SELF_START || !heldHere(file);
-  if (!pidAlive(pid)) return true;
-  const now = processStartTime(pid);
-  return now !== undefined && start !== undefined && now !== start;
-}
-
-export async function releaseSessionLock(file: string): Promise<void> {
-  try {
-    unlinkSync(file); // see acquireSessionLock: a tiny metadata operation on every logout
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  /** Closing the file drops the lock. Twice is harmless. */
+  release(): void {
+    const fd = this.#fd;
+    this.#fd = undefined;
+    if (fd !== undefined) closeSync(fd);
   }
 }
 

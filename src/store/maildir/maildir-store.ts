@@ -7,7 +7,7 @@ import { Pop3Error } from '../../protocol/codes.js';
 import { CrlfSizeCounter } from '../../protocol/message-size.js';
 import type { Logger } from '../../observability/log.js';
 import type { CommitOptions, MailStore, Maildrop, MessageInfo } from '../types.js';
-import { acquireSessionLock, releaseSessionLock, UidlistLock } from './locks.js';
+import { SessionLock, UidlistLock } from './locks.js';
 import { baseName, compareMaildirNames, sizeFromName, uniqueName } from './names.js';
 import { extValue, formatUidlist, parseUidlist, setExt, UidlistFormatError, type Uidlist, type UidlistRecord } from './uidlist.js';
 
@@ -90,31 +90,34 @@ export class MaildirStore implements MailStore {
     const dir = this.maildropPath(user.username, user.maildir);
     if (LOCKED.has(dir)) throw new Pop3Error('Maildrop is locked by another session', 'IN-USE');
     LOCKED.add(dir);
-    let lockFile: string | undefined;
+    let lock: SessionLock | null = null;
     try {
-      await ensureMaildir(dir);
-      lockFile = path.join(dir, SESSION_LOCK);
-      // No other session of this process holds it (checked above), so a lock file
-      // carrying our own pid is a leftover (e.g. a failed unlink) and is taken over.
-      const got = await acquireSessionLock(lockFile, () => false);
-      if (!got) {
-        lockFile = undefined;
-        throw new Pop3Error('Maildrop is locked by another session', 'IN-USE');
+      const lockFile = path.join(dir, SESSION_LOCK);
+      try {
+        lock = SessionLock.tryAcquire(lockFile);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        await ensureMaildir(dir); // a new user: no maildrop yet
+        lock = SessionLock.tryAcquire(lockFile);
       }
+      if (lock === null) throw new Pop3Error('Maildrop is locked by another session', 'IN-USE');
+      // Under the lock, cur/ and new/ are stat'ed for the scan; only when they are missing is there anything to create.
+      const key = statScanKey(dir);
+      if (key === null) await ensureMaildir(dir);
       signal?.throwIfAborted();
-      const entries = await this.#scan(dir, signal);
-      return new MaildirMaildrop(this, dir, entries, lockFile);
+      const entries = await this.#scan(dir, signal, key ?? undefined);
+      return new MaildirMaildrop(this, dir, entries, lock);
     } catch (e) {
-      if (lockFile !== undefined) await releaseSessionLock(lockFile).catch(() => undefined);
+      lock?.release();
       LOCKED.delete(dir);
       throw e;
     }
   }
 
   /** @internal */
-  async unlock(dir: string, lockFile: string): Promise<void> {
+  unlock(dir: string, lock: SessionLock): void {
     try {
-      await releaseSessionLock(lockFile);
+      lock.release();
     } finally {
       LOCKED.delete(dir);
     }
@@ -136,8 +139,8 @@ export class MaildirStore implements MailStore {
    * directories had been quiet for a while, so a change within the file
    * system's timestamp granularity can never hide behind an equal mtime.
    */
-  async #scan(dir: string, signal?: AbortSignal): Promise<Entry[]> {
-    const before = statScanKey(dir);
+  async #scan(dir: string, signal?: AbortSignal, key?: { key: string }): Promise<Entry[]> {
+    const before = key ?? statScanKey(dir);
     const cached = SCAN_CACHE.get(dir);
     if (cached !== undefined && before !== null && cached.key === before.key) {
       SCAN_CACHE.delete(dir); // re-insert: most recently used last
@@ -411,14 +414,14 @@ class MaildirMaildrop implements Maildrop {
   readonly #store: MaildirStore;
   readonly #dir: string;
   readonly #entries: Entry[];
-  readonly #lockFile: string;
+  readonly #lock: SessionLock;
   #released = false;
 
-  constructor(store: MaildirStore, dir: string, entries: Entry[], lockFile: string) {
+  constructor(store: MaildirStore, dir: string, entries: Entry[], lock: SessionLock) {
     this.#store = store;
     this.#dir = dir;
     this.#entries = entries;
-    this.#lockFile = lockFile;
+    this.#lock = lock;
     this.messages = entries.map((e) => ({ uidl: e.uidl, size: e.size }));
   }
 
@@ -507,6 +510,6 @@ class MaildirMaildrop implements Maildrop {
   async release(): Promise<void> {
     if (this.#released) return;
     this.#released = true;
-    await this.#store.unlock(this.#dir, this.#lockFile);
+    this.#store.unlock(this.#dir, this.#lock);
   }
 }
