@@ -4,6 +4,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { DotStuffer, createDotStuffTransform, stuffMessage, type DotStuffOptions } from './dot-stuff.js';
 import { unstuffMessage } from './dot-unstuff.js';
+import { native } from './native.js';
 import { edgeCorpus, expectedRetr, expectedTop } from '../../test/corpus/corpus.js';
 import { TRICKY, allChunkings, b, canonical, chunked, chunkedArb, cut, show } from '../../test/corpus/chunking.js';
 
@@ -14,6 +15,35 @@ function encodeChunks(chunks: Buffer[], opts?: DotStuffOptions): Buffer {
   out.push(...s.end());
   return Buffer.concat(out);
 }
+
+describe('native encoder (native/dotstuff.c)', () => {
+  it.runIf(process.env['POPLAR_REQUIRE_NATIVE'] === '1')('is built and loaded (CI sets POPLAR_REQUIRE_NATIVE=1)', () => {
+    expect(native).toBeDefined();
+  });
+
+  it.runIf(native !== undefined)('gives exactly the bytes of the JavaScript encoder, for any input and chunking', () => {
+    fc.assert(
+      fc.property(chunkedArb, ({ raw, cuts }) => {
+        const chunks = cut(raw, cuts);
+        expect(show(encodeChunksJoined(chunks))).toBe(show(encodeChunksJoined(chunks, { native: false })));
+      }),
+      { numRuns: 3000 },
+    );
+    for (const [input] of TRICKY) {
+      for (const chunks of allChunkings(b(input))) expect(show(encodeChunksJoined(chunks))).toBe(show(encodeChunksJoined(chunks, { native: false })));
+    }
+  });
+
+  it.runIf(native !== undefined)('a 5 MiB message in 256 KiB chunks: the same bytes both ways', () => {
+    let s = '';
+    for (let i = 0; s.length < 5 * 1024 * 1024; i++) s += i % 7 === 0 ? `.dot ${i}\n` : i % 11 === 0 ? `crlf ${i}\r\n` : i % 13 === 0 ? `bare\rcr ${i}\n` : `line ${i} ${'x'.repeat(i % 90)}\n`;
+    const raw = b(s);
+    const chunks: Buffer[] = [];
+    for (let o = 0; o < raw.length; o += 256 * 1024) chunks.push(raw.subarray(o, o + 256 * 1024));
+    expect(encodeChunksJoined(chunks).equals(encodeChunksJoined(chunks, { native: false }))).toBe(true);
+    expect(encodeChunksJoined(chunks).equals(stuffMessage(raw))).toBe(true);
+  });
+});
 
 function encodeChunksJoined(chunks: Buffer[], opts?: DotStuffOptions): Buffer {
   const s = new DotStuffer(opts);

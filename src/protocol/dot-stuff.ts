@@ -20,6 +20,7 @@
  * just after the dot and the next piece starts at the same dot.
  */
 import { Transform, type TransformCallback } from 'node:stream';
+import { native } from './native.js';
 
 const LF = 0x0a;
 const CR = 0x0d;
@@ -36,6 +37,8 @@ const INSERT_CRLF = -1;
 export interface DotStuffOptions {
   /** TOP mode: send the header, the blank line and at most this many body lines. */
   bodyLines?: number;
+  /** Use native/dotstuff.c for RETR when it is built (default true); false forces the JavaScript path. */
+  native?: boolean;
 }
 
 /** RETR: no line accounting at all. */
@@ -59,8 +62,13 @@ export class DotStuffer {
   #ended = false;
   /** Reused list of [start, end) pairs into the current chunk; start < 0 = INSERT_CRLF. */
   readonly #segs: number[] = [];
+  /** [atLineStart, prevCR] handed to the native encoder. */
+  #nativeState: Uint8Array | undefined;
+
+  readonly #native: typeof native;
 
   constructor(opts?: DotStuffOptions) {
+    this.#native = opts?.native === false ? undefined : native;
     const n = opts?.bodyLines;
     if (n === undefined) {
       this.#phase = PHASE_ALL;
@@ -101,6 +109,18 @@ export class DotStuffer {
    * than many tiny writes when the message is stored with bare LF.
    */
   pushJoined(chunk: Buffer): Buffer | null {
+    const nat = this.#native;
+    if (nat !== undefined && this.#phase === PHASE_ALL && !this.#done && !this.#ended) {
+      // RETR: the same encoding in native/dotstuff.c, one pass of memchr and memcpy.
+      if (chunk.length === 0) return null;
+      const state = (this.#nativeState ??= new Uint8Array(2));
+      state[0] = this.#atLineStart ? 1 : 0;
+      state[1] = this.#prevCR ? 1 : 0;
+      const out = nat.stuff(chunk, state);
+      this.#atLineStart = state[0] === 1;
+      this.#prevCR = state[1] === 1;
+      return out;
+    }
     const segs = this.#scan(chunk);
     const n = segs.length;
     if (n === 0) return null;

@@ -162,15 +162,18 @@ export class Connection {
   async drain(): Promise<boolean> {
     this.#uncork();
     if (this.#closed) return false;
-    if (!this.#sock.writableNeedDrain) return true;
-    const ac = new AbortController();
-    try {
-      await Promise.race([once(this.#sock, 'drain', { signal: ac.signal }), once(this.signal, 'abort', { signal: ac.signal })]);
-    } catch {
-      // aborted listener cleanup
-    } finally {
-      ac.abort();
-    }
+    const sock = this.#sock;
+    if (!sock.writableNeedDrain) return true;
+    // Called for nearly every chunk of a big RETR: plain listeners, nothing to build or throw per call.
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        sock.off('drain', done);
+        sock.off('close', done);
+        resolve();
+      };
+      sock.on('drain', done);
+      sock.on('close', done);
+    });
     return !this.#closed;
   }
 

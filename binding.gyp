@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "poplar_native",
+      "sources": ["native/dotstuff.c"],
+      "cflags": ["-O2"]
+    }
+  ]
+}
