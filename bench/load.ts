@@ -15,6 +15,8 @@ import type {
   BigDropResult,
   BigDropRun,
   FromWorker,
+  IdleCheckCommand,
+  IdleChecked,
   IdleJob,
   IdleReady,
   RetrJob,
@@ -430,6 +432,48 @@ async function runIdle(job: IdleJob): Promise<IdleReady> {
   return { kind: 'idle-ready', opened, errors: errors.count, errorSamples: errors.samples, cpuUserUs: c1.user, cpuSystemUs: c1.system };
 }
 
+/** CAPA on every held connection, a few hundred at a time: all of them still served after being held. */
+async function checkIdle(job: IdleCheckCommand): Promise<IdleChecked> {
+  const errors = new ErrorLog();
+  const socks = idleSockets.filter((s) => !s.destroyed);
+  let answered = 0;
+  let next = 0;
+  const capa = (sock: net.Socket): Promise<void> =>
+    new Promise((resolve, reject) => {
+      let buf = '';
+      const timer = setTimeout(() => done(new Error(`no CAPA reply within ${job.timeoutMs} ms`)), job.timeoutMs);
+      function done(e?: Error): void {
+        clearTimeout(timer);
+        sock.removeListener('data', onData);
+        sock.removeListener('close', onClose);
+        if (e) reject(e);
+        else resolve();
+      }
+      const onData = (d: Buffer): void => {
+        buf += d.toString('latin1');
+        if (!buf.startsWith('+OK') && buf.includes('\r\n')) done(new Error(`CAPA: ${buf.slice(0, buf.indexOf('\r\n'))}`));
+        else if (buf.endsWith('\r\n.\r\n')) done();
+      };
+      const onClose = (): void => done(new Error('closed by the server while held'));
+      sock.on('data', onData);
+      sock.on('close', onClose);
+      sock.write('CAPA\r\n');
+    });
+  const lane = async (): Promise<void> => {
+    while (next < socks.length) {
+      const s = socks[next++]!;
+      try {
+        await capa(s);
+        answered++;
+      } catch (e) {
+        errors.add(e);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(200, socks.length) }, lane));
+  return { kind: 'idle-checked', open: socks.length, answered, errors: errors.count, errorSamples: errors.samples };
+}
+
 async function releaseIdle(): Promise<void> {
   const socks = idleSockets;
   idleSockets = [];
@@ -452,6 +496,8 @@ async function handle(msg: ToWorker): Promise<FromWorker> {
     case 'release':
       await releaseIdle();
       return { kind: 'released' };
+    case 'idle-check':
+      return checkIdle(msg);
   }
 }
 

@@ -112,13 +112,30 @@ export interface ReleaseCommand {
   kind: 'release';
 }
 
+/** Ask every held idle connection for CAPA (valid before login) and wait for the whole reply. */
+export interface IdleCheckCommand {
+  kind: 'idle-check';
+  timeoutMs: number;
+}
+
+export interface IdleChecked {
+  kind: 'idle-checked';
+  /** Held connections still open when the check began. */
+  open: number;
+  /** Of those, how many answered CAPA completely. */
+  answered: number;
+  errors: number;
+  errorSamples: string[];
+}
+
 export type Job = SessionsJob | RetrJob | BigDropJob | IdleJob;
-export type ToWorker = Job | ReleaseCommand;
+export type ToWorker = Job | ReleaseCommand | IdleCheckCommand;
 export type FromWorker =
   | SessionsResult
   | RetrResult
   | BigDropResult
   | IdleReady
+  | IdleChecked
   | { kind: 'released' }
   | { kind: 'ready' }
   | { kind: 'failed'; message: string };

@@ -6,7 +6,7 @@ import type { MachineInfo, MemorySample } from './procfs.js';
 import { BIG_MESSAGES, RETR_MESSAGES, RETR_MESSAGE_SIZE, SESSION_MESSAGES, SESSION_USERS, type Manifest } from './data.js';
 
 export type ServerKey = 'poplar' | 'dovecot';
-export type Figure = 'idle' | 'sessions' | 'retr' | 'bigdrop';
+export type Figure = 'idle' | 'sessions' | 'retr' | 'bigdrop' | 'hold' | 'scaling';
 
 export interface Params {
   sessionClients: number;
@@ -18,6 +18,8 @@ export interface Params {
   retrDurationMs: number;
   bigRuns: number;
   idleConnections: number;
+  /** Connections held at once by the `hold` figure. */
+  holdConnections: number;
 }
 
 export interface Options {
@@ -94,11 +96,37 @@ export interface IdleFigure {
   load1: number;
 }
 
+export interface HoldFigure {
+  connections: number;
+  /** Greeted and still open once all were opened. */
+  opened: number;
+  /** Answered CAPA completely after being held. */
+  answered: number;
+  errors: number;
+  errorSamples: string[];
+  heldS: number;
+  before: MemorySample;
+  after: MemorySample;
+  openS: number;
+}
+
+/** Poplar's sessions/s with `serve --workers N`, for N = 1 .. cores. */
+export interface ScalingPoint {
+  workers: number;
+  rate: number;
+  p99Ms: number;
+  serverCpuS: number;
+  genCpuS: number;
+  otherCpuS: number;
+}
+
 export interface ServerResults {
   sessions?: SessionsFigure;
   retr?: RetrFigure;
   bigdrop?: BigDropFigure;
   idle?: IdleFigure;
+  hold?: HoldFigure;
+  scaling?: ScalingPoint[];
   settings?: string;
   /** The last cold first login on the 100k maildrop (this run or an earlier one). */
   cold?: ColdRecord;
@@ -145,6 +173,7 @@ export function rows(r: Results, p: Params): Row[] {
     { figure: `${num(BIG_MESSAGES, 0)}-message maildrop: first login + STAT + LIST without caches (see the dates below)`, unit: 's', poplar: P.cold ? P.cold.ms / 1000 : undefined, dovecot: D.cold ? D.cold.ms / 1000 : undefined, digits: 1, better: 'lower' },
     { figure: `Memory per idle connection (${num(p.idleConnections, 0)} greeted, pre-login), PSS`, unit: 'bytes', poplar: P.idle?.pssPerConn, dovecot: D.idle?.pssPerConn, digits: 0, better: 'lower' },
     { figure: `Memory per idle connection (${num(p.idleConnections, 0)} greeted, pre-login), RSS`, unit: 'bytes', poplar: P.idle?.rssPerConn, dovecot: D.idle?.rssPerConn, digits: 0, better: 'lower' },
+    { figure: `Connections held at once (${num(p.holdConnections, 0)} opened, each answers CAPA after ${P.hold?.heldS ?? D.hold?.heldS ?? 5} s)`, unit: 'connections', poplar: P.hold?.answered, dovecot: D.hold?.answered, digits: 0, better: 'higher' },
   ];
 }
 
@@ -210,6 +239,17 @@ export function details(r: Results): string {
       );
     }
     if (x.cold) out.push(`- ${name}, 100k maildrop without caches: ${(x.cold.ms / 1000).toFixed(1)} s, measured ${x.cold.date}.`);
+    if (x.hold) {
+      const h = x.hold;
+      out.push(
+        `- ${name}, ${h.connections} connections held: ${h.opened} greeted and open after ${h.openS.toFixed(1)} s of opening, ${h.answered} answered CAPA after ${h.heldS} s; ${h.before.processes} → ${h.after.processes} processes; RSS ${fmtBytes(h.before.rss)} → ${fmtBytes(h.after.rss)} (${fmtBytes((h.after.rss - h.before.rss) / Math.max(1, h.opened))} per connection)${h.errors ? `; ${h.errors} errors (${h.errorSamples.join('; ')})` : '; no errors'}.`,
+      );
+    }
+    if (x.scaling) {
+      out.push(
+        `- ${name}, sessions/s by \`serve --workers N\`: ${x.scaling.map((s) => `N=${s.workers}: ${s.rate.toFixed(0)}/s (p99 ${s.p99Ms.toFixed(1)} ms; CPU server ${s.serverCpuS.toFixed(1)} s, generator ${s.genCpuS.toFixed(1)} s, other ${s.otherCpuS.toFixed(1)} s)`).join('; ')}.`,
+      );
+    }
     if (x.idle) {
       const i = x.idle;
       out.push(
@@ -244,7 +284,7 @@ Last run: ${when.toISOString().replace(/\.\d+Z$/, 'Z')}, ${runtimeS.toFixed(0)} 
 \`\`\`sh
 npm run bench                          # full run (1–2 minutes once the data exists); rewrites this file
 npm run bench -- --quick               # shorter windows; the report goes to bench/.work/last-run.md
-npm run bench -- --only sessions,retr  # a subset of: idle, sessions, retr, bigdrop (report to bench/.work/)
+npm run bench -- --only sessions,retr  # a subset of: idle, sessions, retr, bigdrop, hold, scaling (report to bench/.work/)
 npm run bench -- --server poplar       # one server only (report to bench/.work/)
 npm run bench -- --cold                # also measure the 100k maildrop's first login without caches (minutes)
 npm run bench -- --cpu-prof            # Poplar's sessions/s under node --cpu-prof; prints where the time goes
@@ -326,6 +366,16 @@ ${o.workers} separate Node processes speaking raw POP3 over TCP sockets.
    auth, pop3-login, pop3) are summed, including processes started for the new connections.
    PSS (\`/proc/<pid>/smaps_rollup\`) divides shared pages among the processes sharing them and is
    the fair figure for Dovecot's many processes; RSS (\`VmRSS\`) is shown as well.
+5. **Connections held at once.** ${p.holdConnections.toLocaleString('en-US')} connections are opened (spread over the load
+   generator's processes, 100 attempts in flight each) and greeted; after 5 s every one that is
+   still open sends CAPA (allowed before login) and must get the whole reply. The figure is the
+   number that did. This machine allows 20,000 open files per process, so a single-process server
+   cannot hold 20,000 clients here (it also needs descriptors for its listeners and files): Poplar
+   runs with \`--workers\`, as it does for every figure, and Dovecot spreads clients over its
+   pop3-login processes.
+6. **Session rate by worker count.** The sessions/s figure again, for Poplar only, with
+   \`poplar serve --workers N\` for N = 1 up to the number of cores (the load generator shares
+   those cores).
 
 ## Server settings
 

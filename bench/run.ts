@@ -27,12 +27,14 @@ import {
   type BigDropFigure,
   type ColdRecord,
   type Figure,
+  type HoldFigure,
   type IdleFigure,
   type Options,
   type Params,
   type Results,
   type RetrFigure,
   type ServerKey,
+  type ScalingPoint,
   type SessionsFigure,
   type WindowCpu,
 } from './report.js';
@@ -45,7 +47,7 @@ const COLD_FILE = path.join(WORK, 'cold.json');
 const DOC = path.join(ROOT, 'docs', 'benchmarks.md');
 const LOAD = path.join(ROOT, 'bench', 'load.ts');
 
-const FIGURES: Figure[] = ['idle', 'sessions', 'retr', 'bigdrop'];
+const FIGURES: Figure[] = ['idle', 'sessions', 'retr', 'bigdrop', 'hold', 'scaling'];
 
 const FULL: Params = {
   sessionClients: 32,
@@ -57,6 +59,7 @@ const FULL: Params = {
   retrDurationMs: 8000,
   bigRuns: 5,
   idleConnections: 2000,
+  holdConnections: 20_000,
 };
 
 const QUICK: Params = { ...FULL, sessionWarmupMs: 1000, sessionDurationMs: 3000, retrWarmupMs: 1000, retrDurationMs: 3000, bigRuns: 2 };
@@ -363,6 +366,53 @@ async function figIdle(server: BenchServer, ws: LoadWorker[], p: Params): Promis
   }
 }
 
+/** How long the `hold` figure keeps its connections before asking each for CAPA. */
+const HOLD_S = 5;
+
+async function figHold(server: BenchServer, ws: LoadWorker[], p: Params): Promise<HoldFigure> {
+  const before = memoryOf(server.pids());
+  const counts = shares(p.holdConnections, ws.length);
+  const t0 = Date.now();
+  try {
+    const ready: IdleReady[] = await Promise.all(ws.map((w, i) => w.request({ kind: 'idle', port: server.port, count: counts[i]!, concurrency: 100 }, 'idle-ready')));
+    const openS = (Date.now() - t0) / 1000;
+    await sleep(HOLD_S * 1000);
+    const after = memoryOf(server.pids());
+    const checked = await Promise.all(ws.map((w) => w.request({ kind: 'idle-check', timeoutMs: 30_000 }, 'idle-checked')));
+    return {
+      connections: p.holdConnections,
+      opened: ready.reduce((a, r) => a + r.opened, 0),
+      answered: checked.reduce((a, c) => a + c.answered, 0),
+      errors: ready.reduce((a, r) => a + r.errors, 0) + checked.reduce((a, c) => a + c.errors, 0),
+      errorSamples: [...ready.flatMap((r) => r.errorSamples), ...checked.flatMap((c) => c.errorSamples)].slice(0, 5),
+      heldS: HOLD_S,
+      before,
+      after,
+      openS,
+    };
+  } finally {
+    await Promise.all(ws.map((w) => w.request({ kind: 'release' }, 'released')));
+    await sleep(1000);
+  }
+}
+
+/** Poplar's sessions/s with --workers 1 .. cores, each a fresh server on the same maildirs. */
+async function figScaling(inst: Instance, ws: LoadWorker[], m: Manifest, o: Options): Promise<ScalingPoint[]> {
+  const points: ScalingPoint[] = [];
+  for (let n = 1; n <= os.availableParallelism(); n++) {
+    const server = await startPoplar({ root: ROOT, workDir: path.join(WORK, 'run', `poplar-scaling-${n}`), maildirRoot: inst.mail, users: allUsers(m), serverWorkers: n });
+    try {
+      const r = await figSessions(server, ws, m, o.params);
+      points.push({ workers: n, rate: r.rate, p99Ms: r.p99Ms, serverCpuS: r.serverCpuS, genCpuS: r.genCpuS, otherCpuS: r.otherCpuS });
+      log(`Poplar  scaling:  --workers ${n}: ${r.rate.toFixed(0)} sessions/s, p99 ${r.p99Ms.toFixed(1)} ms; CPU server ${r.serverCpuS.toFixed(2)} s, generator ${r.genCpuS.toFixed(2)} s, other ${r.otherCpuS.toFixed(2)} s`);
+    } finally {
+      await server.stop();
+      rmSync(path.join(WORK, 'run', `poplar-scaling-${n}`), { recursive: true, force: true });
+    }
+  }
+  return points;
+}
+
 async function figSessions(server: BenchServer, ws: LoadWorker[], m: Manifest, p: Params): Promise<SessionsFigure> {
   const l1 = load1();
   const startAt = Date.now() + 500;
@@ -461,6 +511,14 @@ async function runFigure(f: Figure, inst: Instance, ws: LoadWorker[], m: Manifes
     log(
       `${name} idle:     ${r.opened}/${r.connections} connections: PSS +${fmtBytes(r.after.pss - r.before.pss)}, RSS +${fmtBytes(r.after.rss - r.before.rss)} (${r.before.processes}→${r.after.processes} processes) = ${r.pssPerConn.toFixed(0)} B/conn PSS, ${r.rssPerConn.toFixed(0)} B/conn RSS${errs(r.errors, r.errorSamples)}`,
     );
+  } else if (f === 'hold') {
+    const r = (res.hold = await figHold(inst.server, ws, o.params));
+    log(
+      `${name} hold:     ${r.opened}/${r.connections} greeted in ${r.openS.toFixed(1)} s, ${r.answered} answered CAPA after ${r.heldS} s; RSS +${fmtBytes(r.after.rss - r.before.rss)} (${r.before.processes}→${r.after.processes} processes)${errs(r.errors, r.errorSamples)}`,
+    );
+  } else if (f === 'scaling') {
+    if (inst.key !== 'poplar') return; // Dovecot sizes its own process pool
+    res.scaling = await figScaling(inst, ws, m, o);
   } else if (f === 'sessions') {
     const r = (res.sessions = await figSessions(inst.server, ws, m, o.params));
     log(

@@ -10,12 +10,19 @@ import { loadConfig, type ServeFlags } from '../config/load.js';
  * follow. Signals go to every worker: SIGHUP reloads certificates, SIGTERM
  * and SIGINT stop gracefully. A worker that dies is replaced.
  *
+ * The workers accept connections themselves, from the one listening socket
+ * they share (SCHED_NONE): the kernel hands each connection to a waiting
+ * worker. Node's default on Linux, round-robin, makes the primary accept
+ * every connection and pass it to a worker over IPC, which costs more CPU per
+ * session than the session itself and made two workers slower than one.
+ *
  * Per-process state stays per worker: connection limits, login throttling
  * counters and LOGIN-DELAY times apply to each worker separately (the maildrop
- * lock is a file and covers them all).
+ * lock is a flock and covers them all).
  */
 export async function runPrimary(flags: ServeFlags, workers: number): Promise<void> {
   const config = loadConfig(flags); // a bad configuration fails here, once, with exit 78
+  cluster.schedulingPolicy = cluster.SCHED_NONE;
   const logger = createLogger({ level: config.log_level, format: config.log_format });
   let stopping = false;
   const live = new Set<Worker>();
