@@ -20,6 +20,10 @@ export interface Params {
   idleConnections: number;
   /** Connections held at once by the `hold` figure. */
   holdConnections: number;
+  /** sessions/s: the compiled generator (bench/sessload.c) when a C compiler is there; false: the Node one. */
+  compiledLoad: boolean;
+  /** Which generator the sessions/s figure actually used (set while running). */
+  sessionLoad?: 'compiled' | 'node';
 }
 
 export interface Options {
@@ -309,7 +313,7 @@ ${markdownTable(rs)}
 favours Poplar; where lower is better, below 1 favours Poplar. MB = 10^6 bytes.
 
 CPU time during each measuring window: the server (all its processes, from \`/proc/<pid>/stat\`),
-the load generator (${o.workers} processes, \`process.cpuUsage()\`, summed), and the rest of the machine
+the load generator (${p.sessionLoad === 'compiled' ? 'for sessions/s one compiled process, bench/sessload.c, its own `getrusage()`; otherwise ' : ''}${o.workers} Node processes, \`process.cpuUsage()\`, summed), and the rest of the machine
 (\`/proc/stat\` minus those two):
 
 ${cpuTable(r)}
@@ -335,7 +339,13 @@ Both servers run on 127.0.0.1 with plaintext USER/PASS, passwd-file users with \
 passwords (the same cheap check on both sides) and one Maildir per user under a common root.
 Both are started before the first figure; each figure runs against Poplar and then against
 Dovecot, so the two runs of a figure are close in time. The load generator (bench/load.ts) is
-${o.workers} separate Node processes speaking raw POP3 over TCP sockets.
+${o.workers} separate Node processes speaking raw POP3 over TCP sockets${
+    p.sessionLoad === 'compiled'
+      ? `; for sessions/s it is bench/sessload.c instead, the same client loop in C (one process, epoll),
+compiled by the benchmark with the system's C compiler, because the Node generator needed about
+0.6 cores of the 2 for this figure (\`--node-load\` uses it anyway)`
+      : ''
+  }.
 
 1. **Sessions per second.** ${p.sessionClients} clients, each in a loop: connect, read the greeting,
    USER, PASS, STAT, QUIT, wait until the server closes the connection. Every command waits

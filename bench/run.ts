@@ -60,6 +60,7 @@ const FULL: Params = {
   bigRuns: 5,
   idleConnections: 2000,
   holdConnections: 20_000,
+  compiledLoad: true,
 };
 
 const QUICK: Params = { ...FULL, sessionWarmupMs: 1000, sessionDurationMs: 3000, retrWarmupMs: 1000, retrDurationMs: 3000, bigRuns: 2 };
@@ -70,6 +71,7 @@ const USAGE = `usage: npm run bench -- [options]
   --server poplar|dovecot one server only
   --cold                  drop the 100k maildrop's caches first and measure the first login without them
   --cpu-prof              run Poplar's sessions/s figure under node --cpu-prof and summarise the profile
+  --node-load             sessions/s from the Node load generator even when bench/sessload.c can be compiled
   --workers N             load generator processes (default: cores, at least 2, at most 4)
   --poplar-workers N      run Poplar as \`poplar serve --workers N\` (default: the number of cores)
 Only a full run (all figures, both servers, no --quick) rewrites docs/benchmarks.md.
@@ -178,6 +180,43 @@ function ensureBuilt(): void {
   log(existsSync(main) ? 'dist/ is older than src/: running npm run build ...' : 'dist/ is missing: running npm run build ...');
   const r = spawnSync('npm', ['run', 'build'], { cwd: ROOT, stdio: 'inherit' });
   if (r.status !== 0) throw new Error(`npm run build failed (exit ${r.status ?? r.signal ?? '?'}); the benchmark runs the compiled dist/`);
+}
+
+/**
+ * The compiled sessions/s generator (bench/sessload.c), built into bench/.work/
+ * with the system's C compiler; undefined when there is none (the Node
+ * generator in bench/load.ts is used then).
+ */
+function sessionLoader(): string | undefined {
+  const src = path.join(ROOT, 'bench', 'sessload.c');
+  const bin = path.join(WORK, 'sessload');
+  if (existsSync(bin) && statSync(bin).mtimeMs >= statSync(src).mtimeMs) return bin;
+  const r = spawnSync('cc', ['-O2', '-o', bin, src], { stdio: ['ignore', 'ignore', 'pipe'] });
+  if (r.status === 0) return bin;
+  log(`no C compiler for bench/sessload.c (${r.error?.message ?? r.stderr?.toString().split('\n')[0] ?? 'failed'}); sessions/s uses the Node load generator`);
+  return undefined;
+}
+
+/** One run of the compiled generator; resolves with its SessionsResult. */
+function runSessload(bin: string, port: number, users: Manifest['sessionUsers'], clients: number, startAt: number, p: Params): Promise<SessionsResult> {
+  const file = path.join(WORK, 'sessload-users.txt');
+  writeFileSync(file, users.map((u) => `${u.name} ${u.password}`).join('\n') + '\n', { mode: 0o600 });
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, [String(port), String(startAt), String(p.sessionWarmupMs), String(p.sessionDurationMs), String(clients), file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      if (code !== 0) return reject(new Error(`sessload exited with ${String(code)}: ${err.trim()}`));
+      try {
+        resolve(JSON.parse(out) as SessionsResult);
+      } catch (e) {
+        reject(new Error(`sessload printed no result: ${(e as Error).message}: ${out.slice(0, 200)}`));
+      }
+    });
+  });
 }
 
 function readCold(): Partial<Record<ServerKey, ColdRecord>> {
@@ -421,11 +460,16 @@ async function figSessions(server: BenchServer, ws: LoadWorker[], m: Manifest, p
   const userSets = split(m.sessionUsers, ws.length);
   const clients = shares(p.sessionClients, ws.length);
   const cpu = windowCpu(server, tWarm, tEnd);
-  const results: SessionsResult[] = await Promise.all(
-    ws.map((w, i) =>
-      w.request({ kind: 'sessions', port: server.port, users: userSets[i]!, clients: clients[i]!, startAt, warmupMs: p.sessionWarmupMs, durationMs: p.sessionDurationMs }, 'sessions'),
-    ),
-  );
+  const bin = p.compiledLoad ? sessionLoader() : undefined;
+  const results: SessionsResult[] =
+    bin !== undefined
+      ? [await runSessload(bin, server.port, m.sessionUsers, p.sessionClients, startAt, p)]
+      : await Promise.all(
+          ws.map((w, i) =>
+            w.request({ kind: 'sessions', port: server.port, users: userSets[i]!, clients: clients[i]!, startAt, warmupMs: p.sessionWarmupMs, durationMs: p.sessionDurationMs }, 'sessions'),
+          ),
+        );
+  p.sessionLoad = bin !== undefined ? 'compiled' : 'node';
   const lat = results.flatMap((r) => r.latenciesUs).sort((a, b) => a - b);
   const sessions = results.reduce((a, r) => a + r.sessions, 0);
   const windowS = p.sessionDurationMs / 1000;
@@ -552,6 +596,7 @@ function parseOptions(): Options {
       'poplar-workers': { type: 'string' },
       cold: { type: 'boolean', default: false },
       'cpu-prof': { type: 'boolean', default: false },
+      'node-load': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -581,7 +626,8 @@ function parseOptions(): Options {
   if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new Error('--workers: a whole number from 1 to 64');
   const poplarWorkers = values['poplar-workers'] !== undefined ? Number(values['poplar-workers']) : cpuProf ? 1 : cores;
   if (!Number.isInteger(poplarWorkers) || poplarWorkers < 1 || poplarWorkers > 64) throw new Error('--poplar-workers: a whole number from 1 to 64');
-  return { figures, servers, params: values.quick === true ? QUICK : FULL, workers, poplarWorkers, cpuProf, quick: values.quick === true, cold: values.cold === true };
+  const params = { ...(values.quick === true ? QUICK : FULL), ...(values['node-load'] === true ? { compiledLoad: false } : {}) };
+  return { figures, servers, params, workers, poplarWorkers, cpuProf, quick: values.quick === true, cold: values.cold === true };
 }
 
 let isWrapper = false;
