@@ -1,15 +1,24 @@
 /**
  * Settling deliveries a crash left undecided. An intent line says a message
  * was about to be handed to a sink; no record line says whether the sink
- * finished. A Maildir can answer: the message is there if a file written
- * since the intent holds the same content (compared after CRLF → LF, the
- * form the Maildir sink stores by default, so either line-end setting
- * matches). The file name's `,S=` size narrows the candidates before any file
- * is read. Byte-identical messages are matched as a multiset: two pending
- * copies and one file mean one delivered and one not.
+ * finished. The fetcher fetches each such message again and asks the sink it
+ * was going to (`Sink.findDelivered`); what a sink finds is recorded, the
+ * rest is delivered again.
  *
- * Other sinks (mbox, MDA, LMTP) cannot be asked: their pending messages are
- * delivered again, so a kill in that narrow window can duplicate (never lose).
+ * - Maildir (here, through MaildirSink.findDelivered): the message is there
+ *   if a file written since the intent holds the same content (compared
+ *   after CRLF → LF, the form the Maildir sink stores by default, so either
+ *   line-end setting matches). The file name's `,S=` size narrows the
+ *   candidates before any file is read.
+ * - mbox (MboxSink.findDelivered): a scan of the whole mbox under its locks,
+ *   comparing what follows each From_ line with the message as the sink
+ *   would write it; a torn last message is cut off (see mbox.ts).
+ * - MDA and LMTP cannot be asked: their pending messages are delivered
+ *   again. To keep that to at most one message per crash, the fetcher
+ *   records deliveries to such sinks one at a time (see session.ts).
+ *
+ * Byte-identical messages are matched as a multiset: two pending copies and
+ * one stored copy mean one delivered and one not.
  */
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -19,8 +28,8 @@ import { crlfToLf } from './sinks/util.js';
 /** Clock and file-system timestamp granularity. */
 const SLACK_MS = 2_000;
 
-
-export interface PendingMessage {
+/** A pending delivery as the Maildir check sees it. */
+export interface MaildirPending {
   readonly uidl: string;
   /** Real time the intent was written. */
   readonly since: number;
@@ -31,7 +40,7 @@ export interface PendingMessage {
 }
 
 /** UIDLs among `pending` whose message is in one of its Maildirs. */
-export async function findInMaildirs(pending: readonly PendingMessage[]): Promise<Set<string>> {
+export async function findInMaildirs(pending: readonly MaildirPending[]): Promise<Set<string>> {
   const found = new Set<string>();
   if (pending.length === 0) return found;
   const since = Math.min(...pending.map((p) => p.since)) - SLACK_MS;

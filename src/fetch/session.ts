@@ -9,17 +9,19 @@
  *
  * Intents and records are group-committed: one ledger fsync and one sink
  * flush per `batch` messages (or `batch_ms`), while RETRs stay pipelined.
+ * Records are grouped only for sinks that can be asked after a crash whether
+ * a message arrived (`Sink.findDelivered`: Maildir, mbox); a delivery to any
+ * other sink (MDA, LMTP) is recorded, and the record synced, as soon as the
+ * sink has accepted it, so a crash can repeat at most that one message there.
  */
 import { readFile } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { Pop3Client, Pop3ServerError } from '../client/index.js';
 import type { ResolvedAccount, SinkSpecValue } from './config.js';
 import { CredentialError, readSecret, TokenSource } from './credentials.js';
-import { Ledger } from './ledger.js';
-import { findInMaildirs, type PendingMessage } from './reconcile.js';
+import { Ledger, type PendingDelivery } from './ledger.js';
 import { chooseDestination, compileRules, DEFAULT_DESTINATION, destinationKey, parseHeaders, rulesNeedHeaders, type Destination } from './rules.js';
 import type { DeliveryInfo, Sink } from './sinks/types.js';
-import { maildirFolderPath } from './sinks/maildir.js';
 
 const DAY_MS = 86_400_000;
 /** Intents are written (and synced) for this many messages at a time. */
@@ -173,16 +175,11 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
       return s;
     };
 
-    // ---- settle deliveries an interrupted run left pending
+    // ---- settle deliveries an interrupted run left pending: ask their sinks (see reconcile.ts)
     const pending = ledger.pending();
     if (pending.length > 0) {
-      const checkable: PendingMessage[] = [];
       const contents = await Promise.all(pending.map((p) => client!.retrBuffer(byUidl.get(p.uidl)!)));
-      for (const [i, p] of pending.entries()) {
-        const dirs = maildirsFor(p.target, acct);
-        if (dirs.length > 0) checkable.push({ uidl: p.uidl, since: p.since, dirs, content: contents[i]! });
-      }
-      const found = await findInMaildirs(checkable);
+      const found = await findDelivered(pending.map((p, i) => ({ ...p, content: contents[i]! })), acct, sinkFor);
       await ledger.record([...found].map((uidl) => ({ uidl })), deps.now());
       await ledger.sync();
       ledger.abandon(pending.map((p) => p.uidl).filter((u) => !found.has(u)));
@@ -242,7 +239,8 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
     const discardedNow = candidates.filter((c) => c.dest?.kind === 'discard');
     const fetchList = candidates.filter((c) => c.dest?.kind !== 'discard');
     deps.progress?.accountStarted?.(acct.name, fetchList.length, fetchList.reduce((t, c) => t + c.size, 0));
-    let group: { uidl: string; number: number; discarded: boolean }[] = discardedNow.map((c) => ({ uidl: c.uidl, number: c.number, discarded: true }));
+    /** Done since the last commit; `recorded`: already recorded and synced on its own (a sink without a probe). */
+    let group: { uidl: string; number: number; discarded: boolean; recorded?: boolean }[] = discardedNow.map((c) => ({ uidl: c.uidl, number: c.number, discarded: true }));
     let groupStart = performance.now();
     const usedSinks = new Set<Sink>();
     // Small messages bound for a Maildir are read into memory and written by up to `parallel`
@@ -269,7 +267,7 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
         await previous;
         if (items.length === 0) return;
         await Promise.all(sinksNow.map((s) => s.flush?.()));
-        await ledger.record(items, deps.now());
+        await ledger.record(items.filter((i) => i.recorded !== true), deps.now());
         await ledger.sync();
         report.delivered += items.filter((i) => !i.discarded).length;
         report.discarded += items.filter((i) => i.discarded).length;
@@ -287,8 +285,16 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
       if (!Buffer.isBuffer(message)) await sink.deliver(message, info, deps.signal);
       else if (sink.deliverBuffer !== undefined) await sink.deliverBuffer(message, info, deps.signal);
       else await sink.deliver(Readable.from([message], { objectMode: false }), info, deps.signal);
+      // A sink that cannot be asked after a crash (MDA, LMTP) would get every unrecorded message of the
+      // group again: record this one now, durably, before the next one reaches it.
+      const recorded = sink.findDelivered === undefined;
+      if (recorded) {
+        await sink.flush?.();
+        await ledger.record([{ uidl: c.uidl }], deps.now());
+        await ledger.sync();
+      }
       report.bytes += c.size;
-      group.push({ uidl: c.uidl, number: c.number, discarded: false });
+      group.push({ uidl: c.uidl, number: c.number, discarded: false, recorded });
       deps.progress?.messageDone?.(acct.name, c.size);
     };
 
@@ -357,6 +363,7 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
       else deliverError = e;
     }
     await drain();
+    await intentNext?.done.catch(() => undefined); // an intent write still under way finishes before the commit and the ledger's close
     deliverError ??= asyncError;
     // Whatever completed is committed, even after an error: it is delivered.
     try {
@@ -381,24 +388,62 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
   }
 }
 
-/** The Maildir directories a pending delivery may have reached (none when its sink is not a Maildir). */
-function maildirsFor(target: string, acct: ResolvedAccount): string[] {
-  const dirOf = (spec: SinkSpecValue, folder?: string): string[] => {
-    if (spec['type'] !== 'maildir' || typeof spec['path'] !== 'string') return [];
-    try {
-      return [maildirFolderPath(spec['path'], folder)];
-    } catch {
-      return [];
+type SinkFor = (dest: Destination) => Promise<Sink>;
+
+/**
+ * Ask the sinks which pending deliveries arrived. A message whose
+ * destination was decided while reading it (target `*`) may be in any sink
+ * of the account: the sinks are asked in turn, each about what the earlier
+ * ones did not find, so identical copies still count once each. A sink
+ * without a probe finds nothing: its pending messages are delivered again.
+ */
+async function findDelivered(pending: readonly (PendingDelivery & { content: Buffer })[], acct: ResolvedAccount, sinkFor: SinkFor): Promise<Set<string>> {
+  // sink key → its destination, and per pending UIDL the folders it may be in there
+  const bySink = new Map<string, { dest: Destination; asks: Map<string, { p: (typeof pending)[number]; folders: Set<string | undefined> }> }>();
+  for (const p of pending) {
+    for (const place of placesFor(p.target, acct)) {
+      const key = place.dest.kind === 'sink' ? place.dest.key : '-';
+      let s = bySink.get(key);
+      if (s === undefined) bySink.set(key, (s = { dest: place.dest, asks: new Map() }));
+      let ask = s.asks.get(p.uidl);
+      if (ask === undefined) s.asks.set(p.uidl, (ask = { p, folders: new Set() }));
+      for (const f of place.folders) ask.folders.add(f);
     }
-  };
-  if (target === '-') return dirOf(acct.sink);
-  if (target.startsWith('folder:')) return dirOf(acct.sink, decodeURIComponent(target.slice(7)));
+  }
+  const found = new Set<string>();
+  for (const { dest, asks } of bySink.values()) {
+    const left = [...asks.values()].filter((a) => !found.has(a.p.uidl));
+    if (left.length === 0) continue;
+    const sink = await sinkFor(dest);
+    if (sink.findDelivered === undefined) continue;
+    const here = await sink.findDelivered(left.map(({ p, folders }) => ({ uidl: p.uidl, since: p.since, folders: [...folders], content: p.content })));
+    for (const a of left) if (here.has(a.p.uidl)) found.add(a.p.uidl);
+  }
+  return found;
+}
+
+/** Where a pending delivery may have gone: a sink (as a destination) and, in the account's own sink, which Maildir folders. */
+function placesFor(target: string, acct: ResolvedAccount): { dest: Destination; folders: (string | undefined)[] }[] {
+  const ruleSink = (r: ResolvedAccount['rule'][number]): { dest: Destination; folders: (string | undefined)[] } => ({
+    dest: { kind: 'sink', key: r.sinkKey!, spec: r.sink! },
+    folders: [undefined],
+  });
+  if (target === '-') return [{ dest: DEFAULT_DESTINATION, folders: [undefined] }];
+  if (target.startsWith('folder:')) {
+    try {
+      return [{ dest: DEFAULT_DESTINATION, folders: [decodeURIComponent(target.slice(7))] }];
+    } catch {
+      return []; // not written by this program
+    }
+  }
   if (target === '*') {
     // Decided while reading the message: any destination of the account.
-    return [...dirOf(acct.sink), ...acct.rule.flatMap((r) => (r.folder !== undefined ? dirOf(acct.sink, r.folder) : r.sink !== undefined ? dirOf(r.sink) : []))];
+    const folders = [undefined, ...acct.rule.flatMap((r) => (r.folder !== undefined ? [r.folder] : []))];
+    return [{ dest: DEFAULT_DESTINATION, folders }, ...acct.rule.filter((r) => r.sink !== undefined && r.sinkKey !== undefined).map(ruleSink)];
   }
-  const rule = acct.rule.find((r) => r.sinkKey === target);
-  return rule?.sink !== undefined ? dirOf(rule.sink) : [];
+  // A rule's sink; one no longer in the configuration cannot be asked.
+  const rule = acct.rule.find((r) => r.sinkKey === target && r.sink !== undefined);
+  return rule !== undefined ? [ruleSink(rule)] : [];
 }
 
 function isMaildir(spec: SinkSpecValue): boolean {

@@ -90,3 +90,46 @@ export async function seqCounts(dir: string): Promise<Map<number, number>> {
   }
   return counts;
 }
+
+/**
+ * The messages of an mboxrd file, read strictly and without the code under
+ * test: a message starts at a "From " line that opens the file or follows an
+ * empty line, and ends with an empty line; one '>' is removed from each line
+ * matching /^>+From /. Anything else (a file not ending in a line end, a
+ * message without its blank line) throws: such a file holds a fragment.
+ */
+export function parseMboxrd(text: string): { fromLine: string; content: string }[] {
+  if (text === '') return [];
+  if (!text.startsWith('From ')) throw new Error(`mbox does not start with a From_ line: ${JSON.stringify(text.slice(0, 40))}`);
+  if (!text.endsWith('\n')) throw new Error(`mbox does not end with a line end: ${JSON.stringify(text.slice(-80))}`);
+  const lines = text.split('\n');
+  lines.pop(); // '' after the final LF
+  const out: { fromLine: string; lines: string[] }[] = [];
+  for (const [i, line] of lines.entries()) {
+    if (line.startsWith('From ') && (i === 0 || lines[i - 1] === '')) out.push({ fromLine: line, lines: [] });
+    else out.at(-1)!.lines.push(/^>+From /.test(line) ? line.slice(1) : line);
+  }
+  return out.map((m, n) => {
+    if (m.lines.pop() !== '') throw new Error(`mbox message ${n + 1} (${m.fromLine}) does not end with an empty line`);
+    return { fromLine: m.fromLine, content: m.lines.map((l) => `${l}\n`).join('') };
+  });
+}
+
+/**
+ * X-Seq values in an mbox, with how often each occurs. Every message must be
+ * exactly `messageOf(seq)` with LF line ends (default `seqMessage(seq, 120)`):
+ * a torn or altered message throws, as does a file that does not parse.
+ */
+export async function mboxSeqCounts(file: string, messageOf: (seq: number) => string = (seq) => seqMessage(seq, 120)): Promise<Map<number, number>> {
+  const counts = new Map<number, number>();
+  const text = await fs.readFile(file, 'latin1').catch((e: NodeJS.ErrnoException) => (e.code === 'ENOENT' ? '' : Promise.reject(e)));
+  for (const [n, m] of parseMboxrd(text).entries()) {
+    const r = /^X-Seq: (\d+)$/m.exec(m.content);
+    const seq = r === null ? -1 : Number(r[1]);
+    if (r === null || m.content !== messageOf(seq).replace(/\r\n/g, '\n')) {
+      throw new Error(`mbox message ${n + 1} is not a whole test message: ${JSON.stringify(m.content.slice(0, 120))}…`);
+    }
+    counts.set(seq, (counts.get(seq) ?? 0) + 1);
+  }
+  return counts;
+}

@@ -1,7 +1,8 @@
 /**
  * The fetcher against Poplar's own server (in process): the edge corpus
  * byte-exact in a Maildir, keep/delete modes, delete-after-N-days with an
- * injected clock, size limits, rules, XOAUTH2, interrupted deliveries.
+ * injected clock, size limits, rules, XOAUTH2, interrupted deliveries (in a
+ * Maildir, an mbox, across rule sinks; per-message records for an MDA).
  */
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
@@ -10,10 +11,10 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Authenticator } from '../../src/auth/types.js';
 import { Pop3Client } from '../../src/client/index.js';
 import { Ledger } from '../../src/fetch/ledger.js';
-import { MaildirSink } from '../../src/fetch/sinks/index.js';
+import { createSink, MaildirSink, MboxSink, type SinkSpecInput } from '../../src/fetch/sinks/index.js';
 import { edgeCorpus } from '../corpus/corpus.js';
 import { putMessage, startTestServer, type TestServer } from '../helpers/server.js';
-import { fetchOnce, maildirMessages, seqCounts, seqMessage, storedForm, testAccount } from './helpers.js';
+import { fetchOnce, maildirMessages, mboxSeqCounts, seqCounts, seqMessage, storedForm, testAccount } from './helpers.js';
 
 const DAY = 86_400_000;
 let tmp: string;
@@ -196,6 +197,78 @@ describe('fetch from Poplar', () => {
     expect(r).toMatchObject({ ok: true, recovered: 3, delivered: 3 });
     const counts = await seqCounts(path.join(dir, 'Maildir'));
     expect([...counts.entries()].sort((a, b) => a[0] - b[0])).toEqual([1, 2, 3, 4, 5, 6].map((i) => [i, 1]));
+  });
+
+  it('settles pending deliveries into an mbox: whole ones are recorded, a torn one is cut off and fetched again', async () => {
+    const srv = await server();
+    for (let i = 1; i <= 6; i++) await srv.deliver('alice', seqMessage(i));
+    const dir = await workDir('pending-mbox');
+    const file = path.join(dir, 'inbox.mbox');
+    const acct = testAccount(dir, { port: srv.port, sink: { type: 'mbox', path: file } });
+    const uidls = await uidlsOnServer(srv);
+    // A run that wrote intents for 1-4, appended 1 and 2, was killed while appending 3, and never recorded any.
+    const ledger = await Ledger.open(acct.state, { fsync: false });
+    await ledger.intend(uidls.slice(0, 4).map((uidl) => ({ uidl, target: '-' })));
+    await ledger.close();
+    const sink = new MboxSink({ path: file, fsync: false });
+    const c = await Pop3Client.connect({ host: '127.0.0.1', port: srv.port, tls: 'none' });
+    await c.login('alice', 'secret');
+    for (let n = 1; n <= 3; n++) await sink.deliver(await c.retr(n), { account: 'test', uidl: uidls[n - 1]!, size: 0 });
+    await c.quit();
+    await sink.close();
+    await fs.truncate(file, (await fs.stat(file)).size - 60);
+
+    const r = await fetchOnce(acct);
+    expect(r).toMatchObject({ ok: true, recovered: 2, delivered: 4 });
+    const counts = await mboxSeqCounts(file, (i) => seqMessage(i));
+    expect([...counts.entries()].sort((a, b) => a[0] - b[0])).toEqual([1, 2, 3, 4, 5, 6].map((i) => [i, 1]));
+  });
+
+  it('asks every sink a message decided while reading it may have gone to, and the rule sink an intent names', async () => {
+    const srv = await server();
+    for (let i = 1; i <= 5; i++) await srv.deliver('alice', seqMessage(i, 200, i % 2 === 1 ? 'X-Archive: yes\r\n' : ''));
+    const dir = await workDir('pending-rules');
+    const file = path.join(dir, 'archive.mbox');
+    const acct = testAccount(dir, { port: srv.port, header_preview: 'retr', rule: [{ header: 'X-Archive', match: 'yes', sink: { type: 'mbox', path: file } }] });
+    const uidls = await uidlsOnServer(srv);
+    // Pending: 1 (`*`) reached the rule's mbox, 2 (`*`) the Maildir, 3 (the rule's sink) the mbox; 4 (`-`) nothing.
+    const ledger = await Ledger.open(acct.state, { fsync: false });
+    await ledger.intend([
+      { uidl: uidls[0]!, target: '*' },
+      { uidl: uidls[1]!, target: '*' },
+      { uidl: uidls[2]!, target: 'rule:1' },
+      { uidl: uidls[3]!, target: '-' },
+    ]);
+    await ledger.close();
+    const mbox = new MboxSink({ path: file, fsync: false });
+    const maildir = new MaildirSink({ path: path.join(dir, 'Maildir'), fsync: false });
+    const c = await Pop3Client.connect({ host: '127.0.0.1', port: srv.port, tls: 'none' });
+    await c.login('alice', 'secret');
+    await mbox.deliver(await c.retr(1), { account: 'test', uidl: uidls[0]!, size: 0 });
+    await maildir.deliver(await c.retr(2), { account: 'test', uidl: uidls[1]!, size: 0 });
+    await mbox.deliver(await c.retr(3), { account: 'test', uidl: uidls[2]!, size: 0 });
+    await c.quit();
+
+    expect(await fetchOnce(acct)).toMatchObject({ ok: true, recovered: 3, delivered: 2 });
+    const archived = await mboxSeqCounts(file, (i) => seqMessage(i, 200, 'X-Archive: yes\r\n'));
+    expect([...archived.entries()].sort((a, b) => a[0] - b[0])).toEqual([1, 3, 5].map((i) => [i, 1]));
+    expect([...(await seqCounts(path.join(dir, 'Maildir'))).entries()].sort((a, b) => a[0] - b[0])).toEqual([2, 4].map((i) => [i, 1]));
+  });
+
+  it('records each delivery to an MDA before the next one reaches it (a sink that cannot be asked after a crash)', async () => {
+    const srv = await server();
+    for (let i = 1; i <= 8; i++) await srv.deliver('alice', seqMessage(i));
+    const dir = await workDir('mda-records');
+    const out = path.join(dir, 'records-seen');
+    const command = 'cat > /dev/null; { grep -c "^+ " "$LEDGER" || true; } >> "$OUT"';
+    const acct = testAccount(dir, { port: srv.port, batch: 64, sink: { type: 'mda', command, env: { LEDGER: path.join(dir, 'test.ledger'), OUT: out } } });
+    expect(acct.state).toBe(path.join(dir, 'test.ledger'));
+    // (The test deps turn fsync off in each sink spec, which an MDA spec does not have.)
+    const r = await fetchOnce(acct, { createSink: (spec) => createSink(spec as SinkSpecInput) });
+    expect(r).toMatchObject({ ok: true, delivered: 8 });
+    // The n-th MDA run finds the n-1 deliveries before it already in the ledger.
+    expect((await fs.readFile(out, 'utf8')).trim().split('\n').map(Number)).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+    expect(await fetchOnce(acct, { createSink: (spec) => createSink(spec as SinkSpecInput) })).toMatchObject({ ok: true, candidates: 0, delivered: 0 });
   });
 
   it('a stop request finishes the current message, commits and QUITs; the next run brings the rest', async () => {

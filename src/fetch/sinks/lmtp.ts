@@ -19,6 +19,11 @@
  * server has closed meanwhile (idle timeout) is noticed at RSET, before
  * anything of the next message is sent, and replaced.
  * Deliveries through one sink run one at a time, in call order.
+ *
+ * There is no crash probe (`findDelivered`): LMTP cannot ask a server whether
+ * it already has a message. The fetcher therefore records each delivery here
+ * as soon as the server has answered 250, and after a crash delivers again
+ * only the one message whose record may not have been written.
  */
 import net from 'node:net';
 import os from 'node:os';

@@ -31,7 +31,8 @@ import type { Readable } from 'node:stream';
 import { CrlfSizeCounter } from '../../protocol/message-size.js';
 import { fsyncDir } from '../../store/maildir/maildir-store.js';
 import { uniqueName } from '../../store/maildir/names.js';
-import type { DeliveryInfo, Sink } from './types.js';
+import { findInMaildirs } from '../reconcile.js';
+import type { DeliveryInfo, PendingMessage, Sink } from './types.js';
 import { chunksOf, CrlfToLf, crlfToLf, destroyOnAbort, SinkError } from './util.js';
 
 export interface MaildirSinkOptions {
@@ -271,6 +272,28 @@ export class MaildirSink implements Sink {
       this.#ready.clear();
       throw e;
     }
+  }
+
+  /**
+   * The crash probe: which pending messages are already in one of their
+   * folders (a file no older than the intent with the same content; see
+   * reconcile.ts). A folder name that is not valid here cannot hold anything.
+   */
+  async findDelivered(pending: readonly PendingMessage[]): Promise<Set<string>> {
+    return findInMaildirs(
+      pending.map((p) => ({
+        uidl: p.uidl,
+        since: p.since,
+        content: p.content,
+        dirs: p.folders.flatMap((f) => {
+          try {
+            return [maildirFolderPath(this.#root, f)];
+          } catch {
+            return [];
+          }
+        }),
+      })),
+    );
   }
 
   /** Flushes what group mode still holds (so nothing delivered stays half-durable), then refuses further deliveries. */

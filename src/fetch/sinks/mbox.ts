@@ -13,8 +13,10 @@
  * unlike mboxo/mboxcl).
  *
  * Locking, as Postfix local(8) and mutt do it on Linux: an fcntl lock on the
- * whole mbox AND a dotlock `<mbox>.lock` (created with O_EXCL; one older than
- * `dotlockStaleSeconds` is taken for left over by a crash and removed; ours is
+ * whole mbox AND a dotlock `<mbox>.lock` (created exclusively, by a hard link
+ * from a file already holding "<pid> <host name>"; one older than
+ * `dotlockStaleSeconds` is taken for left over by a crash and removed, and so
+ * is one of ours whose process, on this host, no longer exists; ours is
  * touched while held so that a long append never looks stale). Both are
  * retried with a growing delay for up to `lockTimeoutMs`, after which delivery
  * fails as temporary. Inside this process a queue per mbox path keeps sinks
@@ -28,18 +30,36 @@
  * failure or an abort in between truncates the file back to the length it had
  * when the lock was taken, so no half message remains. (`spool: false` streams
  * straight from the source under the lock instead.)
+ *
+ * After a crash (SIGKILL, power loss) the fetcher asks `findDelivered` which
+ * of the deliveries it had started are in the mbox. Under the same locks the
+ * whole mbox is read through and split at its From_ lines (a line starting
+ * "From " at the start of the file or after an empty line; in the content
+ * mboxrd quotes all such lines), and what follows a From_ line is compared
+ * with each pending message as `#append` would write it (LF line ends,
+ * mboxrd quoting, a final LF, the blank line); only messages of a matching
+ * length are read again to be compared. The From_ line itself is not
+ * compared (its date is the delivery time). Identical messages match as a
+ * multiset. A kill in the middle of an append leaves a torn last message;
+ * when the mbox ends with a message that is a strict prefix of a pending
+ * message's rendering (From_ line included, but for its date), and nothing
+ * follows it, the file is cut back to the start of its From_ line, so the
+ * message delivered again is the only copy. A torn message that other mail
+ * follows is left alone. The probe also removes the file a process killed
+ * while creating the dotlock left behind. Its cost is one read of the whole
+ * mbox (and of the messages of a matching length), paid only after a crash.
  */
+import { createHash, randomBytes } from 'node:crypto';
 import { promises as fs, constants as C } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fsyncDir } from '../../store/maildir/maildir-store.js';
 import { tryLockExclusive, unlock } from './fcntl-lock.js';
-import type { DeliveryInfo, Sink } from './types.js';
-import { chunksOf, CrlfToLf, destroyOnAbort, EMPTY, KeyedMutex, SinkError, toError } from './util.js';
+import type { DeliveryInfo, PendingMessage, Sink } from './types.js';
+import { chunksOf, CrlfToLf, crlfToLf, destroyOnAbort, EMPTY, KeyedMutex, SinkError, toError } from './util.js';
 
 export interface MboxSinkOptions {
   readonly path: string;
@@ -67,6 +87,10 @@ export interface MboxSinkOptions {
 const HEAD_LIMIT = 64 * 1024;
 /** Output is gathered into writes of about this size. */
 const WRITE_SIZE = 256 * 1024;
+/** The crash probe reads the mbox in pieces of this size. */
+const SCAN_SIZE = 1024 * 1024;
+/** Length of an asctime() date on the From_ line ("Thu Nov  6 09:05:01 2025"). */
+const DATE_LENGTH = 24;
 
 const LF = 0x0a;
 const GT = 0x3e;
@@ -207,26 +231,118 @@ export class MboxSink implements Sink {
   async deliver(message: Readable, _info: DeliveryInfo, signal?: AbortSignal): Promise<void> {
     if (this.#closed) throw new SinkError('the mbox sink is closed', { temporary: true });
     signal?.throwIfAborted();
-    // One queue per real file: two names of one mbox must not bypass it (see fcntl-lock.ts).
-    this.#key ??= await fs.realpath(this.#path).catch(() => this.#path);
+    const key = await this.#queueKey();
     if (!this.#spool) {
       const stop = destroyOnAbort(message, signal);
       try {
-        return await inProcess.run(this.#key, () => this.#append(lfChunks(chunksOf(message)), signal));
+        return await inProcess.run(key, () => this.#append(lfChunks(chunksOf(message)), signal));
       } finally {
         stop();
       }
     }
     const spool = await this.#spoolMessage(message, signal);
     try {
-      await inProcess.run(this.#key, () => this.#append(readAll(spool), signal));
+      await inProcess.run(key, () => this.#append(readAll(spool), signal));
     } finally {
       await spool.close().catch(() => undefined);
     }
   }
 
+  /**
+   * The crash probe (see the header): which pending messages the mbox holds,
+   * after cutting off a torn last message that one of them explains. Costs a
+   * read of the whole mbox under its locks; the fetcher asks only after a crash.
+   */
+  async findDelivered(pending: readonly PendingMessage[]): Promise<Set<string>> {
+    if (this.#closed) throw new SinkError('the mbox sink is closed', { temporary: true });
+    if (pending.length === 0) return new Set();
+    return inProcess.run(await this.#queueKey(), () => this.#probe(pending));
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
+  }
+
+  /** One queue per real file: two names of one mbox must not bypass it (see fcntl-lock.ts). */
+  async #queueKey(): Promise<string> {
+    this.#key ??= await fs.realpath(this.#path).catch(() => this.#path);
+    return this.#key;
+  }
+
+  /** Take the fcntl lock and the dotlock (as configured) on the open mbox; resolves to their release. */
+  async #lock(fh: FileHandle, signal: AbortSignal | undefined): Promise<() => Promise<void>> {
+    const deadline = Date.now() + this.#lockTimeoutMs;
+    if (this.#fcntl) await this.#lockFcntl(fh, deadline, signal);
+    let dotlock: Dotlock | undefined;
+    try {
+      if (this.#dotlock) dotlock = await Dotlock.acquire(`${this.#path}.lock`, deadline, this.#staleMs, signal);
+    } catch (e) {
+      if (this.#fcntl) await unlock(fh.fd).catch(() => undefined);
+      throw e;
+    }
+    return async () => {
+      await dotlock?.release();
+      // Closing the descriptor drops the fcntl lock too; unlock first so the order is explicit.
+      if (this.#fcntl) await unlock(fh.fd).catch(() => undefined);
+    };
+  }
+
+  async #probe(pending: readonly PendingMessage[]): Promise<Set<string>> {
+    const found = new Set<string>();
+    let fh: FileHandle;
+    try {
+      fh = await fs.open(this.#path, C.O_RDWR | C.O_NOCTTY);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return found; // nothing was ever appended
+      throw e;
+    }
+    let release: (() => Promise<void>) | undefined;
+    try {
+      if (!(await fh.stat()).isFile()) throw new SinkError(`${this.#path} is not a regular file`, { temporary: false });
+      release = await this.#lock(fh, undefined);
+      if (this.#dotlock) await removeDeadTemps(`${this.#path}.lock`);
+      let size = (await fh.stat()).size;
+      const messages = await scanMbox(fh, size);
+      const wanted = pending.map((p) => {
+        const lf = crlfToLf(p.content);
+        return { p, fromPrefix: Buffer.from(`From ${senderFromHead(lf)} `, 'latin1'), body: renderMboxrd(lf) };
+      });
+
+      // A torn last message: cut it off, so that delivering it again leaves one whole copy.
+      const last = messages.at(-1);
+      const longest = wanted.reduce((n, w) => Math.max(n, w.fromPrefix.length + DATE_LENGTH + 1 + w.body.length), 0);
+      if (last !== undefined && size - last.from < longest) {
+        const tail = await readAt(fh, last.from, size - last.from);
+        if (wanted.some((w) => isTornCopy(tail, w.fromPrefix, w.body))) {
+          await fh.truncate(last.from);
+          if (this.#fsync) await fh.sync();
+          messages.pop();
+          size = last.from;
+        }
+      }
+
+      // Whole messages of a length some pending message has, by digest of what follows the From_ line.
+      const lengths = new Set(wanted.map((w) => w.body.length));
+      const stored = new Map<string, number>();
+      for (const [i, m] of messages.entries()) {
+        const end = messages[i + 1]?.from ?? size;
+        if (m.body < 0 || !lengths.has(end - m.body)) continue;
+        const key = digest(await readAt(fh, m.body, end - m.body));
+        stored.set(key, (stored.get(key) ?? 0) + 1);
+      }
+      for (const w of wanted) {
+        const key = digest(w.body);
+        const n = stored.get(key) ?? 0;
+        if (n > 0) {
+          stored.set(key, n - 1); // claimed: identical copies match one stored message each
+          found.add(w.p.uidl);
+        }
+      }
+      return found;
+    } finally {
+      await release?.();
+      await fh.close().catch(() => undefined);
+    }
   }
 
   /** Copy the message, with LF line ends, to a fresh file that has no name. */
@@ -264,14 +380,12 @@ export class MboxSink implements Sink {
       throw new SinkError(`mbox ${this.#path} does not exist (and create is off)`, { temporary: true });
     }
     const fh = await fs.open(this.#path, C.O_RDWR | C.O_APPEND | C.O_NOCTTY | (this.#create ? C.O_CREAT : 0), this.#mode);
-    let dotlock: Dotlock | undefined;
+    let release: (() => Promise<void>) | undefined;
     let origSize = -1;
     let failure: unknown;
     try {
       if (!(await fh.stat()).isFile()) throw new SinkError(`${this.#path} is not a regular file`, { temporary: false });
-      const deadline = Date.now() + this.#lockTimeoutMs;
-      if (this.#fcntl) await this.#lockFcntl(fh, deadline, signal);
-      if (this.#dotlock) dotlock = await Dotlock.acquire(`${this.#path}.lock`, deadline, this.#staleMs, signal);
+      release = await this.#lock(fh, signal);
 
       origSize = (await fh.stat()).size;
       const out = new OutputBuffer(fh);
@@ -310,9 +424,7 @@ export class MboxSink implements Sink {
         }
       }
     } finally {
-      await dotlock?.release();
-      // Closing the descriptor drops the fcntl lock too; unlock first so the order is explicit.
-      if (this.#fcntl && origSize >= 0) await unlock(fh.fd).catch(() => undefined);
+      await release?.();
       await fh.close().catch(() => undefined);
       if (failure === undefined) await it.return?.();
     }
@@ -352,12 +464,7 @@ class Dotlock {
     for (;;) {
       signal?.throwIfAborted();
       try {
-        const fh = await fs.open(file, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o644);
-        try {
-          await fh.writeFile(`${process.pid}\n`);
-        } finally {
-          await fh.close();
-        }
+        await createWhole(file, `${process.pid} ${os.hostname()}\n`);
         return new Dotlock(file, Math.max(1000, Math.floor(staleMs / 3)));
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
@@ -366,7 +473,7 @@ class Dotlock {
         }
       }
       const st = await fs.stat(file).catch(() => null);
-      if (st !== null && Date.now() - st.mtimeMs > staleMs) {
+      if (st !== null && (Date.now() - st.mtimeMs > staleMs || (await heldByDeadProcess(file)))) {
         // Left over by a crash. Removing it can race with another remover; the fcntl lock still excludes.
         await fs.unlink(file).catch(() => undefined);
         continue;
@@ -382,6 +489,76 @@ class Dotlock {
     clearInterval(this.#timer);
     await fs.unlink(this.#file).catch(() => undefined);
   }
+}
+
+/** errno codes of file systems without hard links. */
+const NO_LINK = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
+
+/** The name under which this process writes a dotlock before linking it into place. */
+function dotlockTemp(file: string): string {
+  return `${file}.poplar.${os.hostname()}.${process.pid}`;
+}
+
+/**
+ * Create `file` holding `text`, failing with EEXIST when it exists. The file
+ * is never seen without its text (a process killed between creating and
+ * writing a lock would leave one that nothing tells apart from another
+ * program's): it is written under a name of its own and hard-linked into
+ * place, link(2) being as exclusive as O_EXCL. Where hard links are not
+ * supported, O_EXCL and a write.
+ */
+async function createWhole(file: string, text: string): Promise<void> {
+  const tmp = dotlockTemp(file);
+  await fs.writeFile(tmp, text, { mode: 0o644 });
+  try {
+    await fs.link(tmp, file);
+    return;
+  } catch (e) {
+    if (!NO_LINK.has((e as NodeJS.ErrnoException).code ?? '')) throw e;
+  } finally {
+    await fs.unlink(tmp).catch(() => undefined);
+  }
+  const fh = await fs.open(file, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o644);
+  try {
+    await fh.writeFile(text);
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Remove the names under which processes of this host that no longer run
+ * were writing a dotlock of `file` (see createWhole): one killed at that
+ * moment leaves its own behind.
+ */
+async function removeDeadTemps(file: string): Promise<void> {
+  const dir = path.dirname(file);
+  const prefix = path.basename(dotlockTemp(file)).replace(/\d+$/, '');
+  const names = await fs.readdir(dir).catch(() => [] as string[]);
+  for (const n of names) {
+    if (!n.startsWith(prefix) || !/^\d+$/.test(n.slice(prefix.length))) continue;
+    if (!alive(Number(n.slice(prefix.length)))) await fs.unlink(path.join(dir, n)).catch(() => undefined);
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
+/**
+ * Whether a dotlock was written by a process of this host (in our "<pid>
+ * <host>" form) that no longer runs: one killed while it held the lock. A
+ * lock in any other form is left to the age rule.
+ */
+async function heldByDeadProcess(file: string): Promise<boolean> {
+  const text = await fs.readFile(file, 'latin1').catch(() => '');
+  const m = /^(\d+) (\S+)\n$/.exec(text);
+  return m !== null && m[2] === os.hostname() && !alive(Number(m[1]));
 }
 
 function jitter(ms: number): number {
@@ -478,4 +655,88 @@ async function* readAll(fh: FileHandle): AsyncGenerator<Buffer> {
     pos += bytesRead;
     yield buf.subarray(0, bytesRead);
   }
+}
+
+/**
+ * What `#append` writes after the From_ line for a message with LF line ends
+ * `lf`: the mboxrd-quoted content, a final LF when it lacks one, and the
+ * blank line that ends every message.
+ */
+export function renderMboxrd(lf: Buffer): Buffer {
+  const q = new MboxrdQuoter();
+  return Buffer.concat([...q.push(lf), ...q.end(), Buffer.from('\n')]);
+}
+
+/** A message in an mbox: where its From_ line starts, and where what follows that line starts (-1: the line has no end). */
+interface MboxEntry {
+  readonly from: number;
+  readonly body: number;
+}
+
+/**
+ * The messages of the first `size` octets of an mbox, read in pieces: each
+ * starts at a line beginning "From " that is the first line of the file or
+ * follows an empty line. A last line without its line end that is no more
+ * than the start of such a line ("Fro") counts as one too: an append that
+ * stopped there.
+ */
+async function scanMbox(fh: FileHandle, size: number): Promise<MboxEntry[]> {
+  const out: MboxEntry[] = [];
+  const buf = Buffer.allocUnsafe(Math.min(SCAN_SIZE, Math.max(size, 1)));
+  let lineStart = 0; // file offset of the line being read
+  let head = ''; // its first (up to) five octets
+  let prevEmpty = true; // the line before it was empty (or it is the first)
+  for (let pos = 0; pos < size; ) {
+    const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos);
+    if (bytesRead === 0) break;
+    for (let i = 0; i < bytesRead; ) {
+      const nl = buf.indexOf(LF, i);
+      const end = nl === -1 || nl >= bytesRead ? bytesRead : nl;
+      if (head.length < FROM_.length) head += buf.toString('latin1', i, Math.min(end, i + FROM_.length - head.length));
+      if (end === bytesRead) break;
+      if (prevEmpty && head === 'From ') out.push({ from: lineStart, body: pos + end + 1 });
+      prevEmpty = pos + end === lineStart;
+      lineStart = pos + end + 1;
+      head = '';
+      i = end + 1;
+    }
+    pos += bytesRead;
+  }
+  // A From_ line cut off by the end of the file (a torn append), even within its first five octets.
+  if (lineStart < size && prevEmpty && 'From '.startsWith(head)) out.push({ from: lineStart, body: -1 });
+  return out;
+}
+
+/**
+ * Whether `tail` (from a From_ line to the end of the file) is a strict
+ * prefix of "From_ line + body" for a message whose From_ line starts with
+ * `fromPrefix` ("From <sender> "): every octet equal except the date's, which
+ * may be anything but a line end.
+ */
+function isTornCopy(tail: Buffer, fromPrefix: Buffer, body: Buffer): boolean {
+  const dateEnd = fromPrefix.length + DATE_LENGTH;
+  if (tail.length >= dateEnd + 1 + body.length) return false; // whole, or longer: not a torn copy
+  const n = Math.min(tail.length, fromPrefix.length);
+  if (!tail.subarray(0, n).equals(fromPrefix.subarray(0, n))) return false;
+  if (tail.length <= fromPrefix.length) return true;
+  if (tail.subarray(fromPrefix.length, Math.min(tail.length, dateEnd)).includes(LF)) return false;
+  if (tail.length <= dateEnd) return true;
+  if (tail[dateEnd] !== LF) return false;
+  const rest = tail.subarray(dateEnd + 1);
+  return rest.equals(body.subarray(0, rest.length));
+}
+
+async function readAt(fh: FileHandle, pos: number, length: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length);
+  let off = 0;
+  while (off < length) {
+    const { bytesRead } = await fh.read(buf, off, length - off, pos + off);
+    if (bytesRead === 0) throw new SinkError('mbox shrank while it was being read', { temporary: true });
+    off += bytesRead;
+  }
+  return buf;
+}
+
+function digest(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex');
 }

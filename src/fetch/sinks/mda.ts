@@ -6,7 +6,11 @@
  *   'crlf'` passes the bytes exactly as received.
  * - Environment: the sink's own environment plus `env`, plus POPLAR_ACCOUNT,
  *   POPLAR_UIDL, POPLAR_SIZE (the size the server announced) and, when a rule
- *   chose one, POPLAR_FOLDER.
+ *   chose one, POPLAR_FOLDER. Account and UIDL identify the message: this
+ *   sink cannot be asked after a crash whether a message arrived, so the
+ *   fetcher delivers an interrupted one again (at most one per crash, see
+ *   session.ts), and an MDA that must store each message once can remember
+ *   the pairs it has stored.
  * - Exit status 0 means delivered. Anything else rejects with a SinkError
  *   that carries the exit status (or signal) and the last lines of stderr.
  *   EX_TEMPFAIL (75), death by a signal, and a timeout are temporary; every

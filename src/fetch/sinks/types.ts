@@ -12,6 +12,23 @@ export interface DeliveryInfo {
 }
 
 /**
+ * A delivery that a crash left undecided: its intent was written, its record
+ * was not, so the sink may or may not hold the message.
+ */
+export interface PendingMessage {
+  readonly uidl: string;
+  /** Real time (ms) the intent was written: the sink cannot have received the message earlier. */
+  readonly since: number;
+  /**
+   * The Maildir folders it may have gone to (as `DeliveryInfo.folder`;
+   * undefined is the Maildir itself). Sinks without folders ignore this.
+   */
+  readonly folders: readonly (string | undefined)[];
+  /** The message as the server sends it now: CRLF line ends, dot-unstuffed (what `deliver` was given). */
+  readonly content: Buffer;
+}
+
+/**
  * Where fetched mail goes. `deliver` resolves only once the message is
  * durable (fsync/exit 0/LMTP 250); when it rejects, nothing of the message is
  * visible. The fetcher records the UIDL, and only then sends DELE.
@@ -29,5 +46,18 @@ export interface Sink {
    * after it resolves records the UIDLs and sends DELE for that group.
    */
   flush?(): Promise<void>;
+  /**
+   * Optional crash probe: the UIDLs among `pending` whose message this sink
+   * already holds. Identical messages count as a multiset (two pending copies
+   * and one stored copy: one delivered). A sink may also repair what an
+   * interrupted delivery left half written. It must never answer "delivered"
+   * for a message it does not hold (that message would be lost); answering
+   * "not delivered" for one it does hold costs a duplicate.
+   *
+   * The fetcher calls it before delivering anything; sinks with a probe are
+   * group-committed, sinks without one get a durable ledger record after
+   * every message, since all their pending messages are delivered again.
+   */
+  findDelivered?(pending: readonly PendingMessage[]): Promise<Set<string>>;
   close(): Promise<void>;
 }
