@@ -15,6 +15,10 @@ import { loadConfig, type ServeFlags } from '../config/load.js';
  * worker. Node's default on Linux, round-robin, makes the primary accept
  * every connection and pass it to a worker over IPC, which costs more CPU per
  * session than the session itself and made two workers slower than one.
+ * Each worker takes one connection per turn of its event loop
+ * (UV_TCP_SINGLE_ACCEPT=1 unless set otherwise), so a burst of connections,
+ * such as a few long RETR sessions opened together, is spread over the
+ * workers instead of all going to whichever woke first.
  *
  * Per-process state stays per worker: connection limits, login throttling
  * counters and LOGIN-DELAY times apply to each worker separately (the maildrop
@@ -22,13 +26,14 @@ import { loadConfig, type ServeFlags } from '../config/load.js';
  */
 export async function runPrimary(flags: ServeFlags, workers: number): Promise<void> {
   const config = loadConfig(flags); // a bad configuration fails here, once, with exit 78
-  cluster.schedulingPolicy = cluster.SCHED_NONE;
+  // Node's own NODE_CLUSTER_SCHED_POLICY (rr | none) still decides when it is set.
+  if (process.env['NODE_CLUSTER_SCHED_POLICY'] === undefined) cluster.schedulingPolicy = cluster.SCHED_NONE;
   const logger = createLogger({ level: config.log_level, format: config.log_format });
   let stopping = false;
   const live = new Set<Worker>();
 
   const fork = async (index: number): Promise<void> => {
-    const w = cluster.fork({ POPLAR_WORKER: String(index) });
+    const w = cluster.fork({ POPLAR_WORKER: String(index), UV_TCP_SINGLE_ACCEPT: process.env['UV_TCP_SINGLE_ACCEPT'] ?? '1' });
     live.add(w);
     w.on('exit', (code, signal) => {
       live.delete(w);

@@ -27,19 +27,28 @@ const SESSION_LOCK = 'poplar-pop3.lock';
 /** Remembered scans, by maildrop directory (see #scan). */
 const SCAN_CACHE = new Map<string, { key: string; entries: Entry[] }>();
 const SCAN_CACHE_MAX = 2000;
-/** A directory must have been unchanged this long before a scan of it is remembered. */
+/**
+ * A directory must have been unchanged this long before a scan of it is
+ * remembered: longer than the file system's timestamp granularity, so that a
+ * change right after the scan can never carry the same time as the scan saw.
+ * Whole-second timestamps (some network and older file systems) get 2 s;
+ * finer ones (ext4, XFS, Btrfs, tmpfs: the kernel's clock tick) get 100 ms.
+ */
 const QUIET_MS = 2000;
+const QUIET_FINE_MS = 100;
 
 /** Three stat calls, synchronous: they run on every login and cost microseconds. */
-function statScanKey(dir: string): { key: string; newest: number } | null {
+function statScanKey(dir: string): { key: string; newest: number; quietMs: number } | null {
   try {
     const c = statSync(path.join(dir, 'cur'));
     const n = statSync(path.join(dir, 'new'));
     const u = statSync(path.join(dir, 'dovecot-uidlist'), { throwIfNoEntry: false }) ?? null;
     const ukey = u === null ? '-' : `${u.ino}:${u.size}:${u.mtimeMs}:${u.ctimeMs}`;
+    const times = [c.mtimeMs, c.ctimeMs, n.mtimeMs, n.ctimeMs, u?.mtimeMs ?? 0, u?.ctimeMs ?? 0];
     return {
       key: `${c.ino}:${c.mtimeMs}:${c.ctimeMs}|${n.ino}:${n.mtimeMs}:${n.ctimeMs}|${ukey}`,
-      newest: Math.max(c.mtimeMs, c.ctimeMs, n.mtimeMs, n.ctimeMs, u?.mtimeMs ?? 0, u?.ctimeMs ?? 0),
+      newest: Math.max(...times),
+      quietMs: times.some((t) => t % 1000 !== 0) ? QUIET_FINE_MS : QUIET_MS,
     };
   } catch {
     return null;
@@ -150,7 +159,7 @@ export class MaildirStore implements MailStore {
     const started = Date.now();
     const entries = await this.#fullScan(dir, signal);
     const after = statScanKey(dir);
-    if (after !== null && started - after.newest > QUIET_MS) {
+    if (after !== null && started - after.newest > after.quietMs) {
       SCAN_CACHE.set(dir, { key: after.key, entries: entries.map((e) => ({ ...e })) });
       if (SCAN_CACHE.size > SCAN_CACHE_MAX) SCAN_CACHE.delete(SCAN_CACHE.keys().next().value!);
     } else {

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '../../observability/log.js';
 import { MaildirStore } from './maildir-store.js';
 
@@ -56,5 +56,24 @@ describe('remembered maildrop scans never hide a change', () => {
     for await (const c of await m.read(0)) chunks.push(c as Buffer);
     expect(Buffer.concat(chunks).toString()).toMatch(/^Subject: /);
     await m.release();
+  }, 20_000);
+
+  it('with fine timestamps a scan is remembered after 100 ms of quiet, and a change at once after it is still seen', async () => {
+    for (let i = 0; i < 3; i++) await store.deliver('u', Buffer.from(`Subject: ${i}\r\n\r\nbody\r\n`));
+    await uidls();
+    await new Promise((r) => setTimeout(r, 250));
+    await uidls(); // remembered now (ext4/tmpfs timestamps are finer than a second)
+    const readdir = vi.spyOn(fs, 'readdir');
+    try {
+      expect(await uidls()).toHaveLength(3);
+      expect(readdir).not.toHaveBeenCalled();
+    } finally {
+      readdir.mockRestore();
+    }
+    // Deliveries right after a scan, again and again: each is seen by the very next open.
+    for (let i = 0; i < 30; i++) {
+      await store.deliver('u', Buffer.from(`Subject: more ${i}\r\n\r\nx\r\n`));
+      expect(await uidls()).toHaveLength(4 + i);
+    }
   }, 20_000);
 });
