@@ -20,6 +20,8 @@ export interface MaildirStoreOptions {
   uidlistStaleSeconds?: number;
   /** Clock for EXPIRE (tests); default Date.now. */
   now?: () => number;
+  /** Save scans of big maildrops in the maildrop for other processes (default true). */
+  scanFiles?: boolean;
 }
 
 const SESSION_LOCK = 'poplar-pop3.lock';
@@ -55,6 +57,63 @@ function statScanKey(dir: string): { key: string; newest: number; quietMs: numbe
   }
 }
 
+/**
+ * A remembered scan of a big maildrop is also saved in the maildrop, as
+ * SCAN_FILE, under the same key (the times of cur/, new/ and the uidlist):
+ * the other worker processes, and this server after a restart, read it
+ * instead of listing the directory and matching the uidlist again. Small
+ * maildrops are scanned faster than the file would be read.
+ *
+ *   poplar-scan 1 <key>
+ *   <uid> <size> <order or -> <uidl> <file name>      one line per message, in POP3 order
+ */
+const SCAN_FILE = 'poplar-scan.cache';
+const SCAN_FILE_MIN = 1000;
+const SCAN_FILE_HEADER = 'poplar-scan 1 ';
+
+/** @internal Tests: forget the scans remembered in memory (as a fresh process would). */
+export function forgetRememberedScans(): void {
+  SCAN_CACHE.clear();
+}
+
+async function readScanFile(dir: string, key: string): Promise<Entry[] | null> {
+  let text: string;
+  try {
+    text = await fs.readFile(path.join(dir, SCAN_FILE), 'utf8');
+  } catch {
+    return null;
+  }
+  const nl = text.indexOf('\n');
+  if (nl < 0 || text.slice(0, nl) !== SCAN_FILE_HEADER + key || !text.endsWith('\n')) return null;
+  const entries: Entry[] = [];
+  for (let pos = nl + 1; pos < text.length; ) {
+    const end = text.indexOf('\n', pos);
+    const line = text.slice(pos, end);
+    pos = end + 1;
+    const a = line.indexOf(' ');
+    const b = line.indexOf(' ', a + 1);
+    const c = line.indexOf(' ', b + 1);
+    const d = line.indexOf(' ', c + 1);
+    if (a < 0 || b < 0 || c < 0 || d < 0) return null; // not ours, or damaged: scan instead
+    const uid = Number(line.slice(0, a));
+    const size = Number(line.slice(a + 1, b));
+    const order = line.slice(b + 1, c);
+    const filename = line.slice(d + 1);
+    if (!Number.isSafeInteger(uid) || !Number.isSafeInteger(size) || filename === '') return null;
+    entries.push({ uid, size, basename: baseName(filename), filename, uidl: line.slice(c + 1, d), order: order === '-' ? undefined : Number(order) });
+  }
+  return entries;
+}
+
+async function writeScanFile(dir: string, key: string, entries: readonly Entry[]): Promise<void> {
+  let text = SCAN_FILE_HEADER + key + '\n';
+  for (const e of entries) text += `${e.uid} ${e.size} ${e.order ?? '-'} ${e.uidl} ${e.filename}\n`;
+  const tmp = path.join(dir, `${SCAN_FILE}.${process.pid}.tmp`);
+  // No fsync: a cache. A torn or stale file fails the key or the parse and is ignored.
+  await fs.writeFile(tmp, text, { mode: 0o600 });
+  await fs.rename(tmp, path.join(dir, SCAN_FILE));
+}
+
 /** Maildrops locked anywhere in this process, by any store instance (the lock file covers other processes). */
 const LOCKED = new Set<string>();
 
@@ -78,8 +137,10 @@ export class MaildirStore implements MailStore {
   readonly #fsync: boolean;
   readonly #stale: number;
   readonly #now: () => number;
+  readonly #scanFiles: boolean;
 
   constructor(opts: MaildirStoreOptions) {
+    this.#scanFiles = opts.scanFiles ?? true;
     this.#root = opts.root;
     this.#log = opts.logger;
     this.#fsync = opts.fsync ?? true;
@@ -156,16 +217,32 @@ export class MaildirStore implements MailStore {
       SCAN_CACHE.set(dir, cached);
       return cached.entries.map((e) => ({ ...e }));
     }
+    if (before !== null && this.#scanFiles) {
+      // Another process (a --workers sibling, or this server before a restart) may have left the scan on disk.
+      const saved = await readScanFile(dir, before.key);
+      if (saved !== null) {
+        this.#remember(dir, before.key, saved);
+        return saved;
+      }
+    }
     const started = Date.now();
     const entries = await this.#fullScan(dir, signal);
     const after = statScanKey(dir);
     if (after !== null && started - after.newest > after.quietMs) {
-      SCAN_CACHE.set(dir, { key: after.key, entries: entries.map((e) => ({ ...e })) });
-      if (SCAN_CACHE.size > SCAN_CACHE_MAX) SCAN_CACHE.delete(SCAN_CACHE.keys().next().value!);
+      this.#remember(dir, after.key, entries);
+      if (entries.length >= SCAN_FILE_MIN && this.#scanFiles) {
+        writeScanFile(dir, after.key, entries).catch((e: unknown) => this.#log.debug({ err: e, dir }, 'could not save the maildrop scan'));
+      }
     } else {
       SCAN_CACHE.delete(dir);
     }
     return entries;
+  }
+
+  #remember(dir: string, key: string, entries: Entry[]): void {
+    SCAN_CACHE.delete(dir); // (re-)insert: most recently used last
+    SCAN_CACHE.set(dir, { key, entries: entries.map((e) => ({ ...e })) });
+    if (SCAN_CACHE.size > SCAN_CACHE_MAX) SCAN_CACHE.delete(SCAN_CACHE.keys().next().value!);
   }
 
   async #fullScan(dir: string, signal?: AbortSignal): Promise<Entry[]> {

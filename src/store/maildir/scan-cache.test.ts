@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '../../observability/log.js';
-import { MaildirStore } from './maildir-store.js';
+import { forgetRememberedScans, MaildirStore } from './maildir-store.js';
 
 let root: string;
 let store: MaildirStore;
@@ -76,4 +76,66 @@ describe('remembered maildrop scans never hide a change', () => {
       expect(await uidls()).toHaveLength(4 + i);
     }
   }, 20_000);
+
+  describe('the scan saved in a big maildrop (poplar-scan.cache) for other processes', () => {
+    const N = 1200;
+    async function bigDrop(): Promise<void> {
+      const box = path.join(root, 'u');
+      for (const d of ['cur', 'new', 'tmp']) await fs.mkdir(path.join(box, d), { recursive: true });
+      await Promise.all(Array.from({ length: N }, (_, i) => fs.writeFile(path.join(box, 'new', `${1_700_000_000 + i}.M${i}P1.big`), `Subject: ${i}\r\n\r\n${'x'.repeat(i % 50)}\r\n`)));
+    }
+    const snapshot = async (): Promise<string[]> => {
+      const m = await store.open({ username: 'u' });
+      try {
+        return m.messages.map((x) => `${x.uidl} ${x.size}`);
+      } finally {
+        await m.release();
+      }
+    };
+
+    it('is written after a quiet scan and read by a process that has not scanned, without listing the directory', async () => {
+      await bigDrop();
+      const first = await snapshot();
+      expect(first).toHaveLength(N);
+      await new Promise((r) => setTimeout(r, 250));
+      await snapshot(); // quiet now: remembered, and saved
+      await vi.waitFor(async () => expect((await fs.readdir(path.join(root, 'u'))).includes('poplar-scan.cache')).toBe(true));
+      forgetRememberedScans();
+      const readdir = vi.spyOn(fs, 'readdir');
+      try {
+        expect(await snapshot()).toEqual(first);
+        expect(readdir).not.toHaveBeenCalled();
+      } finally {
+        readdir.mockRestore();
+      }
+    }, 30_000);
+
+    it('is ignored once the maildrop changed, and when it is damaged', async () => {
+      await bigDrop();
+      await snapshot();
+      await new Promise((r) => setTimeout(r, 250));
+      const saved = await snapshot();
+      await vi.waitFor(async () => expect((await fs.readdir(path.join(root, 'u'))).includes('poplar-scan.cache')).toBe(true));
+      const file = path.join(root, 'u', 'poplar-scan.cache');
+
+      // A new message: the key no longer matches; a fresh process sees the message.
+      await store.deliver('u', Buffer.from('Subject: new\r\n\r\nx\r\n'));
+      forgetRememberedScans();
+      expect(await snapshot()).toHaveLength(N + 1);
+
+      // A file with the current key but a torn body: scanned instead, nothing lost.
+      await new Promise((r) => setTimeout(r, 250));
+      const now = await snapshot();
+      await vi.waitFor(async () => expect((await fs.readFile(file, 'utf8')).split('\n').length).toBe(N + 3));
+      const text = await fs.readFile(file, 'utf8');
+      await fs.writeFile(file, text.slice(0, Math.floor(text.length / 2)));
+      forgetRememberedScans();
+      expect(await snapshot()).toEqual(now);
+      // And one whose lines are garbage under the right key.
+      await fs.writeFile(file, `${text.slice(0, text.indexOf('\n') + 1)}not a line\n`);
+      forgetRememberedScans();
+      expect(await snapshot()).toEqual(now);
+      expect(saved).toHaveLength(N);
+    }, 30_000);
+  });
 });
