@@ -62,6 +62,8 @@ export interface SessionsFigure extends WindowCpu {
 
 export interface RetrFigure extends WindowCpu {
   mbps: number;
+  /** Every window's rate, lowest first (the figure is the median one's). */
+  roundsMbps?: number[];
   bytes: number;
   messages: number;
   sessions: number;
@@ -233,7 +235,7 @@ export function details(r: Results): string {
     if (x.sessions) out.push(`- ${name}, sessions: ${x.sessions.sessions} sessions in ${x.sessions.windowS} s, ${x.sessions.errors} failed${x.sessions.errorSamples.length ? ` (${x.sessions.errorSamples.join('; ')})` : ''}.`);
     if (x.retr) {
       out.push(
-        `- ${name}, RETR: ${(x.retr.bytes / 1e6).toFixed(0)} MB in ${x.retr.windowS} s, ${x.retr.messages} messages, ${x.retr.sessions} sessions, ${x.retr.errors} errors, ${x.retr.mismatches} replies of the wrong length${x.retr.errorSamples.length ? ` (${x.retr.errorSamples.join('; ')})` : ''}.`,
+        `- ${name}, RETR: ${x.retr.roundsMbps ? `windows of ${x.retr.roundsMbps.map((v) => v.toFixed(0)).join(', ')} MB/s; the median one: ` : ''}${(x.retr.bytes / 1e6).toFixed(0)} MB in ${x.retr.windowS} s, ${x.retr.messages} messages, ${x.retr.sessions} sessions, ${x.retr.errors} errors, ${x.retr.mismatches} replies of the wrong length${x.retr.errorSamples.length ? ` (${x.retr.errorSamples.join('; ')})` : ''}.`,
       );
     }
     if (x.bigdrop) {
@@ -359,7 +361,9 @@ compiled by the benchmark with the system's C compiler, because the Node generat
    with "." and is dot-stuffed). Each session logs in, pipelines RETR 1..${RETR_MESSAGES} with ${p.retrWindow} commands in
    flight, parses each reply up to its terminating "." line and checks its length against the
    expected one, then QUITs; clients repeat sessions for ${p.retrWarmupMs / 1000} s of warm-up plus ${p.retrDurationMs / 1000} s measured.
-   The figure is all bytes received in the window.
+   A window's figure is all bytes received in it; each server gets three windows and the table
+   shows the median one (the details list all three): on this machine one window of the same
+   server can give half the rate of the next.
 3. **${BIG_MESSAGES.toLocaleString('en-US')}-message maildrop.** One user with ${BIG_MESSAGES.toLocaleString('en-US')} small messages (${(m.bytes.big / 1e6).toFixed(0)} MB) in \`cur/\`,
    named without \`,S=\`/\`,W=\`, so each server must read every file once for its size and then
    rely on its cache (Poplar: the W fields of dovecot-uidlist; Dovecot: its index files).
