@@ -532,9 +532,10 @@ function report(
     `The Maildirs (and Dovecot's mailbox) are on ${where}. ` +
       `Creating an empty file costs ${fmt(createCost.scratch * 1000)} µs there` +
       (Number.isFinite(createCost.tmp)
-        ? `, against ${fmt(createCost.tmp * 1000)} µs in this machine's ${os.tmpdir()} (measured by this run): on that ` +
-          'long-used root file system the kernel spends about a millisecond of CPU on every new inode, for every client ' +
-          'alike, which would turn the comparison into a measurement of inode allocation. `--dir DIR` runs the benchmark elsewhere.'
+        ? `, against ${fmt(createCost.tmp * 1000)} µs in this machine's ${os.tmpdir()} (both measured by this run). ` +
+          'A fresh file system is used because the long-used root file system of this machine has at times taken close ' +
+          'to a millisecond of kernel CPU per new inode (measured while building this benchmark), for every client alike, ' +
+          'which turns the comparison into a measurement of inode allocation. `--dir DIR` runs the benchmark elsewhere.'
         : '.'),
     '',
   );
