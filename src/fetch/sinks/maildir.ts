@@ -108,7 +108,6 @@ export class MaildirSink implements Sink {
     signal?.throwIfAborted();
     const dir = maildirFolderPath(this.#root, info.folder);
     const newDirs = await this.#ensureFolder(dir);
-    const group = this.#fsync === 'group';
     const syncNow = this.#fsync === true;
 
     const base = uniqueName();
@@ -154,19 +153,26 @@ export class MaildirSink implements Sink {
       throw e;
     }
     await fs.unlink(tmp).catch(() => undefined);
+    await this.#linked(dir, final, undefined, newDirs);
+  }
 
-    if (group) {
-      this.#pendingFiles.set(final, undefined);
+  /**
+   * The message is in new/: in group mode remember it (and its descriptor, if
+   * still open) for `flush`; with fsync on, make the directory entries
+   * durable, or take the message back so that the rejection means "not delivered".
+   */
+  async #linked(dir: string, final: string, fd: number | undefined, newDirs: readonly string[]): Promise<void> {
+    if (this.#fsync === 'group') {
+      this.#pendingFiles.set(final, fd);
       this.#pendingDirs.add(path.join(dir, 'new'));
       for (const d of newDirs) this.#pendingDirs.add(d);
       return;
     }
-    if (!syncNow) return;
+    if (this.#fsync !== true) return;
     try {
       await this.#syncDir(path.join(dir, 'new'));
       for (const d of newDirs) await fsyncDir(d);
     } catch (e) {
-      // Not durable: take it back so that the rejection means "not delivered".
       await fs.unlink(final).catch(() => undefined);
       if (newDirs.length > 0) this.#ready.delete(dir);
       throw e;
@@ -191,12 +197,11 @@ export class MaildirSink implements Sink {
     const base = uniqueName();
     const tmp = path.join(dir, 'tmp', base);
     const final = path.join(dir, 'new', `${base},S=${data.length},W=${counter.size}`);
-    const group = this.#fsync === 'group';
     let fd: number | undefined = fsSync.openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, this.#mode);
     try {
       for (let off = 0; off < data.length; ) off += fsSync.writeSync(fd, data, off);
       if (this.#fsync === true) await fsyncFd(fd);
-      if (!group || this.#pendingFiles.size >= MAX_OPEN_PENDING) {
+      if (this.#fsync !== 'group' || this.#pendingFiles.size >= MAX_OPEN_PENDING) {
         fsSync.closeSync(fd);
         fd = undefined;
       }
@@ -216,21 +221,7 @@ export class MaildirSink implements Sink {
     } catch {
       // renamed rather than linked
     }
-    if (group) {
-      this.#pendingFiles.set(final, fd);
-      this.#pendingDirs.add(path.join(dir, 'new'));
-      for (const d of newDirs) this.#pendingDirs.add(d);
-      return;
-    }
-    if (this.#fsync !== true) return;
-    try {
-      await this.#syncDir(path.join(dir, 'new'));
-      for (const d of newDirs) await fsyncDir(d);
-    } catch (e) {
-      await fs.unlink(final).catch(() => undefined);
-      if (newDirs.length > 0) this.#ready.delete(dir);
-      throw e;
-    }
+    await this.#linked(dir, final, fd, newDirs);
   }
 
   /**
