@@ -375,8 +375,8 @@ compiled by the benchmark with the system's C compiler, because the Node generat
    \`--cold\`; the table shows the latest such measurement and the details give its date.
 4. **Memory per idle connection.** After warming the accept path with 100 connections,
    ${p.idleConnections} connections are opened; each waits for the greeting and then sends nothing
-   (AUTHORIZATION state). 1.5 s later the server's memory is read again. Poplar is one process;
-   for Dovecot all processes of the instance (its process group: master, config, log, anvil,
+   (AUTHORIZATION state). 1.5 s later the server's memory is read again. For Poplar all its
+   processes (the primary and ${o.poplarWorkers} worker${o.poplarWorkers === 1 ? '' : 's'}) are summed; for Dovecot all processes of the instance (its process group: master, config, log, anvil,
    auth, pop3-login, pop3) are summed, including processes started for the new connections.
    PSS (\`/proc/<pid>/smaps_rollup\`) divides shared pages among the processes sharing them and is
    the fair figure for Dovecot's many processes; RSS (\`VmRSS\`) is shown as well.
@@ -393,7 +393,7 @@ compiled by the benchmark with the system's C compiler, because the Node generat
 
 ## Server settings
 
-Poplar: \`node dist/cli/main.js serve --log-level warn\` with this configuration file. The default
+Poplar: \`node dist/cli/main.js serve --log-level warn${o.poplarWorkers > 1 ? ` --workers ${o.poplarWorkers}` : ''}\` (one worker per core) with this configuration file. The default
 \`max_connections_per_ip = 100\` would refuse the idle-connection test, and the default
 \`login_timeout = 60\` ends the first login on the 100k maildrop while Poplar is still reading
 it. \`[store] fsync\` stays at its default, \`true\`.
