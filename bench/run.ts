@@ -548,6 +548,9 @@ async function figBigDrop(inst: Instance, ws: LoadWorker[], m: Manifest, o: Opti
 }
 
 async function runFigure(f: Figure, inst: Instance, ws: LoadWorker[], m: Manifest, o: Options, out: Results): Promise<void> {
+  // Write back what is still dirty (the maildirs copied when the servers started, a previous
+  // figure's files) now rather than during this figure's window, for both servers alike.
+  spawnSync('sync');
   const t0 = Date.now();
   const name = inst.server.name.padEnd(7);
   const res = out[inst.key];
