@@ -6,7 +6,7 @@ import { DotStuffer, createDotStuffTransform, stuffMessage, type DotStuffOptions
 import { unstuffMessage } from './dot-unstuff.js';
 import { native } from './native.js';
 import { edgeCorpus, expectedRetr, expectedTop } from '../../test/corpus/corpus.js';
-import { TRICKY, allChunkings, b, canonical, chunked, chunkedArb, cut, show } from '../../test/corpus/chunking.js';
+import { TRICKY, allChunkings, b, canonical, chunked, chunkedArb, cut, messageArb, show } from '../../test/corpus/chunking.js';
 
 function encodeChunks(chunks: Buffer[], opts?: DotStuffOptions): Buffer {
   const s = new DotStuffer(opts);
@@ -42,6 +42,119 @@ describe('native encoder (native/dotstuff.c)', () => {
     for (let o = 0; o < raw.length; o += 256 * 1024) chunks.push(raw.subarray(o, o + 256 * 1024));
     expect(encodeChunksJoined(chunks).equals(encodeChunksJoined(chunks, { native: false }))).toBe(true);
     expect(encodeChunksJoined(chunks).equals(stuffMessage(raw))).toBe(true);
+  });
+});
+
+/** Line-shaped messages long enough for the 16-byte vector loop: runs of text broken by LF, CRLF, bare CR and dots. */
+const longMessageArb = fc
+  .array(
+    fc.record({
+      dot: fc.boolean(),
+      text: fc.array(fc.constantFrom(0x61, 0x2e, 0x0d, 0x20, 0xff, 0x00), { maxLength: 70 }),
+      end: fc.constantFrom('\n', '\r\n', '\r', '', '\n.'),
+    }),
+    { maxLength: 40 },
+  )
+  .map((lines) => Buffer.concat(lines.map((l) => Buffer.concat([l.dot ? b('.') : Buffer.alloc(0), Buffer.from(l.text), b(l.end)]))));
+
+/** The whole RETR body through stuffInto with a `dst` of `cap` bytes and the given input cuts. */
+function encodeInto(raw: Buffer, cuts: number[], cap: number): Buffer {
+  const nat = native!;
+  const state = Uint8Array.of(1, 0);
+  const consumed = new Float64Array(1);
+  const dst = Buffer.alloc(cap);
+  const out: Buffer[] = [];
+  for (const chunk of cut(raw, cuts)) {
+    let off = 0;
+    while (off < chunk.length) {
+      const n = nat.stuffInto!(chunk.subarray(off), state, dst, consumed);
+      expect(consumed[0]).toBeGreaterThan(0);
+      out.push(Buffer.from(dst.subarray(0, n)));
+      off += consumed[0]!;
+    }
+  }
+  out.push(b(state[0] === 1 ? '.\r\n' : '\r\n.\r\n'));
+  return Buffer.concat(out);
+}
+
+describe('native stuffInto / readStuffedInto (the RETR file path)', () => {
+  const messages = fc.oneof(longMessageArb, messageArb.map((m) => Buffer.from(m)));
+
+  it.runIf(native !== undefined)('gives the bytes of stuffMessage for any input, any input cuts and any output size', () => {
+    fc.assert(
+      fc.property(
+        messages.chain((raw) =>
+          fc.record({
+            raw: fc.constant(raw),
+            cuts: fc.array(fc.integer({ min: 0, max: raw.length }), { maxLength: 6 }).map((c) => [...c].sort((x, y) => x - y)),
+            cap: fc.integer({ min: 16, max: 300 }),
+          }),
+        ),
+        ({ raw, cuts, cap }) => {
+          expect(show(encodeInto(raw, cuts, cap))).toBe(show(stuffMessage(raw, { native: false })));
+        },
+      ),
+      { numRuns: 3000 },
+    );
+    for (const [input, encoded] of TRICKY) {
+      for (const cap of [16, 17, 18, 64]) expect(show(encodeInto(b(input), [], cap))).toBe(show(b(encoded)));
+    }
+  });
+
+  it.runIf(native !== undefined)('never writes past the bytes it reports, even when dst is nearly full', () => {
+    const raw = b('.x\n'.repeat(50) + 'a'.repeat(100) + '\n.\n');
+    for (let cap = 16; cap < 80; cap++) {
+      const dst = Buffer.alloc(cap + 32, 0x7e);
+      const n = native!.stuffInto!(raw, Uint8Array.of(1, 0), dst.subarray(0, cap), new Float64Array(1));
+      expect(n).toBeLessThanOrEqual(cap);
+      expect(dst.subarray(cap).every((x) => x === 0x7e)).toBe(true);
+    }
+  });
+
+  it.runIf(native?.readStuffedInto !== undefined)('reads a cached file in pieces to the same bytes, and reports the end of the file', async () => {
+    const { mkdtempSync, writeFileSync, openSync, closeSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const path = await import('node:path');
+    const dir = mkdtempSync(path.join(tmpdir(), 'poplar-into-'));
+    try {
+      fc.assert(
+        fc.property(messages, fc.integer({ min: 16, max: 500 }), (raw, cap) => {
+          const file = path.join(dir, 'm');
+          writeFileSync(file, raw);
+          const fd = openSync(file, 'r');
+          try {
+            const state = Uint8Array.of(1, 0);
+            const consumed = new Float64Array(1);
+            const dst = Buffer.alloc(cap);
+            const out: Buffer[] = [];
+            let pos = 0;
+            for (;;) {
+              const n = native!.readStuffedInto!(fd, pos, dst, state, consumed);
+              expect(n).toBeGreaterThanOrEqual(0); // just written: in the page cache
+              if (consumed[0] === 0) break;
+              out.push(Buffer.from(dst.subarray(0, n)));
+              pos += consumed[0]!;
+            }
+            expect(pos).toBe(raw.length);
+            out.push(b(state[0] === 1 ? '.\r\n' : '\r\n.\r\n'));
+            expect(show(Buffer.concat(out))).toBe(show(stuffMessage(raw, { native: false })));
+          } finally {
+            closeSync(fd);
+          }
+        }),
+        { numRuns: 300 },
+      );
+      // A descriptor that cannot be read: -1, so that the caller's own read reports the error.
+      expect(native!.readStuffedInto!(987654, 0, Buffer.alloc(64), Uint8Array.of(1, 0), new Float64Array(1))).toBe(-1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it.runIf(native !== undefined)('rejects a dst smaller than 16 bytes and arguments of the wrong type', () => {
+    expect(() => native!.stuffInto!(b('abc'), Uint8Array.of(1, 0), Buffer.alloc(8), new Float64Array(1))).toThrow(/16 bytes/);
+    expect(() => native!.stuffInto!(b('abc'), new Uint8Array(1), Buffer.alloc(64), new Float64Array(1))).toThrow(/state/);
+    expect(() => native!.stuffInto!(b('abc'), Uint8Array.of(1, 0), Buffer.alloc(64), new Float32Array(1) as unknown as Float64Array)).toThrow(/consumed/);
   });
 });
 

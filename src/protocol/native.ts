@@ -10,6 +10,19 @@ import { createRequire } from 'node:module';
 export interface NativeCodec {
   /** RETR encoding of one chunk; state = [next byte starts a line, last byte was CR], updated in place. */
   stuff(chunk: Buffer, state: Uint8Array): Buffer;
+  /**
+   * Encode `src` into `dst` as far as `dst` holds (at least 16 bytes); returns
+   * the bytes written and sets consumed[0] to the `src` bytes they cover.
+   * Absent from a module built before this call existed.
+   */
+  stuffInto?(src: Buffer, state: Uint8Array, dst: Buffer, consumed: Float64Array): number;
+  /**
+   * `stuffInto` with the file's bytes from `position` on, read only if the
+   * page cache holds them (Linux preadv2 with RWF_NOWAIT). Returns -1 when
+   * the read would wait for the disk, cannot be done that way, or fails;
+   * 0 with consumed[0] = 0 at the end of the file.
+   */
+  readStuffedInto?(fd: number, position: number, dst: Buffer, state: Uint8Array, consumed: Float64Array): number;
 }
 
 function load(): NativeCodec | undefined {

@@ -138,13 +138,18 @@ export class Connection {
     this.#reader.maxLength = n;
   }
 
-  write(data: string | Buffer): void {
-    if (this.#closed) return;
+  /** Queue output; `written` runs once the socket is done with `data` (sent, or failed), so its buffer may be reused. */
+  write(data: string | Buffer, written?: () => void): void {
+    if (this.#closed) {
+      written?.();
+      return;
+    }
     if (!this.#corked) {
       this.#corked = true;
       this.#sock.cork();
     }
-    this.#sock.write(data);
+    if (written === undefined) this.#sock.write(data);
+    else this.#sock.write(data, written);
   }
 
   get needsDrain(): boolean {

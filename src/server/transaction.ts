@@ -3,6 +3,7 @@ import { DotStuffer } from '../protocol/dot-stuff.js';
 import { Pop3Error } from '../protocol/codes.js';
 import type { Maildrop } from '../store/types.js';
 import type { Handler, Session } from './session.js';
+import { fileCodec, sendStuffedFile } from './retr-file.js';
 
 /** TRANSACTION state (RFC 1939 §5): the locked maildrop, fixed message numbers, deletion marks. */
 export class TransactionState {
@@ -115,6 +116,7 @@ function* liveLines(st: TransactionState, line: (i: number) => string): Generato
 
 /** Stream a message through the dot-stuffing codec with output backpressure. */
 async function sendMessage(s: Session, st: TransactionState, index: number, bodyLines: number | undefined): Promise<number> {
+  if (bodyLines === undefined && fileCodec !== undefined && st.maildrop.openFile !== undefined) return sendFile(s, st, index, fileCodec);
   const stream = await st.maildrop.read(index, s.conn.signal);
   const stuffer = new DotStuffer(bodyLines === undefined ? {} : { bodyLines });
   const size = st.maildrop.messages[index]!.size;
@@ -145,6 +147,24 @@ async function sendMessage(s: Session, st: TransactionState, index: number, body
     sent += piece.length;
   }
   return sent;
+}
+
+/** RETR of a message stored as a file, with the native encoder (retr-file.ts). */
+async function sendFile(s: Session, st: TransactionState, index: number, codec: NonNullable<typeof fileCodec>): Promise<number> {
+  const fh = await st.maildrop.openFile!(index);
+  s.conn.write(`+OK ${st.maildrop.messages[index]!.size} octets\r\n`);
+  try {
+    return await sendStuffedFile(codec, fh, s.conn);
+  } catch (e) {
+    // The +OK is out: a truncated body must never look complete, so no terminator; drop the client.
+    if (!s.conn.closed) s.ctx.logger.error({ err: e, user: st.principal.username, msg: index + 1 }, 'reading message failed');
+    s.close('message read failed');
+    s.conn.destroy();
+    return 0;
+  } finally {
+    // Nothing waits for the close: the next command may start now.
+    fh.close().catch(() => undefined);
+  }
 }
 
 async function retr(s: Session, st: TransactionState, args: string): Promise<void> {

@@ -1,3 +1,4 @@
+import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Principal } from '../auth/types.js';
 
@@ -18,6 +19,12 @@ export interface Maildrop {
   readonly messages: readonly MessageInfo[];
   /** Raw stored bytes of message `index` (0-based). The protocol codec converts line ends and stuffs dots. */
   read(index: number, signal?: AbortSignal): Promise<Readable>;
+  /**
+   * The same bytes as an open file, for stores that keep each message in a
+   * file of its own (Maildir). RETR then reads and encodes it without a
+   * stream. The caller closes the handle.
+   */
+  openFile?(index: number): Promise<FileHandle>;
   /**
    * UPDATE state: remove exactly these (0-based) messages, or throw.
    * `retrieved` messages (RETR in this session, not deleted) are marked as

@@ -524,12 +524,16 @@ class MaildirMaildrop implements Maildrop {
   }
 
   async read(index: number, signal?: AbortSignal): Promise<Readable> {
+    const fh = await this.openFile(index);
+    return fh.createReadStream({ highWaterMark: 256 * 1024, ...(signal ? { signal } : {}) });
+  }
+
+  async openFile(index: number): Promise<fs.FileHandle> {
     const e = this.#entries[index];
     if (e === undefined) throw new RangeError(`no message ${index}`);
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
-        const fh = await fs.open(path.join(this.#dir, 'cur', e.filename), 'r');
-        return fh.createReadStream({ highWaterMark: 256 * 1024, ...(signal ? { signal } : {}) });
+        return await fs.open(path.join(this.#dir, 'cur', e.filename), 'r');
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 0) break;
         if (!(await this.#relocate(e))) break;
