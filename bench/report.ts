@@ -20,10 +20,12 @@ export interface Params {
   idleConnections: number;
   /** Connections held at once by the `hold` figure. */
   holdConnections: number;
-  /** sessions/s: the compiled generator (bench/sessload.c) when a C compiler is there; false: the Node one. */
+  /** sessions/s and RETR: the compiled generators (bench/sessload.c, bench/retrload.c) when a C compiler is there; false: the Node one. */
   compiledLoad: boolean;
   /** Which generator the sessions/s figure actually used (set while running). */
   sessionLoad?: 'compiled' | 'node';
+  /** Which generator the RETR figure actually used (set while running): bench/retrload.c or the Node one. */
+  retrLoad?: 'compiled' | 'node';
 }
 
 export interface Options {
@@ -315,7 +317,7 @@ ${markdownTable(rs)}
 favours Poplar; where lower is better, below 1 favours Poplar. MB = 10^6 bytes.
 
 CPU time during each measuring window: the server (all its processes, from \`/proc/<pid>/stat\`),
-the load generator (${p.sessionLoad === 'compiled' ? 'for sessions/s one compiled process, bench/sessload.c, its own `getrusage()`; otherwise ' : ''}${o.workers} Node processes, \`process.cpuUsage()\`, summed), and the rest of the machine
+the load generator (${loadCpuText(p, o.workers)}), and the rest of the machine
 (\`/proc/stat\` minus those two):
 
 ${cpuTable(r)}
@@ -341,13 +343,7 @@ Both servers run on 127.0.0.1 with plaintext USER/PASS, passwd-file users with \
 passwords (the same cheap check on both sides) and one Maildir per user under a common root.
 Both are started before the first figure; each figure runs against Poplar and then against
 Dovecot, so the two runs of a figure are close in time. The load generator (bench/load.ts) is
-${o.workers} separate Node processes speaking raw POP3 over TCP sockets${
-    p.sessionLoad === 'compiled'
-      ? `; for sessions/s it is bench/sessload.c instead, the same client loop in C (one process, epoll),
-compiled by the benchmark with the system's C compiler, because the Node generator needed about
-0.6 cores of the 2 for this figure (\`--node-load\` uses it anyway)`
-      : ''
-  }.
+${o.workers} separate Node processes speaking raw POP3 over TCP sockets${compiledText(p, o.workers)}.
 
 1. **Sessions per second.** ${p.sessionClients} clients, each in a loop: connect, read the greeting,
    USER, PASS, STAT, QUIT, wait until the server closes the connection. Every command waits
@@ -415,4 +411,23 @@ ${r.dovecot.settings ?? '(not run)'}
 login, since Poplar at log level warn writes none either. \`mail_fsync\` stays at its default
 (\`optimized\`).
 `;
+}
+
+/** Whose CPU time the load generator column sums, figure by figure. */
+function loadCpuText(p: Params, workers: number): string {
+  const parts: string[] = [];
+  if (p.sessionLoad === 'compiled') parts.push('for sessions/s one compiled process, bench/sessload.c');
+  if (p.retrLoad === 'compiled') parts.push(`for RETR up to ${Math.min(workers, p.retrClients)} compiled processes, bench/retrload.c`);
+  const node = `${workers} Node processes, \`process.cpuUsage()\``;
+  return parts.length === 0 ? `${node}, summed` : `${parts.join('; ')}, each its own \`getrusage()\`; otherwise ${node}; summed`;
+}
+
+/** Which figures use the compiled generators instead of the Node one, and why. */
+function compiledText(p: Params, workers: number): string {
+  const used = [p.sessionLoad === 'compiled' ? 'sessions/s' : '', p.retrLoad === 'compiled' ? 'RETR' : ''].filter((x) => x !== '');
+  if (used.length === 0) return '';
+  return `; for ${used.join(' and ')} it is ${used.length === 2 ? 'bench/sessload.c and bench/retrload.c' : used[0] === 'RETR' ? 'bench/retrload.c' : 'bench/sessload.c'} instead,
+the same client loops in C (epoll; RETR splits its clients over ${Math.min(workers, p.retrClients)} processes), compiled by the benchmark with the system's C
+compiler. The Node generator needed about 0.6 cores of the 2 for sessions/s, and for RETR it spent
+more CPU per MB received than the faster server spent sending it (\`--node-load\` uses it anyway)`;
 }

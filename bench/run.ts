@@ -18,7 +18,7 @@ import { dovecotAvailable } from '../test/helpers/dovecot.js';
 import { formatProfile, summariseProfile } from './cpu-profile.js';
 import { allUsers, BIG_MESSAGES, BIG_USER, copyMaildirs, ensureTemplate, moveDir, prepareBigCopy, RETR_USERS, type Manifest } from './data.js';
 import { childrenOf, machineInfo, memoryOf, openFileLimit, processGroup, systemBusySeconds } from './procfs.js';
-import type { BigDropResult, FromWorker, IdleReady, RetrResult, SessionsResult, ToWorker } from './protocol.js';
+import type { BigDropResult, FromWorker, IdleReady, RetrJob, RetrResult, SessionsResult, ToWorker } from './protocol.js';
 import {
   fmtBytes,
   markdown,
@@ -73,7 +73,7 @@ const USAGE = `usage: npm run bench -- [options]
   --server poplar|dovecot one server only
   --cold                  drop the 100k maildrop's caches first and measure the first login without them
   --cpu-prof              run Poplar's sessions/s figure under node --cpu-prof and summarise the profile
-  --node-load             sessions/s from the Node load generator even when bench/sessload.c can be compiled
+  --node-load             the Node load generator for sessions/s and RETR even when bench/sessload.c and retrload.c can be compiled
   --workers N             load generator processes (default: cores, at least 2, at most 4)
   --poplar-workers N      run Poplar as \`poplar serve --workers N\` (default: the number of cores)
 Only a full run (all figures, both servers, no --quick) rewrites docs/benchmarks.md.
@@ -185,40 +185,53 @@ function ensureBuilt(): void {
 }
 
 /**
- * The compiled sessions/s generator (bench/sessload.c), built into bench/.work/
- * with the system's C compiler; undefined when there is none (the Node
- * generator in bench/load.ts is used then).
+ * A compiled load generator (bench/sessload.c for sessions/s, bench/retrload.c
+ * for RETR), built into bench/.work/ with the system's C compiler; undefined
+ * when there is none (the Node generator in bench/load.ts is used then).
  */
-function sessionLoader(): string | undefined {
-  const src = path.join(ROOT, 'bench', 'sessload.c');
-  const bin = path.join(WORK, 'sessload');
+function compiledLoader(name: 'sessload' | 'retrload'): string | undefined {
+  const src = path.join(ROOT, 'bench', `${name}.c`);
+  const bin = path.join(WORK, name);
   if (existsSync(bin) && statSync(bin).mtimeMs >= statSync(src).mtimeMs) return bin;
   const r = spawnSync('cc', ['-O2', '-o', bin, src], { stdio: ['ignore', 'ignore', 'pipe'] });
   if (r.status === 0) return bin;
-  log(`no C compiler for bench/sessload.c (${r.error?.message ?? r.stderr?.toString().split('\n')[0] ?? 'failed'}); sessions/s uses the Node load generator`);
+  log(`no C compiler for bench/${name}.c (${r.error?.message ?? r.stderr?.toString().split('\n')[0] ?? 'failed'}); the Node load generator is used instead`);
   return undefined;
 }
 
-/** One run of the compiled generator; resolves with its SessionsResult. */
-function runSessload(bin: string, port: number, users: Manifest['sessionUsers'], clients: number, startAt: number, p: Params): Promise<SessionsResult> {
-  const file = path.join(WORK, 'sessload-users.txt');
-  writeFileSync(file, users.map((u) => `${u.name} ${u.password}`).join('\n') + '\n', { mode: 0o600 });
+/** Run a compiled generator to its end; resolves with the JSON object it prints. */
+function runCompiled<T>(bin: string, args: string[]): Promise<T> {
+  const name = path.basename(bin);
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, [String(port), String(startAt), String(p.sessionWarmupMs), String(p.sessionDurationMs), String(clients), file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     child.on('error', reject);
     child.on('close', (code) => {
-      if (code !== 0) return reject(new Error(`sessload exited with ${String(code)}: ${err.trim()}`));
+      if (code !== 0) return reject(new Error(`${name} exited with ${String(code)}: ${err.trim()}`));
       try {
-        resolve(JSON.parse(out) as SessionsResult);
+        resolve(JSON.parse(out) as T);
       } catch (e) {
-        reject(new Error(`sessload printed no result: ${(e as Error).message}: ${out.slice(0, 200)}`));
+        reject(new Error(`${name} printed no result: ${(e as Error).message}: ${out.slice(0, 200)}`));
       }
     });
   });
+}
+
+/** One run of the compiled sessions/s generator. */
+function runSessload(bin: string, port: number, users: Manifest['sessionUsers'], clients: number, startAt: number, p: Params): Promise<SessionsResult> {
+  const file = path.join(WORK, 'sessload-users.txt');
+  writeFileSync(file, users.map((u) => `${u.name} ${u.password}`).join('\n') + '\n', { mode: 0o600 });
+  return runCompiled<SessionsResult>(bin, [String(port), String(startAt), String(p.sessionWarmupMs), String(p.sessionDurationMs), String(clients), file]);
+}
+
+/** One run of the compiled RETR generator (process `k` of several) for these clients. */
+function runRetrload(bin: string, k: number, port: number, clients: RetrJob['clients'], startAt: number, p: Params): Promise<RetrResult> {
+  const file = path.join(WORK, `retrload-clients-${k}.txt`);
+  writeFileSync(file, clients.map((c) => `${c.user.name} ${c.user.password} ${c.expectedBodyBytes.length} ${c.expectedBodyBytes.join(' ')}`).join('\n') + '\n', { mode: 0o600 });
+  return runCompiled<RetrResult>(bin, [String(port), String(startAt), String(p.retrWarmupMs), String(p.retrDurationMs), String(p.retrWindow), file]);
 }
 
 function readCold(): Partial<Record<ServerKey, ColdRecord>> {
@@ -462,7 +475,7 @@ async function figSessions(server: BenchServer, ws: LoadWorker[], m: Manifest, p
   const userSets = split(m.sessionUsers, ws.length);
   const clients = shares(p.sessionClients, ws.length);
   const cpu = windowCpu(server, tWarm, tEnd);
-  const bin = p.compiledLoad ? sessionLoader() : undefined;
+  const bin = p.compiledLoad ? compiledLoader('sessload') : undefined;
   const results: SessionsResult[] =
     bin !== undefined
       ? [await runSessload(bin, server.port, m.sessionUsers, p.sessionClients, startAt, p)]
@@ -495,9 +508,15 @@ async function figRetr(server: BenchServer, ws: LoadWorker[], m: Manifest, p: Pa
   const active = ws.slice(0, Math.min(ws.length, clients.length));
   const sets = split(clients, active.length);
   const cpu = windowCpu(server, tWarm, tEnd);
+  const bin = p.compiledLoad ? compiledLoader('retrload') : undefined;
   const results: RetrResult[] = await Promise.all(
-    active.map((w, i) => w.request({ kind: 'retr', port: server.port, clients: sets[i]!, window: p.retrWindow, startAt, warmupMs: p.retrWarmupMs, durationMs: p.retrDurationMs }, 'retr')),
+    active.map((w, i) =>
+      bin !== undefined
+        ? runRetrload(bin, i, server.port, sets[i]!, startAt, p)
+        : w.request({ kind: 'retr', port: server.port, clients: sets[i]!, window: p.retrWindow, startAt, warmupMs: p.retrWarmupMs, durationMs: p.retrDurationMs }, 'retr'),
+    ),
   );
+  p.retrLoad = bin !== undefined ? 'compiled' : 'node';
   const bytes = results.reduce((a, r) => a + r.bytes, 0);
   const windowS = p.retrDurationMs / 1000;
   return {
