@@ -269,14 +269,17 @@ describe('MaildirStore session lock', () => {
     const holder = spawn('flock', ['--exclusive', '--nonblock', '--close', lockFile, 'sleep', '30'], { stdio: 'ignore' });
     children.push(holder);
     await once(holder, 'spawn');
-    for (let i = 0; i < 200 && spawnSync('flock', ['--nonblock', lockFile, 'true']).status === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    // Wait until the holder really has the lock (on a loaded machine starting it can take seconds).
+    const deadline = Date.now() + 20_000;
+    while (spawnSync('flock', ['--nonblock', lockFile, 'true']).status === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    expect(spawnSync('flock', ['--nonblock', lockFile, 'true']).status).not.toBe(0);
     const err = await store.open({ username: USER }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(Pop3Error);
     expect((err as Pop3Error).code).toBe('IN-USE');
     holder.kill('SIGKILL');
     await once(holder, 'exit');
     await openBox();
-  });
+  }, 30_000);
 
   it('rejects user names that would leave the maildir root', async () => {
     for (const username of ['', '.', '..', 'a/b', 'a\0b']) {
