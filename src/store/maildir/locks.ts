@@ -1,4 +1,4 @@
-import { closeSync, openSync, promises as fs, constants as C } from 'node:fs';
+import { closeSync, openSync, promises as fs, constants as C, type Stats } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -102,8 +102,14 @@ export class UidlistLock {
   }
 
   /** Replace dovecot-uidlist atomically, then release the lock. */
-  async replace(content: string, fsync: boolean): Promise<void> {
+  /**
+   * Write a new dovecot-uidlist (temporary file, rename) and release the lock.
+   * Returns the new file's stat, taken before the lock is released: while no
+   * other writer can have touched it, so it describes exactly `content`.
+   */
+  async replace(content: string, fsync: boolean): Promise<Stats> {
     const tmp = path.join(this.#dir, 'dovecot-uidlist.tmp');
+    const target = path.join(this.#dir, 'dovecot-uidlist');
     try {
       const fh = await fs.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC, 0o600);
       try {
@@ -112,7 +118,8 @@ export class UidlistLock {
       } finally {
         await fh.close();
       }
-      await fs.rename(tmp, path.join(this.#dir, 'dovecot-uidlist'));
+      await fs.rename(tmp, target);
+      return await fs.stat(target);
     } finally {
       await this.release();
     }

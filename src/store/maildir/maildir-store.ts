@@ -1,4 +1,4 @@
-import { promises as fs, constants as C, statSync, accessSync } from 'node:fs';
+import { promises as fs, constants as C, statSync, accessSync, type Stats } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -26,8 +26,18 @@ export interface MaildirStoreOptions {
 
 const SESSION_LOCK = 'poplar-pop3.lock';
 
-/** Remembered scans, by maildrop directory (see #scan). */
-const SCAN_CACHE = new Map<string, { key: string; entries: Entry[] }>();
+/**
+ * Remembered scans, by maildrop directory (see #scan). `unconfirmed` marks a
+ * scan taken while the maildrop was still changing (typically by the scan's
+ * own uidlist update): it is trusted only after a listing, taken once the
+ * quiet time has passed, shows exactly its files.
+ */
+interface RememberedScan {
+  key: string;
+  entries: Entry[];
+  unconfirmed?: { newest: number; quietMs: number };
+}
+const SCAN_CACHE = new Map<string, RememberedScan>();
 const SCAN_CACHE_MAX = 2000;
 /**
  * A directory must have been unchanged this long before a scan of it is
@@ -39,17 +49,35 @@ const SCAN_CACHE_MAX = 2000;
 const QUIET_MS = 2000;
 const QUIET_FINE_MS = 100;
 
+interface ScanKey {
+  key: string;
+  /** The latest change time of cur/, new/ and the uidlist. */
+  newest: number;
+  /** The latest change time of cur/ and new/ alone. */
+  newestDir: number;
+  /** The uidlist's part of the key. */
+  ukey: string;
+  quietMs: number;
+}
+
+function uidlistKey(u: Stats | null): string {
+  return u === null ? '-' : `${u.ino}:${u.size}:${u.mtimeMs}:${u.ctimeMs}`;
+}
+
 /** Three stat calls, synchronous: they run on every login and cost microseconds. */
-function statScanKey(dir: string): { key: string; newest: number; quietMs: number } | null {
+function statScanKey(dir: string): ScanKey | null {
   try {
     const c = statSync(path.join(dir, 'cur'));
     const n = statSync(path.join(dir, 'new'));
     const u = statSync(path.join(dir, 'dovecot-uidlist'), { throwIfNoEntry: false }) ?? null;
-    const ukey = u === null ? '-' : `${u.ino}:${u.size}:${u.mtimeMs}:${u.ctimeMs}`;
-    const times = [c.mtimeMs, c.ctimeMs, n.mtimeMs, n.ctimeMs, u?.mtimeMs ?? 0, u?.ctimeMs ?? 0];
+    const ukey = uidlistKey(u);
+    const dirTimes = [c.mtimeMs, c.ctimeMs, n.mtimeMs, n.ctimeMs];
+    const times = [...dirTimes, u?.mtimeMs ?? 0, u?.ctimeMs ?? 0];
     return {
       key: `${c.ino}:${c.mtimeMs}:${c.ctimeMs}|${n.ino}:${n.mtimeMs}:${n.ctimeMs}|${ukey}`,
       newest: Math.max(...times),
+      newestDir: Math.max(...dirTimes),
+      ukey,
       quietMs: times.some((t) => t % 1000 !== 0) ? QUIET_FINE_MS : QUIET_MS,
     };
   } catch {
@@ -74,6 +102,17 @@ const SCAN_FILE_HEADER = 'poplar-scan 1 ';
 /** @internal Tests: forget the scans remembered in memory (as a fresh process would). */
 export function forgetRememberedScans(): void {
   SCAN_CACHE.clear();
+}
+
+/**
+ * @internal Tests: drop the last message from the remembered scan of `dir`, as
+ * if the scan had missed a file that arrived within the same timestamp tick.
+ * Returns whether that scan is still unconfirmed.
+ */
+export function forgetLastRememberedMessage(dir: string): boolean | undefined {
+  const r = SCAN_CACHE.get(dir);
+  r?.entries.pop();
+  return r === undefined ? undefined : r.unconfirmed !== undefined;
 }
 
 async function readScanFile(dir: string, key: string): Promise<Entry[] | null> {
@@ -112,6 +151,20 @@ async function writeScanFile(dir: string, key: string, entries: readonly Entry[]
   // No fsync: a cache. A torn or stale file fails the key or the parse and is ignored.
   await fs.writeFile(tmp, text, { mode: 0o600 });
   await fs.rename(tmp, path.join(dir, SCAN_FILE));
+}
+
+/** new/ is empty and cur/ holds exactly the files of `entries` (names with flags included). */
+async function listingMatches(dir: string, entries: readonly Entry[]): Promise<boolean> {
+  try {
+    const [cur, fresh] = await Promise.all([fs.readdir(path.join(dir, 'cur')), fs.readdir(path.join(dir, 'new'))]);
+    if (fresh.some((f) => f[0] !== '.')) return false;
+    const names = new Set(cur.filter((f) => f[0] !== '.'));
+    if (names.size !== entries.length) return false;
+    for (const e of entries) if (!names.has(e.filename)) return false;
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Maildrops locked anywhere in this process, by any store instance (the lock file covers other processes). */
@@ -213,9 +266,17 @@ export class MaildirStore implements MailStore {
     const before = key ?? statScanKey(dir);
     const cached = SCAN_CACHE.get(dir);
     if (cached !== undefined && before !== null && cached.key === before.key) {
-      SCAN_CACHE.delete(dir); // re-insert: most recently used last
-      SCAN_CACHE.set(dir, cached);
-      return cached.entries.map((e) => ({ ...e }));
+      const u = cached.unconfirmed;
+      if (u === undefined || (Date.now() - u.newest > u.quietMs && (await listingMatches(dir, cached.entries)))) {
+        if (u !== undefined) {
+          // Confirmed: the listing came after the quiet time, so a later change cannot carry the key's times.
+          delete cached.unconfirmed;
+          this.#saveScan(dir, cached.key, cached.entries);
+        }
+        SCAN_CACHE.delete(dir); // re-insert: most recently used last
+        SCAN_CACHE.set(dir, cached);
+        return cached.entries.map((e) => ({ ...e }));
+      }
     }
     if (before !== null && this.#scanFiles) {
       // Another process (a --workers sibling, or this server before a restart) may have left the scan on disk.
@@ -226,26 +287,38 @@ export class MaildirStore implements MailStore {
       }
     }
     const started = Date.now();
-    const entries = await this.#fullScan(dir, signal);
+    const { entries, wrote } = await this.#fullScan(dir, signal);
     const after = statScanKey(dir);
-    if (after !== null && started - after.newest > after.quietMs) {
-      this.#remember(dir, after.key, entries);
-      if (entries.length >= SCAN_FILE_MIN && this.#scanFiles) {
-        writeScanFile(dir, after.key, entries).catch((e: unknown) => this.#log.debug({ err: e, dir }, 'could not save the maildrop scan'));
-      }
-    } else {
+    // A uidlist this scan wrote itself (stat taken under its lock, and still the same file) holds
+    // exactly what the scan used: only the directories must have been quiet.
+    const newest = after !== null && wrote !== undefined && after.ukey === wrote ? after.newestDir : after?.newest;
+    if (after === null || newest === undefined) {
       SCAN_CACHE.delete(dir);
+    } else if (started - newest > after.quietMs) {
+      this.#remember(dir, after.key, entries);
+      this.#saveScan(dir, after.key, entries);
+    } else {
+      // Changed during the scan or just before it (a first login writes the uidlist itself):
+      // kept, to be confirmed by a listing at the next login instead of a whole new scan.
+      this.#remember(dir, after.key, entries, { newest, quietMs: after.quietMs });
     }
     return entries;
   }
 
-  #remember(dir: string, key: string, entries: Entry[]): void {
+  #remember(dir: string, key: string, entries: Entry[], unconfirmed?: RememberedScan['unconfirmed']): void {
     SCAN_CACHE.delete(dir); // (re-)insert: most recently used last
-    SCAN_CACHE.set(dir, { key, entries: entries.map((e) => ({ ...e })) });
+    SCAN_CACHE.set(dir, { key, entries: entries.map((e) => ({ ...e })), ...(unconfirmed ? { unconfirmed } : {}) });
     if (SCAN_CACHE.size > SCAN_CACHE_MAX) SCAN_CACHE.delete(SCAN_CACHE.keys().next().value!);
   }
 
-  async #fullScan(dir: string, signal?: AbortSignal): Promise<Entry[]> {
+  /** A big maildrop's trusted scan is saved for the sibling workers and the next start. */
+  #saveScan(dir: string, key: string, entries: readonly Entry[]): void {
+    if (entries.length < SCAN_FILE_MIN || !this.#scanFiles) return;
+    writeScanFile(dir, key, entries).catch((e: unknown) => this.#log.debug({ err: e, dir }, 'could not save the maildrop scan'));
+  }
+
+  /** List the maildrop and match it with the uidlist; `wrote`: the key of the uidlist it wrote, if it did. */
+  async #fullScan(dir: string, signal?: AbortSignal): Promise<{ entries: Entry[]; wrote?: string }> {
     const cur = path.join(dir, 'cur');
     await moveNewToCur(dir);
     const files = (await fs.readdir(cur)).filter((f) => f[0] !== '.');
@@ -253,6 +326,7 @@ export class MaildirStore implements MailStore {
     for (const f of files) byBase.set(baseName(f), f);
 
     let uidlist = await readUidlist(dir);
+    let wrote: string | undefined;
     let plan = planSync(uidlist, byBase);
     if (plan.unassigned.length > 0 || plan.missingSize.length > 0 || uidlist === null) {
       // Compute missing sizes before taking the lock: reading files can be slow, and a
@@ -298,14 +372,15 @@ export class MaildirStore implements MailStore {
         // meanwhile, must keep its record, or it would get a new UID later.
         const present = await listBaseNames(dir);
         uidlist.records = uidlist.records.filter((r) => byBase.has(r.basename) || present.has(r.basename));
-        await lock.replace(formatUidlist(uidlist), this.#fsync);
+        wrote = uidlistKey(await lock.replace(formatUidlist(uidlist), this.#fsync));
       } catch (e) {
         await lock.release();
         throw e;
       }
       plan = planSync(uidlist, byBase);
     }
-    return buildEntries(uidlist!, byBase, plan.known);
+    const entries = buildEntries(uidlist!, byBase, plan.known);
+    return wrote === undefined ? { entries } : { entries, wrote };
   }
 
   async deliver(user: string, message: Readable | Buffer, signal?: AbortSignal): Promise<void> {

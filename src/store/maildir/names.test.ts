@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { describe, it, expect } from 'vitest';
 import { baseName, compareMaildirNames, sizeFromName, uniqueName } from './names.js';
 
@@ -85,6 +86,21 @@ describe('sizeFromName / baseName', () => {
     expect(sizeFromName('1700000000.M1P1.a')).toBeUndefined();
     expect(sizeFromName('1700000000.M1P1.a:2,W=5')).toBeUndefined(); // in the info part: not a size
     expect(sizeFromName('1700000000.M1P1.a,W=:2,')).toBeUndefined();
+    expect(sizeFromName('1700000000.M1P1.a,W=x,W=12:2,')).toBe(12); // the first ,W= with digits
+  });
+
+  it('agrees with the plain reading (the first ,W=<digits> before the colon) on any name', () => {
+    const reference = (f: string): number | undefined => {
+      const m = /,W=(\d+)/.exec(baseName(f));
+      return m ? Number(m[1]) : undefined;
+    };
+    fc.assert(
+      fc.property(fc.array(fc.constantFrom(',', 'W', '=', '0', '7', '9', ':', 'a', ',W=', ',W=1'), { maxLength: 14 }), (parts) => {
+        const f = parts.join('');
+        expect(sizeFromName(f)).toBe(reference(f));
+      }),
+      { numRuns: 5000 },
+    );
   });
 
   it('baseName cuts the :2,flags info', () => {

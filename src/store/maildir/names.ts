@@ -7,12 +7,25 @@ export function baseName(filename: string): string {
   return colon === -1 ? filename : filename.slice(0, colon);
 }
 
-const W_RE = /,W=(\d+)/;
-
-/** The CRLF size (`,W=`) recorded in a file name, if any (only in the base part). */
+/**
+ * The CRLF size (`,W=`) recorded in a file name, if any (only in the base
+ * part): the first `,W=` followed by at least one digit. Runs for every file
+ * of a maildrop at each scan, so no regular expression and no substring.
+ */
 export function sizeFromName(filename: string): number | undefined {
-  const m = W_RE.exec(baseName(filename));
-  return m ? Number(m[1]) : undefined;
+  let colon = filename.indexOf(':');
+  if (colon === -1) colon = filename.length;
+  for (let at = filename.indexOf(',W='); at !== -1 && at < colon; at = filename.indexOf(',W=', at + 1)) {
+    let n = 0;
+    let i = at + 3;
+    for (; i < colon; i++) {
+      const d = filename.charCodeAt(i) - 0x30;
+      if (d < 0 || d > 9) break;
+      n = n * 10 + d;
+    }
+    if (i > at + 3) return n;
+  }
+  return undefined;
 }
 
 /**

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '../../observability/log.js';
-import { forgetRememberedScans, MaildirStore } from './maildir-store.js';
+import { forgetLastRememberedMessage, forgetRememberedScans, MaildirStore } from './maildir-store.js';
 
 let root: string;
 let store: MaildirStore;
@@ -74,6 +74,60 @@ describe('remembered maildrop scans never hide a change', () => {
     for (let i = 0; i < 30; i++) {
       await store.deliver('u', Buffer.from(`Subject: more ${i}\r\n\r\nx\r\n`));
       expect(await uidls()).toHaveLength(4 + i);
+    }
+  }, 20_000);
+
+  it('a scan taken while the maildrop changed is confirmed by one listing after the quiet time, not scanned again', async () => {
+    for (let i = 0; i < 3; i++) await store.deliver('u', Buffer.from(`Subject: ${i}\r\n\r\nbody\r\n`));
+    const first = await uidls(); // moves new/ to cur/ and writes the uidlist: not quiet
+    await new Promise((r) => setTimeout(r, 250));
+    const readFile = vi.spyOn(fs, 'readFile');
+    const readdir = vi.spyOn(fs, 'readdir');
+    try {
+      expect(await uidls()).toEqual(first);
+      expect(readFile).not.toHaveBeenCalled(); // no uidlist read: no scan
+      expect(readdir.mock.calls.map((c) => path.basename(String(c[0]))).sort()).toEqual(['cur', 'new']);
+      readdir.mockClear();
+      expect(await uidls()).toEqual(first);
+      expect(readdir).not.toHaveBeenCalled(); // confirmed: trusted like a quiet scan
+    } finally {
+      readFile.mockRestore();
+      readdir.mockRestore();
+    }
+  }, 20_000);
+
+  it('a first login that only had to write the uidlist is remembered at once, and a file added afterwards is still seen', async () => {
+    const box = path.join(root, 'u');
+    for (const d of ['cur', 'new', 'tmp']) await fs.mkdir(path.join(box, d), { recursive: true });
+    for (let i = 0; i < 5; i++) await fs.writeFile(path.join(box, 'cur', `${1_700_000_000 + i}.M${i}P1.host:2,S`), `Subject: ${i}\r\n\r\nx\r\n`);
+    await new Promise((r) => setTimeout(r, 250)); // cur/ and new/ quiet; no uidlist yet
+    const first = await uidls(); // measures every file, gives UIDs, writes the uidlist
+    const readdir = vi.spyOn(fs, 'readdir');
+    try {
+      expect(await uidls()).toEqual(first);
+      expect(readdir).not.toHaveBeenCalled();
+    } finally {
+      readdir.mockRestore();
+    }
+    // A delivery right after: the very next login sees it.
+    await fs.writeFile(path.join(box, 'cur', '1700000099.M9P1.host:2,'), 'Subject: late\r\n\r\ny\r\n');
+    expect(await uidls()).toHaveLength(6);
+  }, 20_000);
+
+  it('an unconfirmed scan whose files differ from the listing is not used', async () => {
+    for (let i = 0; i < 3; i++) await store.deliver('u', Buffer.from(`Subject: ${i}\r\n\r\nbody\r\n`));
+    const first = await uidls();
+    // As if a message had arrived within the scan's last timestamp tick and the scan had missed it.
+    expect(forgetLastRememberedMessage(path.join(root, 'u'))).toBe(true);
+    await new Promise((r) => setTimeout(r, 250));
+    expect(await uidls()).toEqual(first);
+    // Before the quiet time has passed, the unconfirmed scan is not even listed against: it is rescanned.
+    for (let i = 0; i < 5; i++) {
+      await store.deliver('u', Buffer.from(`Subject: more ${i}\r\n\r\nx\r\n`));
+      const all = await uidls();
+      expect(all).toHaveLength(4 + i);
+      forgetLastRememberedMessage(path.join(root, 'u'));
+      expect(await uidls()).toEqual(all);
     }
   }, 20_000);
 
