@@ -358,8 +358,9 @@ ${o.workers} separate Node processes speaking raw POP3 over TCP sockets${compile
    flight, parses each reply up to its terminating "." line and checks its length against the
    expected one, then QUITs; clients repeat sessions for ${p.retrWarmupMs / 1000} s of warm-up plus ${p.retrDurationMs / 1000} s measured.
    A window's figure is all bytes received in it; each server gets three windows and the table
-   shows the median one (the details list all three): on this machine one window of the same
-   server can give half the rate of the next.
+   shows the median one (the details list all three). Servers and load generator share the
+   cores, so a window's rate also depends on how the scheduler places them; the three windows
+   show how much that moved in this run.
 3. **${BIG_MESSAGES.toLocaleString('en-US')}-message maildrop.** One user with ${BIG_MESSAGES.toLocaleString('en-US')} small messages (${(m.bytes.big / 1e6).toFixed(0)} MB) in \`cur/\`,
    named without \`,S=\`/\`,W=\`, so each server must read every file once for its size and then
    rely on its cache (Poplar: the W fields of dovecot-uidlist; Dovecot: its index files).
