@@ -2,6 +2,8 @@
  * Result types of bench/run.ts and the report it prints and writes to
  * docs/benchmarks.md.
  */
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import type { MachineInfo, MemorySample } from './procfs.js';
 import { BIG_MESSAGES, RETR_MESSAGES, RETR_MESSAGE_SIZE, SESSION_MESSAGES, SESSION_USERS, type Manifest } from './data.js';
 
@@ -388,6 +390,9 @@ ${o.workers} separate Node processes speaking raw POP3 over TCP sockets${compile
    \`poplar serve --workers N\` for N = 1 up to the number of cores (the load generator shares
    those cores).
 
+## Optimizations, with figures before and after
+
+${optimizationsLog()}
 ## Server settings
 
 Poplar: \`node dist/cli/main.js serve --log-level warn${o.poplarWorkers > 1 ? ` --workers ${o.poplarWorkers}` : ''}\` (one worker per core) with this configuration file. The default
@@ -431,4 +436,13 @@ function compiledText(p: Params, workers: number): string {
 the same client loops in C (epoll; RETR splits its clients over ${Math.min(workers, p.retrClients)} processes), compiled by the benchmark with the system's C
 compiler. The Node generator needed about 0.6 cores of the 2 for sessions/s, and for RETR it spent
 more CPU per MB received than the faster server spent sending it (\`--node-load\` uses it anyway)`;
+}
+
+/** bench/optimizations.md, kept by hand, copied into the report. */
+function optimizationsLog(): string {
+  try {
+    return readFileSync(fileURLToPath(new URL('./optimizations.md', import.meta.url)), 'utf8');
+  } catch {
+    return '(bench/optimizations.md is missing)\n';
+  }
 }
