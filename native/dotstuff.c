@@ -249,11 +249,15 @@ static napi_value read_stuffed_into(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* native/crlfsize.c */
+napi_value crlf_sizes(napi_env env, napi_callback_info info);
+
 static napi_value init(napi_env env, napi_value exports) {
   static const struct { const char *name; napi_callback fn; } fns[] = {
     {"stuff", stuff},
     {"stuffInto", stuff_into},
     {"readStuffedInto", read_stuffed_into},
+    {"crlfSizes", crlf_sizes},
   };
   for (size_t k = 0; k < sizeof fns / sizeof fns[0]; k++) {
     napi_value fn;

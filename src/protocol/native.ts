@@ -23,6 +23,12 @@ export interface NativeCodec {
    * 0 with consumed[0] = 0 at the end of the file.
    */
   readStuffedInto?(fd: number, position: number, dst: Buffer, state: Uint8Array, consumed: Float64Array): number;
+  /**
+   * POP3 sizes (octets with every bare LF counted as CRLF) of these files,
+   * measured on the thread pool; an entry is -errno for a file that could not
+   * be read (native/crlfsize.c).
+   */
+  crlfSizes?(paths: string[]): Promise<Float64Array>;
 }
 
 function load(): NativeCodec | undefined {

@@ -5,6 +5,7 @@ import { Readable } from 'node:stream';
 import type { Principal } from '../../auth/types.js';
 import { Pop3Error } from '../../protocol/codes.js';
 import { CrlfSizeCounter } from '../../protocol/message-size.js';
+import { native } from '../../protocol/native.js';
 import type { Logger } from '../../observability/log.js';
 import type { CommitOptions, MailStore, Maildrop, MessageInfo } from '../types.js';
 import { SessionLock, UidlistLock } from './locks.js';
@@ -337,17 +338,14 @@ export class MaildirStore implements MailStore {
         ...plan.missingSize.map((r) => r.basename),
         ...plan.unassigned.filter((b) => sizeFromName(byBase.get(b)!) === undefined),
       ];
-      // A few files at a time: a first login on a big Maildir is bound by file-system latency.
-      let next = 0;
-      const worker = async (): Promise<void> => {
-        while (next < toMeasure.length) {
-          signal?.throwIfAborted();
-          const basename = toMeasure[next++]!;
-          const size = await fileCrlfSize(path.join(cur, byBase.get(basename)!)).catch(() => undefined);
-          if (size !== undefined) sizes.set(basename, size);
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(16, toMeasure.length) }, worker));
+      const measured = await fileCrlfSizes(
+        toMeasure.map((b) => path.join(cur, byBase.get(b)!)),
+        signal,
+      );
+      toMeasure.forEach((b, i) => {
+        const size = measured[i];
+        if (size !== undefined) sizes.set(b, size);
+      });
       const lock = await UidlistLock.acquire(dir, { staleSeconds: this.#stale, ...(signal ? { signal } : {}) });
       try {
         // Re-read under the lock: another server may have assigned UIDs meanwhile.
@@ -542,6 +540,45 @@ function withFlag(filename: string, flag: string): string {
   const flags = filename.slice(i + 3);
   if (flags.includes(flag)) return filename;
   return filename.slice(0, i + 3) + [...flags, flag].sort().join('');
+}
+
+/** Files per thread-pool job of the native measurer, and such jobs at a time. */
+const SIZE_BATCH = 256;
+const SIZE_BATCHES_IN_FLIGHT = 2;
+
+/**
+ * POP3 sizes of many files (undefined for one that cannot be read). With the
+ * native module, batches of files are measured on the thread pool in C (open,
+ * read, count, close in one job per batch, instead of four thread-pool round
+ * trips per file); without it, 16 files at a time with fileCrlfSize. A first
+ * login on a big Maildir is bound by this.
+ */
+export async function fileCrlfSizes(files: readonly string[], signal?: AbortSignal): Promise<(number | undefined)[]> {
+  const out = new Array<number | undefined>(files.length);
+  const measure = native?.crlfSizes;
+  let next = 0;
+  if (measure !== undefined) {
+    const worker = async (): Promise<void> => {
+      while (next < files.length) {
+        signal?.throwIfAborted();
+        const from = next;
+        next = Math.min(files.length, next + SIZE_BATCH);
+        const sizes = await measure(files.slice(from, next) as string[]);
+        for (let i = 0; i < sizes.length; i++) out[from + i] = sizes[i]! >= 0 ? sizes[i] : undefined;
+      }
+    };
+    await Promise.all(Array.from({ length: SIZE_BATCHES_IN_FLIGHT }, worker));
+    return out;
+  }
+  const worker = async (): Promise<void> => {
+    while (next < files.length) {
+      signal?.throwIfAborted();
+      const i = next++;
+      out[i] = await fileCrlfSize(files[i]!).catch(() => undefined);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(16, files.length) }, worker));
+  return out;
 }
 
 export async function fileCrlfSize(file: string): Promise<number> {
