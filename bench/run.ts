@@ -192,7 +192,8 @@ function ensureBuilt(): void {
 function compiledLoader(name: 'sessload' | 'retrload'): string | undefined {
   const src = path.join(ROOT, 'bench', `${name}.c`);
   const bin = path.join(WORK, name);
-  if (existsSync(bin) && statSync(bin).mtimeMs >= statSync(src).mtimeMs) return bin;
+  const newest = Math.max(statSync(src).mtimeMs, statSync(path.join(ROOT, 'bench', 'loadgen.h')).mtimeMs);
+  if (existsSync(bin) && statSync(bin).mtimeMs >= newest) return bin;
   const r = spawnSync('cc', ['-O2', '-o', bin, src], { stdio: ['ignore', 'ignore', 'pipe'] });
   if (r.status === 0) return bin;
   log(`no C compiler for bench/${name}.c (${r.error?.message ?? r.stderr?.toString().split('\n')[0] ?? 'failed'}); the Node load generator is used instead`);

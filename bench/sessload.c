@@ -29,8 +29,9 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include "loadgen.h"
 
-enum { MAX_USERS = 4096, MAX_CLIENTS = 1024, BUF = 4096, MAX_SAMPLES = 5 };
+enum { MAX_USERS = 4096, MAX_CLIENTS = 1024, BUF = 4096 };
 
 struct user { char name[128]; char pass[128]; };
 
@@ -48,27 +49,14 @@ static struct user users[MAX_USERS];
 static int free_users[MAX_USERS], free_head, free_count, nusers;
 static struct client clients[MAX_CLIENTS];
 static int port, epfd;
-static double t_warm, t_end;
-static long sessions, errors;
-static char samples[MAX_SAMPLES][160];
-static int nsamples;
+static long sessions;
 static double *lat;
 static size_t nlat, caplat;
-
-static double now_real(void) { struct timespec t; clock_gettime(CLOCK_REALTIME, &t); return t.tv_sec * 1e3 + t.tv_nsec / 1e6; }
-static double now_mono(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e3 + t.tv_nsec / 1e6; }
 
 static int take_user(void) { int u = free_users[free_head]; free_head = (free_head + 1) % nusers; free_count--; return u; }
 static void give_user(int u) { free_users[(free_head + free_count) % nusers] = u; free_count++; }
 
-static int in_window(void) { double n = now_real(); return n >= t_warm && n <= t_end; }
-
-static void error_note(const char *what) {
-  if (!in_window()) return;
-  errors++;
-  for (int i = 0; i < nsamples; i++) if (strcmp(samples[i], what) == 0) return;
-  if (nsamples < MAX_SAMPLES) snprintf(samples[nsamples++], sizeof samples[0], "%s", what);
-}
+static void error_note(const char *what) { error_count(what, 0); }
 
 static void start_session(struct client *c);
 
@@ -171,17 +159,14 @@ int main(int argc, char **argv) {
   if (nclients < 1 || nclients > MAX_CLIENTS || nclients > nusers) { fprintf(stderr, "sessload: %d clients need at least as many users (%d)\n", nclients, nusers); return 64; }
 
   epfd = epoll_create1(0);
-  for (double n = now_real(); n < start; n = now_real()) usleep((useconds_t)((start - n) * 1000 > 1000 ? 1000 : (start - n) * 1000));
+  sleep_until(start);
   for (int i = 0; i < nclients; i++) { clients[i].fd = -1; start_session(&clients[i]); }
 
-  struct rusage ru0 = {0}, ru1 = {0};
-  int have0 = 0, have1 = 0;
-  double w0 = 0, w1 = 0;
+  struct window_cpu w = {0};
   struct epoll_event evs[256];
   for (;;) {
     double n = now_real();
-    if (!have0 && n >= t_warm) { getrusage(RUSAGE_SELF, &ru0); w0 = n; have0 = 1; }
-    if (!have1 && n >= t_end) { getrusage(RUSAGE_SELF, &ru1); w1 = n; have1 = 1; }
+    window_tick(&w);
     int busy = 0;
     for (int i = 0; i < nclients; i++) {
       if (clients[i].fd >= 0) busy = 1;
@@ -194,19 +179,14 @@ int main(int argc, char **argv) {
       if (c->fd >= 0) on_readable(c);
     }
   }
-  if (!have1) { getrusage(RUSAGE_SELF, &ru1); w1 = now_real(); }
+  window_finish(&w);
 
-  printf("{\"kind\":\"sessions\",\"sessions\":%ld,\"errors\":%ld,\"errorSamples\":[", sessions, errors);
-  for (int i = 0; i < nsamples; i++) {
-    printf("%s\"", i ? "," : "");
-    for (const char *p = samples[i]; *p; p++) printf(*p == '"' || *p == '\\' ? "\\%c" : (*p < 0x20 ? "?" : "%c"), *p);
-    printf("\"");
-  }
-  printf("],\"latenciesUs\":[");
+  printf("{\"kind\":\"sessions\",\"sessions\":%ld,\"errors\":%ld,", sessions, errors);
+  print_samples();
+  printf(",\"latenciesUs\":[");
   qsort(lat, nlat, sizeof *lat, cmp);
   for (size_t i = 0; i < nlat; i++) printf("%s%.0f", i ? "," : "", lat[i] * 1000);
-  long uu = (ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) * 1000000L + (ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec);
-  long su = (ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) * 1000000L + (ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec);
-  printf("],\"cpuUserUs\":%ld,\"cpuSystemUs\":%ld,\"windowMs\":%.0f}\n", uu, su, w1 - w0);
+  printf("],");
+  print_cpu(&w);
   return 0;
 }

@@ -31,6 +31,11 @@ const CRLF = Buffer.from('\r\n', 'latin1');
 const TERMINATOR = Buffer.from('.\r\n', 'latin1');
 const CRLF_TERMINATOR = Buffer.from('\r\n.\r\n', 'latin1');
 
+/** What ends an encoded message: ".\r\n", after a CRLF of its own if the message did not end with a line end. Shared; never mutate. */
+export function terminator(atLineStart: boolean): Buffer {
+  return atLineStart ? TERMINATOR : CRLF_TERMINATOR;
+}
+
 /** Marker in the segment list for "insert CRLF here". */
 const INSERT_CRLF = -1;
 
@@ -154,7 +159,7 @@ export class DotStuffer {
   end(): Buffer[] {
     if (this.#ended) return [];
     this.#ended = true;
-    return [this.#atLineStart ? TERMINATOR : CRLF_TERMINATOR];
+    return [terminator(this.#atLineStart)];
   }
 
   #scan(chunk: Buffer): number[] {

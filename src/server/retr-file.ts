@@ -14,6 +14,7 @@
  *   compare the two on the same files).
  */
 import type { FileHandle } from 'node:fs/promises';
+import { terminator } from '../protocol/dot-stuff.js';
 import { native, type NativeCodec } from '../protocol/native.js';
 
 /** Output buffer size: one socket write per chunk. */
@@ -21,9 +22,6 @@ const CHUNK = 256 * 1024;
 /** Free output buffers kept per process; more are left to the garbage collector. */
 const POOL_MAX = 16;
 const pool: Buffer[] = [];
-
-const TERMINATOR = Buffer.from('.\r\n', 'latin1');
-const CRLF_TERMINATOR = Buffer.from('\r\n.\r\n', 'latin1');
 
 function take(): Buffer {
   return pool.pop() ?? Buffer.allocUnsafeSlow(CHUNK);
@@ -87,7 +85,7 @@ export async function sendStuffedFile(codec: Required<NativeCodec>, fh: FileHand
     sent += n;
     if (out.needsDrain && !(await out.drain())) return sent;
   }
-  const end = state[0] === 1 ? TERMINATOR : CRLF_TERMINATOR;
+  const end = terminator(state[0] === 1);
   out.write(end);
   return sent + end.length;
 }
