@@ -6,9 +6,16 @@
 #ifndef POPLAR_BENCH_LOADGEN_H
 #define POPLAR_BENCH_LOADGEN_H
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -64,6 +71,24 @@ static inline void print_cpu(const struct window_cpu *w) {
   const long uu = (w->r1.ru_utime.tv_sec - w->r0.ru_utime.tv_sec) * 1000000L + (w->r1.ru_utime.tv_usec - w->r0.ru_utime.tv_usec);
   const long su = (w->r1.ru_stime.tv_sec - w->r0.ru_stime.tv_sec) * 1000000L + (w->r1.ru_stime.tv_usec - w->r0.ru_stime.tv_usec);
   printf("\"cpuUserUs\":%ld,\"cpuSystemUs\":%ld,\"windowMs\":%.0f}\n", uu, su, w->w1 - w->w0);
+}
+
+/* A non-blocking connection to 127.0.0.1:port (TCP_NODELAY), watched by epfd for input with `ptr`; -errno on failure. */
+static inline int connect_loopback(int epfd, int port, void *ptr) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -errno;
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) {
+    const int err = errno;
+    close(fd);
+    return -err;
+  }
+  struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = ptr };
+  epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+  return fd;
 }
 
 #endif

@@ -84,19 +84,12 @@ static void start_session(struct client *c) {
   c->quit_sent = 0;
   c->in_body = 0;
   c->llen = 0;
-  c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-  int one = 1;
-  setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(c->fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) {
-    error_note(strerror(errno));
-    close(c->fd);
+  c->fd = connect_loopback(epfd, port, c);
+  if (c->fd < 0) {
+    /* Counted, then retried by the main loop after a pause (a failing server must not be spun on). */
+    error_note(strerror(-c->fd));
     c->fd = -1;
-    return;
   }
-  struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = c };
-  epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
 }
 
 static int send_str(struct client *c, const char *s, size_t n) {

@@ -79,21 +79,13 @@ static void start_session(struct client *c) {
   c->step = 0;
   c->len = 0;
   c->t0 = now_mono();
-  c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-  int one = 1;
-  setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(c->fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) {
+  c->fd = connect_loopback(epfd, port, c);
+  if (c->fd < 0) {
     /* Counted, then retried by the main loop after a pause (a failing server must not be spun on). */
-    error_note(strerror(errno));
-    close(c->fd);
+    error_note(strerror(-c->fd));
     c->fd = -1;
     give_user(c->user);
-    return;
   }
-  struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = c };
-  epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
 }
 
 static void send_line(struct client *c, const char *fmt, const char *arg) {
