@@ -48,7 +48,10 @@ describe('session lock (flock on poplar-pop3.lock)', () => {
     children.push(c);
     await once(c, 'spawn');
     // flock(1) takes the lock before it runs sleep: wait until the lock is really held.
-    for (let i = 0; i < 200 && spawnSync('flock', ['--nonblock', file, 'true']).status === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    // On a loaded machine that can take seconds.
+    const deadline = Date.now() + 20_000;
+    while (spawnSync('flock', ['--nonblock', file, 'true']).status === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    expect(spawnSync('flock', ['--nonblock', file, 'true']).status).not.toBe(0);
     return c;
   }
 
@@ -84,7 +87,7 @@ describe('session lock (flock on poplar-pop3.lock)', () => {
     const lock = SessionLock.tryAcquire(file);
     expect(lock).not.toBeNull();
     lock!.release();
-  });
+  }, 30_000);
 
   it('a lock file left by an older version or a crash (any content) locks nobody out', async () => {
     const file = path.join(dir, 'poplar-pop3.lock');

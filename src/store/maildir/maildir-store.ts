@@ -176,13 +176,18 @@ export function dovecotUidl(uid: number, uidValidity: number): string {
   return uid.toString(16).padStart(8, '0') + uidValidity.toString(16).padStart(8, '0');
 }
 
+/**
+ * One message of a scan. Never changed once made: a remembered scan hands the
+ * same objects to every session that reuses it, and a session keeps its own
+ * record of files it found renamed (MaildirMaildrop#names).
+ */
 interface Entry {
-  uid: number;
-  basename: string;
-  filename: string;
-  size: number;
-  uidl: string;
-  order: number | undefined;
+  readonly uid: number;
+  readonly basename: string;
+  readonly filename: string;
+  readonly size: number;
+  readonly uidl: string;
+  readonly order: number | undefined;
 }
 
 export class MaildirStore implements MailStore {
@@ -276,7 +281,7 @@ export class MaildirStore implements MailStore {
         }
         SCAN_CACHE.delete(dir); // re-insert: most recently used last
         SCAN_CACHE.set(dir, cached);
-        return cached.entries.map((e) => ({ ...e }));
+        return cached.entries;
       }
     }
     if (before !== null && this.#scanFiles) {
@@ -308,7 +313,7 @@ export class MaildirStore implements MailStore {
 
   #remember(dir: string, key: string, entries: Entry[], unconfirmed?: RememberedScan['unconfirmed']): void {
     SCAN_CACHE.delete(dir); // (re-)insert: most recently used last
-    SCAN_CACHE.set(dir, { key, entries: entries.map((e) => ({ ...e })), ...(unconfirmed ? { unconfirmed } : {}) });
+    SCAN_CACHE.set(dir, { key, entries, ...(unconfirmed ? { unconfirmed } : {}) });
     if (SCAN_CACHE.size > SCAN_CACHE_MAX) SCAN_CACHE.delete(SCAN_CACHE.keys().next().value!);
   }
 
@@ -611,24 +616,31 @@ class MaildirMaildrop implements Maildrop {
   readonly messages: readonly MessageInfo[];
   readonly #store: MaildirStore;
   readonly #dir: string;
-  readonly #entries: Entry[];
+  readonly #entries: readonly Entry[];
+  /** Current file names of messages found renamed (flags changed) in this session, by index. */
+  readonly #names = new Map<number, string>();
   readonly #lock: SessionLock;
   #released = false;
 
-  constructor(store: MaildirStore, dir: string, entries: Entry[], lock: SessionLock) {
+  constructor(store: MaildirStore, dir: string, entries: readonly Entry[], lock: SessionLock) {
     this.#store = store;
     this.#dir = dir;
     this.#entries = entries;
     this.#lock = lock;
-    this.messages = entries.map((e) => ({ uidl: e.uidl, size: e.size }));
+    this.messages = entries; // an Entry is a MessageInfo (uidl, size), and never changes
+  }
+
+  #filename(index: number): string {
+    return this.#names.get(index) ?? this.#entries[index]!.filename;
   }
 
   /** Another process may have renamed the file (flags changed); find it again by its base name. */
-  async #relocate(e: Entry): Promise<boolean> {
+  async #relocate(index: number): Promise<boolean> {
+    const basename = this.#entries[index]!.basename;
     const files = await fs.readdir(path.join(this.#dir, 'cur'));
     for (const f of files) {
-      if (baseName(f) === e.basename) {
-        e.filename = f;
+      if (baseName(f) === basename) {
+        this.#names.set(index, f);
         return true;
       }
     }
@@ -641,14 +653,13 @@ class MaildirMaildrop implements Maildrop {
   }
 
   async openFile(index: number): Promise<fs.FileHandle> {
-    const e = this.#entries[index];
-    if (e === undefined) throw new RangeError(`no message ${index}`);
+    if (this.#entries[index] === undefined) throw new RangeError(`no message ${index}`);
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
-        return await fs.open(path.join(this.#dir, 'cur', e.filename), 'r');
+        return await fs.open(path.join(this.#dir, 'cur', this.#filename(index)), 'r');
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 0) break;
-        if (!(await this.#relocate(e))) break;
+        if (!(await this.#relocate(index))) break;
       }
     }
     throw new Pop3Error('Message was removed by another process');
@@ -656,21 +667,21 @@ class MaildirMaildrop implements Maildrop {
 
   async commit(deleted: readonly number[], options: CommitOptions = {}): Promise<void> {
     const cur = path.join(this.#dir, 'cur');
+    const n = this.#entries.length;
     let failed = 0;
     for (const i of deleted) {
-      const e = this.#entries[i];
-      if (e !== undefined && !(await this.#unlink(e))) failed++;
+      if (i >= 0 && i < n && !(await this.#unlink(i))) failed++;
     }
     const gone = new Set(deleted);
     // Seen flag for what was retrieved (as Dovecot does); the rename's ctime then dates the first retrieval.
     for (const i of options.retrieved ?? []) {
-      const e = this.#entries[i];
-      if (e === undefined || gone.has(i)) continue;
-      const flagged = withFlag(e.filename, 'S');
-      if (flagged === e.filename) continue;
+      if (i < 0 || i >= n || gone.has(i)) continue;
+      const filename = this.#filename(i);
+      const flagged = withFlag(filename, 'S');
+      if (flagged === filename) continue;
       try {
-        await fs.rename(path.join(cur, e.filename), path.join(cur, flagged));
-        e.filename = flagged;
+        await fs.rename(path.join(cur, filename), path.join(cur, flagged));
+        this.#names.set(i, flagged);
       } catch {
         // Renamed or removed by another process: the flag is a hint, not a promise.
       }
@@ -679,30 +690,30 @@ class MaildirMaildrop implements Maildrop {
     if (options.expireDays !== undefined) {
       const limit = this.#store.now() - options.expireDays * 86_400_000;
       const fresh = new Set(options.retrieved ?? []);
-      for (let i = 0; i < this.#entries.length; i++) {
-        const e = this.#entries[i]!;
-        if (gone.has(i) || fresh.has(i) || !hasFlag(e.filename, 'S')) continue;
-        const st = await fs.stat(path.join(cur, e.filename)).catch(() => null);
-        if (st !== null && st.ctimeMs < limit && (await this.#unlink(e))) changed = true;
+      for (let i = 0; i < n; i++) {
+        const filename = this.#filename(i);
+        if (gone.has(i) || fresh.has(i) || !hasFlag(filename, 'S')) continue;
+        const st = await fs.stat(path.join(cur, filename)).catch(() => null);
+        if (st !== null && st.ctimeMs < limit && (await this.#unlink(i))) changed = true;
       }
     }
     if (changed && this.#store.fsyncEnabled) await fsyncDir(cur);
     if (failed > 0) throw new Pop3Error(`${failed} of ${deleted.length} messages could not be deleted`, 'SYS/TEMP');
   }
 
-  /** Unlink one message; true when it is gone (also when someone else removed it first). */
-  async #unlink(e: Entry): Promise<boolean> {
+  /** Unlink message `index`; true when it is gone (also when someone else removed it first). */
+  async #unlink(index: number): Promise<boolean> {
     const cur = path.join(this.#dir, 'cur');
     try {
-      await fs.unlink(path.join(cur, e.filename));
+      await fs.unlink(path.join(cur, this.#filename(index)));
       return true;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return false;
     }
     // Renamed by another process (flags changed)? Find it by its base name.
-    if (!(await this.#relocate(e).catch(() => false))) return true;
+    if (!(await this.#relocate(index).catch(() => false))) return true;
     try {
-      await fs.unlink(path.join(cur, e.filename));
+      await fs.unlink(path.join(cur, this.#filename(index)));
       return true;
     } catch (err) {
       return (err as NodeJS.ErrnoException).code === 'ENOENT';
