@@ -12,6 +12,7 @@ import { ConfigError, loadConfig, parseHostPort, type ResolvedConfig, type Serve
 import { ensureSelfSignedCertificate, readTlsFiles } from '../config/tls-material.js';
 import { createLogger, type Logger } from '../observability/log.js';
 import { Pop3Server, type BoundListener, type ListenSpec } from '../server/server.js';
+import { fileCodec } from '../server/retr-file.js';
 import { MaildirStore } from '../store/maildir/maildir-store.js';
 
 export interface RunningServer {
@@ -72,6 +73,15 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     throw e;
   }
   for (const l of listeners) logger.info({ host: l.host, port: l.port, tls: l.tls ? 'implicit' : 'stls' }, 'listening');
+  if (fileCodec === undefined) {
+    // RETR still works, with the same bytes, but at about a third of the speed: say so once, at start.
+    logger.warn(
+      { native: false },
+      process.env['POPLAR_NO_NATIVE'] === '1'
+        ? 'the native module is switched off (POPLAR_NO_NATIVE=1): RETR uses the slower JavaScript encoder'
+        : 'the native module (build/Release/poplar_native.node) is not built: RETR uses the slower JavaScript encoder; `npm rebuild` builds it (needs make and a C compiler)',
+    );
+  }
 
   if (demo !== null) {
     const plain = listeners.find((l) => !l.tls);

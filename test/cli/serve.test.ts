@@ -67,6 +67,40 @@ describe('poplar serve: the embedded default', () => {
   });
 });
 
+describe('poplar serve: the native module', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-cli-native-'));
+  });
+  afterAll(() => fs.rm(dir, { recursive: true, force: true }));
+
+  it('warns once at start when RETR must use the JavaScript encoder, and RETR still gives the same message', async () => {
+    const off = await startServe(['--listen', '127.0.0.1:0', '--listen-tls', '127.0.0.1:0'], { cwd: dir, env: { POPLAR_NO_NATIVE: '1' } });
+    let welcomeOff: string;
+    try {
+      const warn = off.stderr().split('\n').filter((l) => l.includes('"native":false'));
+      expect(warn).toHaveLength(1);
+      expect(warn[0]).toContain('POPLAR_NO_NATIVE=1');
+      const pw = /password: (\S+)/.exec(off.stdout())![1]!;
+      welcomeOff = (await exec('curl', ['-sS', '--user', `demo:${pw}`, `pop3://127.0.0.1:${off.plainPort}/1`])).stdout;
+      expect(welcomeOff).toContain('Subject: Welcome to Poplar');
+      await fs.writeFile(path.join(dir, 'pw'), pw);
+    } finally {
+      await off.stop();
+    }
+    const on = await startServe(['--listen', '127.0.0.1:0', '--listen-tls', '127.0.0.1:0'], { cwd: dir, env: { POPLAR_NO_NATIVE: '' } });
+    try {
+      const built = (await import('../../src/server/retr-file.js')).fileCodec !== undefined;
+      expect(on.stderr().includes('"native":false')).toBe(!built);
+      const pw = await fs.readFile(path.join(dir, 'pw'), 'utf8');
+      const welcomeOn = (await exec('curl', ['-sS', '--user', `demo:${pw}`, `pop3://127.0.0.1:${on.plainPort}/1`])).stdout;
+      expect(welcomeOn).toBe(welcomeOff);
+    } finally {
+      await on.stop();
+    }
+  }, 60_000);
+});
+
 describe('poplar serve: bad configuration', () => {
   let dir: string;
   beforeAll(async () => {
