@@ -134,10 +134,7 @@ async function sendMessage(s: Session, st: TransactionState, index: number, body
       if (s.conn.needsDrain && !(await s.conn.drain())) return sent;
     }
   } catch (e) {
-    // The +OK is out: a truncated body must never look complete, so no terminator; drop the client.
-    if (!s.conn.closed) s.ctx.logger.error({ err: e, user: st.principal.username, msg: index + 1 }, 'reading message failed');
-    s.close('message read failed');
-    s.conn.destroy();
+    dropAfterReadError(s, st, index, e);
     return sent;
   } finally {
     stream.destroy();
@@ -149,6 +146,13 @@ async function sendMessage(s: Session, st: TransactionState, index: number, body
   return sent;
 }
 
+/** The +OK is out: a truncated body must never look complete, so no terminator; the client is dropped. */
+function dropAfterReadError(s: Session, st: TransactionState, index: number, e: unknown): void {
+  if (!s.conn.closed) s.ctx.logger.error({ err: e, user: st.principal.username, msg: index + 1 }, 'reading message failed');
+  s.close('message read failed');
+  s.conn.destroy();
+}
+
 /** RETR of a message stored as a file, with the native encoder (retr-file.ts). */
 async function sendFile(s: Session, st: TransactionState, index: number, codec: NonNullable<typeof fileCodec>): Promise<number> {
   const fh = await st.maildrop.openFile!(index);
@@ -156,10 +160,7 @@ async function sendFile(s: Session, st: TransactionState, index: number, codec: 
   try {
     return await sendStuffedFile(codec, fh, s.conn);
   } catch (e) {
-    // The +OK is out: a truncated body must never look complete, so no terminator; drop the client.
-    if (!s.conn.closed) s.ctx.logger.error({ err: e, user: st.principal.username, msg: index + 1 }, 'reading message failed');
-    s.close('message read failed');
-    s.conn.destroy();
+    dropAfterReadError(s, st, index, e);
     return 0;
   } finally {
     // Nothing waits for the close: the next command may start now.
