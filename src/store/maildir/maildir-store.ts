@@ -36,7 +36,8 @@ const SESSION_LOCK = 'poplar-pop3.lock';
 interface RememberedScan {
   key: string;
   entries: Entry[];
-  unconfirmed?: { newest: number; quietMs: number };
+  /** newestDir and quietMs of the key it was taken under: the listing must come after both. */
+  unconfirmed?: { newestDir: number; quietMs: number };
 }
 const SCAN_CACHE = new Map<string, RememberedScan>();
 const SCAN_CACHE_MAX = 2000;
@@ -52,10 +53,10 @@ const QUIET_FINE_MS = 100;
 
 interface ScanKey {
   key: string;
-  /** The latest change time of cur/, new/ and the uidlist. */
-  newest: number;
-  /** The latest change time of cur/ and new/ alone. */
+  /** The latest change time of cur/ and new/. */
   newestDir: number;
+  /** The uidlist's latest change time (0 when there is none). */
+  newestUidlist: number;
   /** The uidlist's part of the key. */
   ukey: string;
   quietMs: number;
@@ -76,8 +77,8 @@ function statScanKey(dir: string): ScanKey | null {
     const times = [...dirTimes, u?.mtimeMs ?? 0, u?.ctimeMs ?? 0];
     return {
       key: `${c.ino}:${c.mtimeMs}:${c.ctimeMs}|${n.ino}:${n.mtimeMs}:${n.ctimeMs}|${ukey}`,
-      newest: Math.max(...times),
       newestDir: Math.max(...dirTimes),
+      newestUidlist: Math.max(u?.mtimeMs ?? 0, u?.ctimeMs ?? 0),
       ukey,
       quietMs: times.some((t) => t % 1000 !== 0) ? QUIET_FINE_MS : QUIET_MS,
     };
@@ -273,7 +274,7 @@ export class MaildirStore implements MailStore {
     const cached = SCAN_CACHE.get(dir);
     if (cached !== undefined && before !== null && cached.key === before.key) {
       const u = cached.unconfirmed;
-      if (u === undefined || (Date.now() - u.newest > u.quietMs && (await listingMatches(dir, cached.entries)))) {
+      if (u === undefined || (Date.now() - u.newestDir > u.quietMs && (await listingMatches(dir, cached.entries)))) {
         if (u !== undefined) {
           // Confirmed: the listing came after the quiet time, so a later change cannot carry the key's times.
           delete cached.unconfirmed;
@@ -295,18 +296,24 @@ export class MaildirStore implements MailStore {
     const started = Date.now();
     const { entries, wrote } = await this.#fullScan(dir, signal);
     const after = statScanKey(dir);
-    // A uidlist this scan wrote itself (stat taken under its lock, and still the same file) holds
-    // exactly what the scan used: only the directories must have been quiet.
-    const newest = after !== null && wrote !== undefined && after.ukey === wrote ? after.newestDir : after?.newest;
-    if (after === null || newest === undefined) {
+    if (after === null) {
       SCAN_CACHE.delete(dir);
-    } else if (started - newest > after.quietMs) {
+      return entries;
+    }
+    // The uidlist is settled when this scan wrote it itself (stat taken under its lock, and still
+    // the same file: it holds exactly what the scan used) or when it had been quiet before the scan.
+    const uidlistSettled = (wrote !== undefined && after.ukey === wrote) || started - after.newestUidlist > after.quietMs;
+    if (!uidlistSettled) {
+      // Changed while it was being read: only a new scan can tell what it holds now.
+      SCAN_CACHE.delete(dir);
+    } else if (started - after.newestDir > after.quietMs) {
       this.#remember(dir, after.key, entries);
       this.#saveScan(dir, after.key, entries);
     } else {
-      // Changed during the scan or just before it (a first login writes the uidlist itself):
-      // kept, to be confirmed by a listing at the next login instead of a whole new scan.
-      this.#remember(dir, after.key, entries, { newest, quietMs: after.quietMs });
+      // cur/ or new/ changed during the scan or just before it (messages moved from new/ at this
+      // login, a delivery): kept, to be confirmed by a listing at the next login instead of a whole
+      // new scan. A listing can confirm the files, so only the directories may still be moving.
+      this.#remember(dir, after.key, entries, { newestDir: after.newestDir, quietMs: after.quietMs });
     }
     return entries;
   }

@@ -114,6 +114,40 @@ describe('remembered maildrop scans never hide a change', () => {
     expect(await uidls()).toHaveLength(6);
   }, 20_000);
 
+  it('a scan during which another process rewrote the uidlist is not remembered at all', async () => {
+    for (let i = 0; i < 3; i++) await store.deliver('u', Buffer.from(`Subject: ${i}\r\n\r\nbody\r\n`));
+    await uidls();
+    await new Promise((r) => setTimeout(r, 250));
+    const before = await uidls();
+    forgetRememberedScans(); // the next open scans: cur/ and new/ have long been quiet
+    const list = path.join(root, 'u', 'dovecot-uidlist');
+    const original = fs.readFile.bind(fs);
+    let rewritten = false;
+    // Right after this scan has read the uidlist, "another server" rebuilds it under a new
+    // UIDVALIDITY (write and rename, as Dovecot does): every UIDL changes.
+    const spy = vi.spyOn(fs, 'readFile').mockImplementation((async (...args: Parameters<typeof fs.readFile>) => {
+      const text = await original(...args);
+      if (!rewritten && String(args[0]) === list) {
+        rewritten = true;
+        const t = String(text);
+        const v = Number(/ V(\d+)/.exec(t)![1]);
+        await fs.writeFile(`${list}.other`, t.replace(/ V\d+/, ` V${v + 1}`));
+        await fs.rename(`${list}.other`, list);
+      }
+      return text;
+    }) as typeof fs.readFile);
+    try {
+      expect(await uidls()).toEqual(before); // this session's snapshot: what it read
+    } finally {
+      spy.mockRestore();
+    }
+    expect(rewritten).toBe(true);
+    await new Promise((r) => setTimeout(r, 250));
+    const after = await uidls();
+    expect(after).toHaveLength(3);
+    for (let i = 0; i < 3; i++) expect(after[i]).not.toBe(before[i]); // the rebuilt list, not the remembered scan
+  }, 20_000);
+
   it('an unconfirmed scan whose files differ from the listing is not used', async () => {
     for (let i = 0; i < 3; i++) await store.deliver('u', Buffer.from(`Subject: ${i}\r\n\r\nbody\r\n`));
     const first = await uidls();
