@@ -6,7 +6,7 @@
  *   crlfSizes(paths: string[]) -> Promise<Float64Array>
  *
  * Each entry is the file's size, or -errno when it could not be opened or
- * read. A first login on a Maildir without sizes in its uidlist or file names
+ * read, or is not a regular file (EISDIR, EINVAL). A first login on a Maildir without sizes in its uidlist or file names
  * measures every file; doing a batch of them in one thread-pool job (open,
  * read, count, close) instead of four round trips per file through the event
  * loop is what makes that login fast, and the event loop stays free meanwhile.
@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct {
@@ -30,9 +31,16 @@ typedef struct {
 
 static double file_crlf_size(const char *path, uint8_t *buf, size_t cap) {
   int fd;
-  do fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: a FIFO or device planted in cur/ must not hold a thread-pool thread; it is refused below. */
+  do fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   while (fd < 0 && errno == EINTR);
   if (fd < 0) return -(double)errno;
+  struct stat st;
+  const int err = fstat(fd, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR : !S_ISREG(st.st_mode) ? EINVAL : 0;
+  if (err != 0) {
+    close(fd);
+    return -(double)err;
+  }
   double total = 0;
   int prev_cr = 0;
   for (;;) {

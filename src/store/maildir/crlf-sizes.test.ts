@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -52,6 +53,16 @@ describe('fileCrlfSizes: the POP3 size of many files at once', () => {
     const want = await Promise.all(files.map((f) => fileCrlfSize(f).catch(() => undefined)));
     expect(got).toEqual(want);
     expect(got.slice(0, 6)).toEqual([0, 8, 600_000, 5, undefined, undefined]);
+  });
+
+  it.runIf(native?.crlfSizes !== undefined)('a FIFO among the files is refused at once, not waited on', async () => {
+    const fifo = path.join(dir, 'fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const good = file(Buffer.from('x\n'));
+    // With a plain open the thread-pool thread would wait for a writer forever.
+    const sizes = await Promise.race([native!.crlfSizes!([fifo, good]), new Promise<never>((_, rej) => setTimeout(() => rej(new Error('hung on the FIFO')), 5000))]);
+    expect(sizes[0]).toBeLessThan(0);
+    expect(sizes[1]).toBe(3);
   });
 
   it('stops between batches when the login is abandoned', async () => {
