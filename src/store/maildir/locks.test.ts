@@ -44,11 +44,12 @@ afterEach(async () => {
 describe('session lock (flock on poplar-pop3.lock)', () => {
   /** Another process holding an exclusive flock on `file` (util-linux flock(1)) until it is killed. */
   async function heldByOther(file: string): Promise<ChildProcess> {
-    const c = spawn('flock', ['--exclusive', '--nonblock', '--close', file, 'sleep', '30'], { stdio: 'ignore' });
+    const c = spawn('flock', ['--exclusive', '--close', file, 'sleep', '30'], { stdio: 'ignore' });
     children.push(c);
     await once(c, 'spawn');
-    // flock(1) takes the lock before it runs sleep: wait until the lock is really held.
-    // On a loaded machine that can take seconds.
+    // flock(1) takes the lock before it runs sleep: wait until the lock is really held. The holder
+    // waits for the lock (no --nonblock): the probe below holds it for an instant, and a holder that
+    // gave up at that instant would never hold it. On a loaded machine starting can take seconds.
     const deadline = Date.now() + 20_000;
     while (spawnSync('flock', ['--nonblock', file, 'true']).status === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     expect(spawnSync('flock', ['--nonblock', file, 'true']).status).not.toBe(0);

@@ -266,10 +266,11 @@ describe('MaildirStore session lock', () => {
   it('respects the lock of a live other process, and is free once it is gone', async () => {
     await fs.mkdir(box, { recursive: true });
     const lockFile = path.join(box, 'poplar-pop3.lock');
-    const holder = spawn('flock', ['--exclusive', '--nonblock', '--close', lockFile, 'sleep', '30'], { stdio: 'ignore' });
+    const holder = spawn('flock', ['--exclusive', '--close', lockFile, 'sleep', '30'], { stdio: 'ignore' });
     children.push(holder);
     await once(holder, 'spawn');
-    // Wait until the holder really has the lock (on a loaded machine starting it can take seconds).
+    // Wait until the holder really has the lock. The holder waits for it (no --nonblock): the probe
+    // holds it for an instant, and a holder that gave up then would never hold it.
     const deadline = Date.now() + 20_000;
     while (spawnSync('flock', ['--nonblock', lockFile, 'true']).status === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     expect(spawnSync('flock', ['--nonblock', lockFile, 'true']).status).not.toBe(0);
