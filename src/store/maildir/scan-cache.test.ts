@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '../../observability/log.js';
 import { forgetLastRememberedMessage, forgetRememberedScans, MaildirStore } from './maildir-store.js';
+import { compareMaildirNames } from './names.js';
 
 let root: string;
 let store: MaildirStore;
@@ -34,7 +35,9 @@ describe('remembered maildrop scans never hide a change', () => {
     expect(await uidls()).toEqual(first); // and reused
 
     const cur = path.join(root, 'u', 'cur');
-    const files = (await fs.readdir(cur)).sort();
+    // UIDs were given in Dovecot's name order (seconds, then microseconds as numbers), which a
+    // plain string sort does not follow when the microseconds differ in length.
+    const files = (await fs.readdir(cur)).sort(compareMaildirNames);
     await fs.unlink(path.join(cur, files[0]!));
     expect(await uidls()).toEqual(first.slice(1));
 
