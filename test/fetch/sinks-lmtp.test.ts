@@ -20,6 +20,8 @@ interface Received {
 class TestLmtpServer {
   readonly received: Received[] = [];
   readonly sockets = new Set<net.Socket>();
+  /** Connection errors the server reported (resets by a client that gave up). */
+  readonly errors: Error[] = [];
   connects = 0;
   closes = 0;
   dataStarted = 0;
@@ -60,6 +62,9 @@ class TestLmtpServer {
       },
       ...extra,
     });
+    // A client that drops the connection in the middle of DATA (the abort test) resets it; smtp-server
+    // reports that as an 'error' event, which would be an uncaught exception without a listener.
+    this.server.on('error', (e: Error) => this.errors.push(e));
     this.server.server.on('connection', (s: net.Socket) => {
       this.sockets.add(s);
       s.on('close', () => this.sockets.delete(s));
