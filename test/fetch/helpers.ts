@@ -1,6 +1,7 @@
 /** Shared pieces of the fetch tests. */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { resolveFetchConfig, type ResolvedAccount, type SinkSpecValue } from '../../src/fetch/config.js';
 import { fetchAccount, newReport, type AccountReport, type SessionDeps } from '../../src/fetch/session.js';
 import { createSink, type SinkSpecInput } from '../../src/fetch/sinks/index.js';
@@ -133,3 +134,8 @@ export async function mboxSeqCounts(file: string, messageOf: (seq: number) => st
   }
   return counts;
 }
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+/** The mbox sink's source and tsx's loader, for tests that run the sink in a child process (real kills, real locks). */
+export const MBOX_MODULE = pathToFileURL(path.resolve(HERE, '../../src/fetch/sinks/mbox.ts')).href;
+export const TSX = pathToFileURL(path.resolve(HERE, '../../node_modules/tsx/dist/esm/index.mjs')).href;

@@ -10,15 +10,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MboxSink } from '../../src/fetch/sinks/mbox.js';
 import type { DeliveryInfo, PendingMessage } from '../../src/fetch/sinks/types.js';
-import { parseMboxrd } from './helpers.js';
+import { MBOX_MODULE, TSX, parseMboxrd } from './helpers.js';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const MBOX_MODULE = pathToFileURL(path.resolve(HERE, '../../src/fetch/sinks/mbox.ts')).href;
-const TSX = pathToFileURL(path.resolve(HERE, '../../node_modules/tsx/dist/esm/index.mjs')).href;
 
 let dir: string;
 let mbox: string;

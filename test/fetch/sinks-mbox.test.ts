@@ -4,18 +4,15 @@ import { once } from 'node:events';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { PassThrough, Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import fc from 'fast-check';
 import { MboxSink, MboxrdQuoter, asctime, senderFromHead } from '../../src/fetch/sinks/mbox.js';
 import { SinkError } from '../../src/fetch/sinks/util.js';
 import type { DeliveryInfo } from '../../src/fetch/sinks/types.js';
+import { MBOX_MODULE, TSX } from './helpers.js';
 
 const run = promisify(execFile);
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const MBOX_MODULE = pathToFileURL(path.resolve(HERE, '../../src/fetch/sinks/mbox.ts')).href;
-const TSX = pathToFileURL(path.resolve(HERE, '../../node_modules/tsx/dist/esm/index.mjs')).href;
 
 let dir: string;
 let mbox: string;
