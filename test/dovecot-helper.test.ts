@@ -3,7 +3,8 @@ import { mkdtemp, mkdir, writeFile, rm, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import net from 'node:net';
 import path from 'node:path';
-import { dovecotAvailable, startDovecot } from './helpers/dovecot.js';
+import { startDovecot } from './helpers/dovecot.js';
+import { lacks } from './helpers/peers.js';
 
 /**
  * Sends each command and collects the complete reply (single line, or a
@@ -53,7 +54,7 @@ async function pop3Session(port: number, commands: string[]): Promise<string[]> 
 }
 
 describe('dovecot test helper', () => {
-  it.skipIf(!dovecotAvailable())('serves a maildir over POP3 (USER/PASS/STAT/UIDL)', async () => {
+  it.skipIf(lacks('dovecot'))('serves a maildir over POP3 (USER/PASS/STAT/UIDL)', async () => {
     const root = await mkdtemp(path.join(tmpdir(), 'poplar-dc-test-'));
     const maildirRoot = path.join(root, 'mail');
     const box = path.join(maildirRoot, 'alice');
@@ -89,7 +90,7 @@ describe('dovecot test helper', () => {
     }
   });
 
-  it.skipIf(!dovecotAvailable())('starts in high-performance mode', async () => {
+  it.skipIf(lacks('dovecot'))('starts in high-performance mode', async () => {
     const root = await mkdtemp(path.join(tmpdir(), 'poplar-dc-test-'));
     const maildirRoot = path.join(root, 'mail');
     const box = path.join(maildirRoot, 'bob');

@@ -7,6 +7,7 @@ vi.mock('argon2', async (importOriginal) => {
 });
 
 import { ARGON2_DEFAULTS, HASH_SCHEMES, KNOWN_SCHEMES, dummyVerify, hashPassword, inspectSecret, verifyPassword } from './schemes.js';
+import { lacks } from '../../test/helpers/peers.js';
 
 // Vectors for the password "pencil". Generated with `doveadm pw -s SCHEME -p pencil`
 // (Dovecot 2.3), `openssl passwd -6|-5 -salt ...` and python3 crypt (libxcrypt).
@@ -179,15 +180,7 @@ describe('dummyVerify', () => {
   });
 });
 
-let doveadm = false;
-try {
-  execFileSync('doveadm', ['pw', '-l'], { stdio: 'ignore' });
-  doveadm = true;
-} catch {
-  doveadm = false;
-}
-
-describe.skipIf(!doveadm)('cross-check with doveadm (when installed)', () => {
+describe.skipIf(lacks('doveadm'))('cross-check with doveadm (when installed)', () => {
   it.each(HASH_SCHEMES)('doveadm pw -t accepts our %s hashes', async (scheme) => {
     const h = await hashPassword('pen:cil ✓', scheme, { bcryptCost: 4 });
     const out = execFileSync('doveadm', ['pw', '-t', h, '-p', 'pen:cil ✓'], { encoding: 'utf8' });

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runPoplar, startServe, type ServeProcess } from '../helpers/cli.js';
+import { lacks } from '../helpers/peers.js';
 import { Wire } from '../helpers/wire.js';
 
 const exec = promisify(execFile);
@@ -32,7 +33,7 @@ describe('poplar serve: the embedded default', () => {
     expect(users).toMatch(/^demo:\{ARGON2ID\}\$argon2id\$/);
   });
 
-  it('prints a demo password and a curl command that really retrieves the welcome message', async () => {
+  it.skipIf(lacks('curl'))('prints a demo password and a curl command that really retrieves the welcome message', async () => {
     const out = srv.stdout();
     const pw = /password: (\S+)/.exec(out)?.[1];
     expect(pw).toBeDefined();
@@ -74,7 +75,7 @@ describe('poplar serve: the native module', () => {
   });
   afterAll(() => fs.rm(dir, { recursive: true, force: true }));
 
-  it('warns once at start when RETR must use the JavaScript encoder, and RETR still gives the same message', async () => {
+  it.skipIf(lacks('curl'))('warns once at start when RETR must use the JavaScript encoder, and RETR still gives the same message', async () => {
     const off = await startServe(['--listen', '127.0.0.1:0', '--listen-tls', '127.0.0.1:0'], { cwd: dir, env: { POPLAR_NO_NATIVE: '1' } });
     let welcomeOff: string;
     try {

@@ -8,7 +8,8 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Pop3Client, type TlsMode } from '../../src/client/index.js';
-import { dovecotAvailable, startDovecot, type DovecotHandle } from '../helpers/dovecot.js';
+import { startDovecot, type DovecotHandle } from '../helpers/dovecot.js';
+import { lacks } from '../helpers/peers.js';
 
 const MESSAGES = [
   'Subject: one\n\nbody 1\n',
@@ -24,7 +25,7 @@ async function readAll(s: Readable): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-describe.skipIf(!dovecotAvailable())('against Dovecot', () => {
+describe.skipIf(lacks('dovecot'))('against Dovecot', () => {
   let root: string;
   let dc: DovecotHandle;
   let ca: Buffer;

@@ -19,6 +19,7 @@ import {
 } from '../../src/client/index.js';
 import { testCertificate } from '../helpers/server.js';
 import { asServed, miniPop3, startFake, type FakeOptions, type FakeServer } from './fake-server.js';
+import { lacksPeer, type Peer } from '../helpers/peers.js';
 
 const MESSAGES = [
   'Subject: dots\r\n\r\n.starts with a dot\r\n..two dots\r\n.\r\nlast line without an end',
@@ -440,7 +441,9 @@ describe('cleartext passwords', () => {
     .flat()
     .find((i) => i !== undefined && !i.internal && i.family === 'IPv4')?.address;
 
-  it.skipIf(external === undefined)('refused to a non-loopback host without TLS; CRAM-MD5 still works; allowPlaintextPassword sends', async () => {
+  const NON_LOOPBACK: Peer = { name: 'a non-loopback IPv4 address on this machine', install: 'a network interface besides lo' };
+
+  it.skipIf(lacksPeer(NON_LOOPBACK, external !== undefined))('refused to a non-loopback host without TLS; CRAM-MD5 still works; allowPlaintextPassword sends', async () => {
     const plaintextOnly = await fake({
       host: external!,
       handle: (line, io) => void io.send(line === 'CAPA' ? '+OK\r\nUSER\r\nSASL PLAIN LOGIN\r\n.\r\n' : '+OK\r\n'),

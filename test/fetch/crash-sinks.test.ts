@@ -16,7 +16,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Pop3Client } from '../../src/client/index.js';
-import { dovecotAvailable, startDovecot, type DovecotHandle } from '../helpers/dovecot.js';
+import { startDovecot, type DovecotHandle } from '../helpers/dovecot.js';
+import { lacks } from '../helpers/peers.js';
 import { fillMaildrop, filesIn, onServer, runFetch, SettleTally, sizeOf } from './crash-helpers.js';
 import { mboxSeqCounts, seqCounts, seqMessage } from './helpers.js';
 
@@ -30,7 +31,7 @@ const mboxMessage = (i: number): string => `${seqMessage(i, i % 100 === 50 ? 600
 let root: string;
 let dc: DovecotHandle;
 
-describe.skipIf(!dovecotAvailable())('crash test, mbox and MDA: SIGKILL during a fetch from Dovecot', () => {
+describe.skipIf(lacks('dovecot'))('crash test, mbox and MDA: SIGKILL during a fetch from Dovecot', () => {
   beforeAll(async () => {
     root = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-crash-sinks-'));
     const mail = path.join(root, 'mail');

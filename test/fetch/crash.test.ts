@@ -10,7 +10,8 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dovecotAvailable, startDovecot, type DovecotHandle } from '../helpers/dovecot.js';
+import { startDovecot, type DovecotHandle } from '../helpers/dovecot.js';
+import { lacks } from '../helpers/peers.js';
 import { fillMaildrop, filesIn, onServer, runFetch, SettleTally } from './crash-helpers.js';
 import { seqCounts } from './helpers.js';
 
@@ -20,7 +21,7 @@ const KILLS = 20;
 let root: string;
 let dc: DovecotHandle;
 
-describe.skipIf(!dovecotAvailable())('crash test: SIGKILL during a fetch from Dovecot', () => {
+describe.skipIf(lacks('dovecot'))('crash test: SIGKILL during a fetch from Dovecot', () => {
   beforeAll(async () => {
     root = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-crash-'));
     await fillMaildrop(path.join(root, 'mail'), 'keeper', MESSAGES);

@@ -9,14 +9,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Pop3Client } from '../../src/client/index.js';
 import { edgeCorpus } from '../corpus/corpus.js';
 import { runPoplar } from '../helpers/cli.js';
-import { dovecotAvailable, startDovecot, type DovecotHandle } from '../helpers/dovecot.js';
+import { startDovecot, type DovecotHandle } from '../helpers/dovecot.js';
+import { lacks } from '../helpers/peers.js';
 import { fetchOnce, maildirMessages, seqCounts, seqMessage, storedForm, testAccount } from './helpers.js';
 
 const corpus = edgeCorpus();
 let root: string;
 let dc: DovecotHandle;
 
-describe.skipIf(!dovecotAvailable())('fetch from Dovecot', () => {
+describe.skipIf(lacks('dovecot'))('fetch from Dovecot', () => {
   beforeAll(async () => {
     root = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-fetch-dc-'));
     const box = path.join(root, 'mail', 'corpus', 'new');

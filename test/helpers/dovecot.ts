@@ -50,8 +50,9 @@ export interface StartDovecotOptions {
   highPerformance?: boolean;
 }
 
-const DOVECOT_BIN = '/usr/sbin/dovecot';
+export const DOVECOT_BIN = '/usr/sbin/dovecot';
 
+/** Whether Dovecot is installed (the bench asks; tests use lacks('dovecot') from peers.ts). */
 export function dovecotAvailable(): boolean {
   return existsSync(DOVECOT_BIN);
 }

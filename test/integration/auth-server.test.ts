@@ -23,29 +23,17 @@ import { Pop3Server } from '../../src/server/server.js';
 import { MaildirStore } from '../../src/store/maildir/maildir-store.js';
 import { runPoplar, startServe, type ServeProcess } from '../helpers/cli.js';
 import { putMessage, startTestServer, testCertificate, testSettings, type TestServer } from '../helpers/server.js';
-import { capturingLogger, hasBinary, type LogRecord } from '../interop/run.js';
+import { POSTGRES_CONNECTION, lacks, lacksPostgres } from '../helpers/peers.js';
+import { capturingLogger, type LogRecord } from '../interop/run.js';
 import { LineClient, TcpRelay, b64, makeClientPki, unb64, type ClientPki } from './auth-helpers.js';
 
 const AUTH_FAILED = '-ERR [AUTH] Authentication failed.';
 const SYS_TEMP = '-ERR [SYS/TEMP] Authentication is temporarily unavailable.';
 const ALL_PASSWORD_MECHS = ['SCRAM-SHA-256', 'SCRAM-SHA-1', 'CRAM-MD5', 'PLAIN', 'LOGIN'];
 
-const PG = { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'test' };
+const PG = POSTGRES_CONNECTION;
 const pgUrl = (port = PG.port): string => `postgres://${PG.user}@${PG.host}:${port}/${PG.database}`;
-
-async function pgReachable(): Promise<boolean> {
-  const c = new pg.Client({ ...PG, connectionTimeoutMillis: 2000 });
-  try {
-    await c.connect();
-    await c.query('SELECT 1');
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await c.end().catch(() => undefined);
-  }
-}
-const PG_UP = await pgReachable();
+const PG_DOWN = await lacksPostgres();
 
 const tmpDirs: string[] = [];
 async function tmpdir(prefix: string): Promise<string> {
@@ -119,7 +107,7 @@ async function expectNotLoggedIn(c: LineClient): Promise<void> {
 
 // ---------------------------------------------------------------------------
 
-describe.skipIf(!PG_UP)('PostgreSQL users (in process)', () => {
+describe.skipIf(PG_DOWN)('PostgreSQL users (in process)', () => {
   const schema = `poplar_auth_${randomBytes(5).toString('hex')}`;
   const admin = new pg.Pool({ ...PG, max: 2 });
   let auth: PostgresAuthenticator;
@@ -257,7 +245,7 @@ describe.skipIf(!PG_UP)('PostgreSQL users (in process)', () => {
 
 // ---------------------------------------------------------------------------
 
-describe.skipIf(!PG_UP)('poplar serve with a TOML config and PostgreSQL users', () => {
+describe.skipIf(PG_DOWN)('poplar serve with a TOML config and PostgreSQL users', () => {
   const schema = `poplar_serve_${randomBytes(5).toString('hex')}`;
   const admin = new pg.Pool({ ...PG, max: 2 });
   const relay = new TcpRelay(PG.port);
@@ -822,7 +810,7 @@ describe('SASL EXTERNAL with TLS client certificates', () => {
     }
   });
 
-  it.skipIf(!hasBinary('mpop'))('mpop `auth external` with tls_cert_file / tls_key_file logs in and retrieves the message', async () => {
+  it.skipIf(lacks('mpop'))('mpop `auth external` with tls_cert_file / tls_key_file logs in and retrieves the message', async () => {
     const dir = await tmpdir('poplar-auth-mpop-ext-');
     const md = path.join(dir, 'Maildir');
     for (const sub of ['cur', 'new', 'tmp']) await fs.mkdir(path.join(md, sub), { recursive: true });

@@ -11,10 +11,11 @@ import { readTlsFiles } from '../../src/config/tls-material.js';
 import { silentLogger } from '../../src/observability/log.js';
 import { Pop3Server } from '../../src/server/server.js';
 import { MaildirStore } from '../../src/store/maildir/maildir-store.js';
+import { lacks } from '../helpers/peers.js';
 import { testCertificate, testSettings } from '../helpers/server.js';
 
 /** SASL EXTERNAL with a client certificate, on a listener configured to ask for one (checklist 23). */
-describe('client certificates and SASL EXTERNAL', () => {
+describe.skipIf(lacks('openssl'))('client certificates and SASL EXTERNAL', () => {
   let dir: string;
   let server: Pop3Server;
   let plainPort: number;

@@ -1,16 +1,16 @@
 import { execFile } from 'node:child_process';
-import { existsSync, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/observability/log.js';
 import { ROOT } from '../helpers/cli.js';
+import { lacks } from '../helpers/peers.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { Wire } from '../helpers/wire.js';
 
 const exec = promisify(execFile);
 const FILTER = path.join(ROOT, 'docs/fail2ban/filter.d/poplar.conf');
-const hasFail2ban = existsSync('/usr/bin/fail2ban-regex');
 
 describe('failed logins in the log', () => {
   let srv: TestServer;
@@ -26,7 +26,7 @@ describe('failed logins in the log', () => {
     await fs.rm(srv.dir, { recursive: true, force: true });
   });
 
-  it('are one line each with the address, never the password, and fail2ban matches exactly them', async () => {
+  it('are one line each with the address, never the password', async () => {
     const w = await Wire.connect(srv.port);
     await w.line();
     await w.cmd('USER alice');
@@ -48,7 +48,10 @@ describe('failed logins in the log', () => {
     expect(failures).toHaveLength(4);
     for (let i = 1; i <= 4; i++) expect(log).not.toContain(`wrong-password-${i}`);
     expect(log).not.toContain('secret');
-    if (!hasFail2ban) return;
+  });
+
+  // Reads the log the test above wrote.
+  it.skipIf(lacks('fail2ban-regex'))('are matched by the shipped fail2ban filter, exactly those four, with the real address', async () => {
     const { stdout } = await exec('fail2ban-regex', ['-o', '<ip>', logFile, FILTER]);
     const ips = stdout.trim().split('\n');
     expect(ips).toEqual(['127.0.0.1', '127.0.0.1', '127.0.0.1', '127.0.0.1']);

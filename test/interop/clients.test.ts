@@ -29,7 +29,8 @@ import {
   readOrdered,
 } from './compare.js';
 import { deliverMaildrop, type DropMessage } from './maildrop.js';
-import { capturingLogger, hasBinary, run, shebangInterpreter, which, type LogRecord, type RunResult } from './run.js';
+import { lacks, peerPath } from '../helpers/peers.js';
+import { capturingLogger, run, shebangInterpreter, type LogRecord, type RunResult } from './run.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const USER = 'alice';
@@ -104,7 +105,7 @@ async function expectServerSaw(mark: number, want: { mech: string; tls: boolean;
 
 // ---------------------------------------------------------------------------
 
-describe.skipIf(!hasBinary('curl'))('curl', () => {
+describe.skipIf(lacks('curl'))('curl', () => {
   interface CurlCase {
     title: string;
     url: (s: TestServer, path: string) => string;
@@ -233,7 +234,7 @@ interface PoplibSummary {
   quit: string;
 }
 
-describe.skipIf(!hasBinary('python3'))('Python poplib', () => {
+describe.skipIf(lacks('python3'))('Python poplib', () => {
   const cases = [
     { mode: 'plain', host: '127.0.0.1', port: (s: TestServer) => s.port, tls: false },
     { mode: 'stls', host: 'localhost', port: (s: TestServer) => s.port, tls: true },
@@ -299,7 +300,7 @@ n=$(ls "$1" | wc -l)
 exec cat > "$1/$(printf %05d "$n")"
 `;
 
-describe.skipIf(!hasBinary('fetchmail'))('fetchmail', () => {
+describe.skipIf(lacks('fetchmail'))('fetchmail', () => {
   const cases = [
     // Without sslproto '' fetchmail 6.4 upgrades with STLS on its own and then fails the (default) certificate check.
     { title: 'plain POP3 (sslproto \'\')', host: '127.0.0.1', port: (s: TestServer) => s.port, tls: false, ssl: (_s: TestServer) => `sslproto ''` },
@@ -364,7 +365,7 @@ describe.skipIf(!hasBinary('fetchmail'))('fetchmail', () => {
 
 // ---------------------------------------------------------------------------
 
-describe.skipIf(!hasBinary('getmail'))('getmail6', () => {
+describe.skipIf(lacks('getmail'))('getmail6', () => {
   const cases = [
     { title: 'SimplePOP3Retriever', tls: false, retriever: (s: TestServer) => ['type = SimplePOP3Retriever', 'server = 127.0.0.1', `port = ${s.port}`] },
     {
@@ -419,7 +420,7 @@ describe.skipIf(!hasBinary('getmail'))('getmail6', () => {
     );
     const mark = records.length;
     // getmail itself, started through getmail_late_child.py (see there) with the interpreter it names.
-    const getmail = which('getmail')!;
+    const getmail = peerPath('getmail')!;
     const python = shebangInterpreter(getmail) ?? 'python3';
     const r = await run(python, [path.join(HERE, 'getmail_late_child.py'), getmail, '--getmaildir', gd, '--rcfile', rc], {
       env: cleanEnv(dir),
@@ -464,7 +465,7 @@ describe.skipIf(!hasBinary('getmail'))('getmail6', () => {
 
 // ---------------------------------------------------------------------------
 
-describe.skipIf(!hasBinary('mpop'))('mpop', () => {
+describe.skipIf(lacks('mpop'))('mpop', () => {
   const cases = [
     // `auth user` asks for USER/PASS explicitly: mpop's default (`auth on`) skips cleartext methods while TLS is off.
     { title: 'tls off, auth user', tls: false, conf: (s: TestServer) => ['host 127.0.0.1', `port ${s.port}`, 'tls off'] },

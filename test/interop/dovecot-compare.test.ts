@@ -23,7 +23,8 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { edgeCorpus } from '../corpus/corpus.js';
-import { chownForDovecot, dovecotAvailable, startDovecot, type DovecotHandle } from '../helpers/dovecot.js';
+import { chownForDovecot, startDovecot, type DovecotHandle } from '../helpers/dovecot.js';
+import { lacks } from '../helpers/peers.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { Wire } from '../helpers/wire.js';
 import { crlfSize } from '../../src/protocol/message-size.js';
@@ -32,7 +33,7 @@ import { parseUidlist } from '../../src/store/maildir/uidlist.js';
 const USER = 'alice';
 const PASSWORD = 'secret';
 const users = [{ name: USER, password: PASSWORD }];
-const HAVE_DOVECOT = dovecotAvailable();
+const NO_DOVECOT = lacks('dovecot');
 
 interface Placed {
   label: string;
@@ -356,7 +357,7 @@ describe('Dovecot log filter', () => {
 });
 
 describe('Dovecot and Poplar on copies of one Maildir', () => {
-  it.skipIf(!HAVE_DOVECOT)('Dovecot first: identical STAT, LIST, UIDL, RETR, TOP and error statuses', async () => {
+  it.skipIf(NO_DOVECOT)('Dovecot first: identical STAT, LIST, UIDL, RETR, TOP and error statuses', async () => {
     const root = await tempRoot('poplar-cmp-');
     const dcRoot = path.join(root, 'dc', 'mail');
     const placed = placedCorpus();
@@ -392,7 +393,7 @@ describe('Dovecot and Poplar on copies of one Maildir', () => {
     }
   }, 120_000);
 
-  it.skipIf(!HAVE_DOVECOT)('Poplar first: Dovecot keeps the UIDs Poplar assigned', async () => {
+  it.skipIf(NO_DOVECOT)('Poplar first: Dovecot keeps the UIDs Poplar assigned', async () => {
     const root = await tempRoot('poplar-rev-');
     const placed = placedCorpus();
     let dc: DovecotHandle | undefined;
@@ -449,7 +450,7 @@ function uidOf(uidl: string): number {
 }
 
 describe('Dovecot and Poplar sharing one live Maildir', () => {
-  it.skipIf(!HAVE_DOVECOT)('same UIDLs on both, deletions visible to both, UIDs never reused, uidlist accepted', async () => {
+  it.skipIf(NO_DOVECOT)('same UIDLs on both, deletions visible to both, UIDs never reused, uidlist accepted', async () => {
     const root = await tempRoot('poplar-live-');
     let dc: DovecotHandle | undefined;
     let pop: TestServer | undefined;

@@ -18,11 +18,6 @@ export function which(name: string): string | undefined {
   return undefined;
 }
 
-/** Whether an executable of this name is on PATH (the interop tests skip a client only when it is missing). */
-export function hasBinary(name: string): boolean {
-  return which(name) !== undefined;
-}
-
 /** The interpreter a script names on its `#!` line (`#!/usr/bin/env python3` resolved through PATH). */
 export function shebangInterpreter(script: string): string | undefined {
   const first = readFileSync(script, 'latin1').split('\n', 1)[0] ?? '';

@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { describe, expect, it, vi } from 'vitest';
 import { CramMd5Client, CramMd5Server, cramMd5Challenge, cramMd5States } from './cram-md5.js';
 import type { SaslServerContext, ServerStep } from './mechanism.js';
+import { lacks } from '../../../test/helpers/peers.js';
 
 const RFC_CHALLENGE = '<1896.697170952@postoffice.reston.mci.net>';
 const RFC_RESPONSE = 'tim b913a602c7eda7a495b4e6e7334d3890';
@@ -112,15 +113,7 @@ describe('CRAM-MD5 client', () => {
   });
 });
 
-let doveadm = false;
-try {
-  execFileSync('doveadm', ['pw', '-l'], { stdio: 'ignore' });
-  doveadm = true;
-} catch {
-  doveadm = false;
-}
-
-describe.skipIf(!doveadm)('CRAM-MD5 against doveadm', () => {
+describe.skipIf(lacks('doveadm'))('CRAM-MD5 against doveadm', () => {
   it('a freshly generated {CRAM-MD5} secret serves the RFC exchange and other passwords', async () => {
     for (const pw of ['tanstaaftanstaaf', 'pässwörd', 'x'.repeat(100)]) {
       const stored = execFileSync('doveadm', ['pw', '-s', 'CRAM-MD5', '-p', pw], { encoding: 'utf8' }).trim();

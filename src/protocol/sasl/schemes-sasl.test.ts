@@ -2,6 +2,7 @@
 import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { HASH_SCHEMES, KNOWN_SCHEMES, hashPassword, inspectSecret, plaintextSecret, verifyPassword } from '../../auth/schemes.js';
+import { lacks } from '../../../test/helpers/peers.js';
 
 const DOVECOT = {
   cram: '{CRAM-MD5}d06d4e1b26fccaa4b0b61801132340a354b21152711fb604ca3e035e7015116b', // tanstaaftanstaaf
@@ -84,15 +85,7 @@ describe('plaintextSecret', () => {
   );
 });
 
-let doveadm = false;
-try {
-  execFileSync('doveadm', ['pw', '-l'], { stdio: 'ignore' });
-  doveadm = true;
-} catch {
-  doveadm = false;
-}
-
-describe.skipIf(!doveadm)('doveadm pw -t accepts our CRAM-MD5 and SCRAM secrets', () => {
+describe.skipIf(lacks('doveadm'))('doveadm pw -t accepts our CRAM-MD5 and SCRAM secrets', () => {
   it.each(['CRAM-MD5', 'SCRAM-SHA-1', 'SCRAM-SHA-256'] as const)('%s', async (scheme) => {
     for (const pw of ['pencil', 'pässwörd ✓', 'x'.repeat(100)]) {
       const h = await hashPassword(pw, scheme);

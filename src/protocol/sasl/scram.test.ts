@@ -4,6 +4,7 @@ import { hashPassword } from '../../auth/schemes.js';
 import type { SaslServerContext, ServerStep } from './mechanism.js';
 import { ScramClient, ScramServer, scramPlusAvailable, type ScramAlgorithm, type ScramClientOptions, type ScramServerOptions } from './scram.js';
 import { deriveScramSecret, formatScramSecret } from './scram-keys.js';
+import { lacks } from '../../../test/helpers/peers.js';
 
 const RFC5802 = {
   clientFirst: 'n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL',
@@ -414,15 +415,7 @@ describe('SCRAM client: checks on the server', () => {
   });
 });
 
-let doveadm = false;
-try {
-  execFileSync('doveadm', ['pw', '-l'], { stdio: 'ignore' });
-  doveadm = true;
-} catch {
-  doveadm = false;
-}
-
-describe.skipIf(!doveadm)('SCRAM against doveadm', () => {
+describe.skipIf(lacks('doveadm'))('SCRAM against doveadm', () => {
   it.each(['SHA-1', 'SHA-256'] as const)('a fresh doveadm {SCRAM-%s} secret authenticates our client', async (algorithm) => {
     for (const pw of ['pencil', 'pässwörd ✓']) {
       const stored = execFileSync('doveadm', ['pw', '-s', `SCRAM-${algorithm}`, '-p', pw], { encoding: 'utf8' }).trim();
