@@ -18,7 +18,7 @@ import type net from 'node:net';
 import { Readable } from 'node:stream';
 import type tls from 'node:tls';
 import { DotUnstuffer } from '../protocol/dot-unstuff.js';
-import { Pop3AbortError, Pop3ProtocolError, Pop3TimeoutError } from './errors.js';
+import { Pop3AbortError, Pop3ConnectionLostError, Pop3LimitError, Pop3ProtocolError, Pop3TimeoutError } from './errors.js';
 import { isContinuation, parseStatusLine, type StatusLine } from './reply.js';
 
 export interface CallOptions {
@@ -26,6 +26,19 @@ export interface CallOptions {
   readonly signal?: AbortSignal | undefined;
   /** The longest the server may stay silent while this call waits for it (default: the connection's). */
   readonly timeoutMs?: number | undefined;
+  /**
+   * The longest the whole reply may take, from the moment the connection
+   * starts waiting for it to its last octet, however steadily the server
+   * trickles it (default: no limit beyond `timeoutMs`). Pop3TimeoutError.
+   */
+  readonly deadlineMs?: number | undefined;
+  /**
+   * Multi-line replies: the most content octets accepted (default 64 MiB
+   * for replies collected in memory, no limit for streams). Pop3LimitError.
+   */
+  readonly maxOctets?: number | undefined;
+  /** Multi-line replies collected into lines: the most lines accepted (default 1,000,000). Pop3LimitError. */
+  readonly maxLines?: number | undefined;
 }
 
 /** Requests written before their replies arrive, at most (RFC 2449 §6.6 leaves the bound to the client). */
@@ -34,6 +47,11 @@ export const PIPELINE_WINDOW = 32;
 const MAX_LINE = 64 * 1024;
 /** Buffered content of a streamed message before the socket is paused. */
 const STREAM_HIGH_WATER = 64 * 1024;
+/** Default bounds of a multi-line reply collected in memory (lines(), buffer()). */
+export const DEFAULT_MAX_OCTETS = 64 * 1024 * 1024;
+export const DEFAULT_MAX_LINES = 1_000_000;
+/** SASL challenges in one AUTH exchange, at most (SCRAM needs two; a server that keeps asking is stalling). */
+const MAX_CHALLENGES = 16;
 const LF = 0x0a;
 const CR = 0x0d;
 const EMPTY = Buffer.alloc(0);
@@ -58,6 +76,9 @@ interface Request {
   /** Sent only when nothing else is in flight, and nothing follows until it completes (AUTH, STLS). */
   readonly exclusive: boolean;
   readonly timeoutMs: number;
+  readonly deadlineMs: number | undefined;
+  /** Runs from the moment this request heads the queue until its reply is complete. */
+  deadline: NodeJS.Timeout | undefined;
   readonly handler: ReplyHandler;
   unstuffer: DotUnstuffer | undefined;
   detach: () => void;
@@ -166,8 +187,9 @@ export class Pop3Connection {
 
   /** A multi-line reply collected into lines (CAPA, LIST, UIDL). */
   lines(command: string, opts: CallOptions = {}): Promise<LinesReply> {
-    return this.#enqueue(verbOf(command), encode(command), false, opts, (resolve) => {
-      const collect = collector();
+    const label = verbOf(command);
+    return this.#enqueue(label, encode(command), false, opts, (resolve) => {
+      const collect = lineCollector(label, opts.maxOctets ?? DEFAULT_MAX_OCTETS, opts.maxLines ?? DEFAULT_MAX_LINES);
       let status: StatusLine | undefined;
       return {
         line: (l) => {
@@ -177,7 +199,7 @@ export class Pop3Connection {
           return 'done';
         },
         body: collect.add,
-        end: () => resolve({ status: status!, lines: splitLines(collect.take()) }),
+        end: () => resolve({ status: status!, lines: collect.take() }),
         fail: () => undefined,
       };
     });
@@ -185,8 +207,9 @@ export class Pop3Connection {
 
   /** A multi-line reply collected into one Buffer (RETR/TOP when the caller wants it whole). */
   buffer(command: string, opts: CallOptions = {}): Promise<BufferReply> {
-    return this.#enqueue(verbOf(command), encode(command), false, opts, (resolve) => {
-      const collect = collector();
+    const label = verbOf(command);
+    return this.#enqueue(label, encode(command), false, opts, (resolve) => {
+      const collect = collector(label, opts.maxOctets ?? DEFAULT_MAX_OCTETS);
       let status: StatusLine | undefined;
       return {
         line: (l) => {
@@ -209,9 +232,12 @@ export class Pop3Connection {
    */
   stream(command: string, opts: CallOptions = {}): Promise<StreamReply> {
     let req: Request | undefined;
-    const p = this.#enqueue<StreamReply>(verbOf(command), encode(command), false, opts, (resolve) => {
+    const label = verbOf(command);
+    const max = opts.maxOctets ?? Infinity;
+    const p = this.#enqueue<StreamReply>(label, encode(command), false, opts, (resolve) => {
       let stream: MessageStream | undefined;
       let ended = false;
+      let octets = 0;
       return {
         line: (l) => {
           const status = parseStatusLine(l);
@@ -229,6 +255,8 @@ export class Pop3Connection {
           return 'body';
         },
         body: (chunks) => {
+          for (const c of chunks) octets += c.length;
+          if (octets > max) throw new Pop3LimitError(`the reply to ${label} ran past ${max} octets`);
           if (stream === undefined || stream.destroyed) return true; // discarding what nobody reads
           let more = true;
           for (const c of chunks) more = stream.push(c);
@@ -252,9 +280,11 @@ export class Pop3Connection {
    * Resolves with the final `+OK`/`-ERR`.
    */
   sasl(command: string, onChallenge: (payload: string) => string, opts: CallOptions = {}): Promise<StatusLine> {
+    let challenges = 0;
     return this.#enqueue('AUTH', encode(command), true, opts, (resolve) => ({
       line: (l) => {
         if (isContinuation(l)) {
+          if (++challenges > MAX_CHALLENGES) throw new Pop3LimitError(`more than ${MAX_CHALLENGES} SASL challenges`);
           const answer = onChallenge(l.slice(2).trim());
           this.#socket.write(encode(answer));
           return 'more';
@@ -386,6 +416,8 @@ export class Pop3Connection {
         bytes,
         exclusive,
         timeoutMs: opts.timeoutMs ?? this.#defaultTimeout,
+        deadlineMs: opts.deadlineMs,
+        deadline: undefined,
         handler,
         unstuffer: undefined,
         detach: () => unwatch?.(),
@@ -465,11 +497,11 @@ export class Pop3Connection {
 
   readonly #onSocketClose = (): void => {
     const head = this.#inFlight[0];
-    this.destroy(new Pop3ProtocolError(head !== undefined ? `connection closed by the server during the reply to ${head.label}` : 'connection closed by the server'));
+    this.destroy(new Pop3ConnectionLostError(head !== undefined ? `connection closed by the server during the reply to ${head.label}` : 'connection closed by the server'));
   };
 
   readonly #onSocketError = (e: Error): void => {
-    this.destroy(new Pop3ProtocolError(`connection failed: ${e.message}`, { cause: e }));
+    this.destroy(new Pop3ConnectionLostError(`connection failed: ${e.message}`, { cause: e }));
   };
 
   #attach(s: net.Socket): void {
@@ -541,6 +573,7 @@ export class Pop3Connection {
 
   #complete(req: Request): void {
     if (this.#inFlight[0] === req) this.#inFlight.shift();
+    clearTimeout(req.deadline);
     req.detach();
     this.#pump();
     this.#armTimer();
@@ -549,6 +582,7 @@ export class Pop3Connection {
   #failAll(reason: Error): void {
     const pending = [...this.#inFlight.splice(0), ...this.#unsent.splice(0)];
     for (const r of pending) {
+      clearTimeout(r.deadline);
       r.handler.fail(reason);
       r.detach();
     }
@@ -557,7 +591,13 @@ export class Pop3Connection {
   #armTimer(): void {
     this.#stopTimer();
     const head = this.#inFlight[0];
-    if (this.#closed || head === undefined || this.#pausedBy !== undefined) return;
+    if (this.#closed || head === undefined) return;
+    if (head.deadlineMs !== undefined && head.deadline === undefined) {
+      const total = head.deadlineMs;
+      // Counts while a slow consumer holds the socket paused too: the bound is on the whole reply.
+      head.deadline = setTimeout(() => this.destroy(new Pop3TimeoutError(`the reply to ${head.label} took longer than ${total} ms in all`)), total);
+    }
+    if (this.#pausedBy !== undefined) return;
     const ms = head.timeoutMs;
     this.#timer = setTimeout(() => this.destroy(new Pop3TimeoutError(`no reply to ${head.label} within ${ms} ms`)), ms);
   }
@@ -574,6 +614,9 @@ class MessageStream extends Readable {
   readonly #onDestroy: () => void;
   constructor(onRead: () => void, onDestroy: () => void) {
     super({ highWaterMark: STREAM_HIGH_WATER });
+    // The connection may fail before the consumer has attached its handlers: the error is kept
+    // (stream.errored; iteration and pipeline() still reject with it) instead of crashing the process.
+    this.on('error', () => undefined);
     this.#onRead = onRead;
     this.#onDestroy = onDestroy;
   }
@@ -598,10 +641,13 @@ function statusHandler(resolve: (s: StatusLine) => void): ReplyHandler {
   };
 }
 
-function collector(): { add: (chunks: Buffer[]) => boolean; take: () => Buffer } {
+function collector(label: string, maxOctets: number): { add: (chunks: Buffer[]) => boolean; take: () => Buffer } {
   const parts: Buffer[] = [];
+  let octets = 0;
   return {
     add: (chunks) => {
+      for (const c of chunks) octets += c.length;
+      if (octets > maxOctets) throw new Pop3LimitError(`the reply to ${label} ran past ${maxOctets} octets`);
       parts.push(...chunks);
       return true;
     },
@@ -609,13 +655,41 @@ function collector(): { add: (chunks: Buffer[]) => boolean; take: () => Buffer }
   };
 }
 
-/** Lines of a multi-line body, CRLF or bare LF. */
-function splitLines(body: Buffer): string[] {
-  if (body.length === 0) return [];
-  const text = body.toString('utf8');
-  const lines = text.split(/\r?\n/);
-  if (lines[lines.length - 1] === '') lines.pop();
-  return lines;
+/**
+ * Lines of a multi-line body as they arrive (CRLF or bare LF; a CR elsewhere
+ * stays in its line), within `maxOctets` and `maxLines`.
+ */
+function lineCollector(label: string, maxOctets: number, maxLines: number): { add: (chunks: Buffer[]) => boolean; take: () => string[] } {
+  const lines: string[] = [];
+  let partial: Buffer[] = [];
+  let octets = 0;
+  const push = (b: Buffer): void => {
+    if (lines.length >= maxLines) throw new Pop3LimitError(`the reply to ${label} ran past ${maxLines} lines`);
+    const end = b.length > 0 && b[b.length - 1] === CR ? b.length - 1 : b.length;
+    lines.push(b.toString('utf8', 0, end));
+  };
+  return {
+    add: (chunks) => {
+      for (const c of chunks) {
+        octets += c.length;
+        if (octets > maxOctets) throw new Pop3LimitError(`the reply to ${label} ran past ${maxOctets} octets`);
+        let start = 0;
+        for (let lf = c.indexOf(LF); lf >= 0; lf = c.indexOf(LF, start)) {
+          const piece = c.subarray(start, lf);
+          push(partial.length === 0 ? piece : Buffer.concat([...partial, piece]));
+          partial = [];
+          start = lf + 1;
+        }
+        if (start < c.length) partial.push(c.subarray(start));
+      }
+      return true;
+    },
+    take: () => {
+      if (partial.length > 0) push(Buffer.concat(partial));
+      partial = [];
+      return lines;
+    },
+  };
 }
 
 function verbOf(command: string): string {

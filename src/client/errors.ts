@@ -31,7 +31,7 @@ export class Pop3ServerError extends Pop3ClientError {
     reply: { readonly code: RespCode | undefined; readonly rawCode: string | undefined; readonly text: string },
     saslError?: string,
   ) {
-    super(`${command}: -ERR ${reply.rawCode !== undefined ? `[${reply.rawCode}] ` : ''}${reply.text}`.trimEnd());
+    super(`${command}: -ERR ${reply.rawCode !== undefined ? `[${printable(reply.rawCode)}] ` : ''}${printable(reply.text)}`.trimEnd());
     this.command = command;
     this.code = reply.code;
     this.rawCode = reply.rawCode;
@@ -42,6 +42,16 @@ export class Pop3ServerError extends Pop3ClientError {
 
 /** The protocol broke: a malformed reply, unexpected data, or the connection closed mid-reply. */
 export class Pop3ProtocolError extends Pop3ClientError {}
+
+/** The server closed or reset the connection before its reply was complete (a Pop3ProtocolError). */
+export class Pop3ConnectionLostError extends Pop3ProtocolError {}
+
+/**
+ * A reply ran past a bound the caller set (or the default one): more octets
+ * or lines than `maxOctets`/`maxLines`, or more SASL challenges than any
+ * mechanism needs. The connection was destroyed (a Pop3ProtocolError).
+ */
+export class Pop3LimitError extends Pop3ProtocolError {}
 
 /** The server stayed silent for longer than the call's `timeoutMs`; the connection was destroyed. */
 export class Pop3TimeoutError extends Pop3ClientError {}
@@ -58,3 +68,10 @@ export class Pop3TlsError extends Pop3ClientError {}
  * both sides support is left. Nothing was sent; the connection is usable.
  */
 export class Pop3PolicyError extends Pop3ClientError {}
+
+/** Server text as it may appear in a message or a log line: control characters replaced, at most 200 characters. */
+export function printable(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = s.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029]/g, '?');
+  return clean.length > 200 ? `${clean.slice(0, 200)}…` : clean;
+}

@@ -5,6 +5,7 @@ export {
   type LoginOptions,
   type OAuth2Options,
   type MessageHandler,
+  type RetrEachOptions,
   type TlsMode,
   type CallOptions,
 } from './pop3-client.js';
@@ -12,12 +13,14 @@ export {
   Pop3ClientError,
   Pop3ServerError,
   Pop3ProtocolError,
+  Pop3ConnectionLostError,
+  Pop3LimitError,
   Pop3TimeoutError,
   Pop3AbortError,
   Pop3TlsError,
   Pop3PolicyError,
 } from './errors.js';
-export { PIPELINE_WINDOW } from './connection.js';
+export { DEFAULT_MAX_LINES, DEFAULT_MAX_OCTETS, PIPELINE_WINDOW } from './connection.js';
 export { LOGIN_PREFERENCE, chooseLoginMethod, cleartextAllowed, isLoopback, sendsCleartextSecret, type CleartextContext, type MechanismChoice, type MechanismChoiceInput } from './policy.js';
-export { knownRespCode, parseStatusLine, type ListEntry, type MaildropStat, type StatusLine, type UidlEntry } from './reply.js';
+export { isValidUid, knownRespCode, parseStatusLine, type ListEntry, type MaildropStat, type StatusLine, type UidlEntry } from './reply.js';
 export { normalizeFingerprint } from './tls.js';

@@ -70,9 +70,16 @@ export interface OAuth2Options extends CallOptions {
 /** Called once per message by retrEach(), in order; the next message is handed over when the promise settles. */
 export type MessageHandler = (number: number, message: Readable) => void | Promise<void>;
 
+export interface RetrEachOptions extends CallOptions {
+  /** Per message: the most octets its stream may carry (e.g. the LIST size plus a margin); overrides `maxOctets`. */
+  readonly maxOctetsOf?: ((number: number) => number) | undefined;
+}
+
 const DEFAULT_TIMEOUT_MS = 30_000;
 /** RFC 5034 §4: an AUTH line with its initial response must fit in 255 octets, else the response waits for a challenge. */
 const MAX_AUTH_LINE = 255;
+/** A CAPA reply is a few dozen short lines; these bounds leave room for any real server. */
+const CAPA_LIMITS = { maxLines: 1000, maxOctets: 256 * 1024 } as const;
 
 export class Pop3Client {
   readonly #conn: Pop3Connection;
@@ -195,7 +202,7 @@ export class Pop3Client {
    */
   async capa(opts: CallOptions = {}): Promise<Map<string, string[]>> {
     if (this.#caps === undefined) {
-      const p = this.#conn.lines('CAPA', opts).then((r) => {
+      const p = this.#conn.lines('CAPA', { ...opts, ...CAPA_LIMITS }).then((r) => {
         const caps = r.status.ok ? parseCapabilities(r.lines) : new Map<string, string[]>();
         this.#conn.pipelining = caps.has('PIPELINING');
         return caps;
@@ -392,13 +399,15 @@ export class Pop3Client {
    * The handler must not await other commands: their replies queue behind
    * RETRs already requested, which wait for handlers not yet run.
    */
-  async retrEach(numbers: readonly number[], handler: MessageHandler, opts: CallOptions = {}): Promise<void> {
+  async retrEach(numbers: readonly number[], handler: MessageHandler, opts: RetrEachOptions = {}): Promise<void> {
     numbers.forEach(checkNumber);
     const ahead: Promise<StreamReply>[] = [];
     let next = 0;
+    const { maxOctetsOf, ...call } = opts;
     const request = (): void => {
       while (next < numbers.length && ahead.length < PIPELINE_WINDOW) {
-        const p = this.#conn.stream(`RETR ${numbers[next++]!}`, opts);
+        const n = numbers[next++]!;
+        const p = this.#conn.stream(`RETR ${n}`, maxOctetsOf !== undefined ? { ...call, maxOctets: maxOctetsOf(n) } : call);
         p.catch(() => undefined); // awaited below, in order
         ahead.push(p);
       }

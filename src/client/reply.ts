@@ -4,7 +4,7 @@
  * and strict where a wrong guess would mislead (numbers, scan listings).
  */
 import type { RespCode } from '../protocol/codes.js';
-import { Pop3ProtocolError } from './errors.js';
+import { Pop3ProtocolError, printable } from './errors.js';
 
 export interface StatusLine {
   readonly ok: boolean;
@@ -108,11 +108,23 @@ export function parseListEntry(line: string): ListEntry {
   return { number: parseNumber(n, 'LIST entry'), octets: parseNumber(octets, 'LIST entry') };
 }
 
-/** A unique-id listing, `n uid`, from `UIDL` or `UIDL n`. */
+/**
+ * A unique-id listing, `n uid`, from `UIDL` or `UIDL n`. The uid is the
+ * whole rest of the line (trailing blanks aside), exactly as sent, so that
+ * two listings never read as the same uid unless the server sent the same
+ * octets; whether it is a valid one is for isValidUid() to say.
+ */
 export function parseUidlEntry(line: string): UidlEntry {
-  const m = /^[ \t]*(\d+)[ \t]+(\S+)/.exec(line);
-  if (m === null) throw new Pop3ProtocolError(`malformed UIDL entry: ${JSON.stringify(truncate(line))}`);
-  return { number: parseNumber(m[1], 'UIDL entry'), uid: m[2]! };
+  const m = /^[ \t]*(\d+)[ \t]+/.exec(line);
+  let end = line.length;
+  while (end > 0 && (line[end - 1] === ' ' || line[end - 1] === '\t')) end--; // no regex: linear on any line
+  if (m === null || m[0].length >= end) throw new Pop3ProtocolError(`malformed UIDL entry: ${JSON.stringify(truncate(line))}`);
+  return { number: parseNumber(m[1], 'UIDL entry'), uid: line.slice(m[0].length, end) };
+}
+
+/** RFC 1939 §7: a unique-id is 1 to 70 characters in the range 0x21 to 0x7E. */
+export function isValidUid(uid: string): boolean {
+  return /^[\x21-\x7e]{1,70}$/.test(uid);
 }
 
 /** The APOP timestamp (RFC 1939 §7: a msg-id) in a greeting, if any. */
@@ -121,5 +133,5 @@ export function apopTimestampOf(greeting: string): string | undefined {
 }
 
 function truncate(s: string): string {
-  return s.length > 80 ? `${s.slice(0, 80)}…` : s;
+  return printable(s.length > 80 ? `${s.slice(0, 80)}…` : s);
 }

@@ -134,6 +134,13 @@ export const AccountSchema = z
     state: nonEmpty.optional(),
     /** Seconds the server may stay silent. */
     timeout: z.number().positive().default(60),
+    /** Seconds one reply (a message, a TOP, the UIDL or LIST listing) may take in all, however steadily it trickles. */
+    message_timeout: z.number().positive().default(3600),
+    /** Bounds of the UIDL and LIST listings: lines, and octets (a server that never ends one is stopped there). */
+    max_list_lines: z.number().int().min(1).default(1_000_000),
+    max_list_octets: bytes.refine((n) => n >= 1, 'must be at least 1').default(64 * 1024 * 1024),
+    /** How far a message may run past the size LIST announced: the larger of this and 10 % of that size. */
+    size_margin: bytes.default(1024 * 1024),
     /** Group commit: flush the sink and record the UIDLs every `batch` messages or `batch_ms` milliseconds. 1 = per message. */
     batch: z.number().int().min(1).max(10_000).default(64),
     batch_ms: z.number().int().min(0).default(50),

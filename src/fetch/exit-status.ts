@@ -1,5 +1,5 @@
 /** What went wrong in a fetch, as a sysexits.h code and a short kind (docs/fetch.md, "Exit codes"). */
-import { Pop3AbortError, Pop3PolicyError, Pop3ProtocolError, Pop3ServerError, Pop3TimeoutError, Pop3TlsError } from '../client/index.js';
+import { Pop3AbortError, Pop3ConnectionLostError, Pop3LimitError, Pop3PolicyError, Pop3ProtocolError, Pop3ServerError, Pop3TimeoutError, Pop3TlsError } from '../client/index.js';
 import { EX_CONFIG, EX_IOERR, EX_NOHOST, EX_NOPERM, EX_PROTOCOL, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE } from '../cli/exit-codes.js';
 import { ConfigError } from '../config/errors.js';
 import { CredentialError } from './credentials.js';
@@ -35,6 +35,9 @@ export function classify(e: unknown): Failure {
   }
   if (e instanceof Pop3TimeoutError) return f(EX_TEMPFAIL, 'temporary');
   if (e instanceof Pop3AbortError) return f(EX_TEMPFAIL, 'interrupted');
+  // The server went away mid-reply, or sent more than it announced or than the limits allow:
+  // nothing of that reply was delivered, and the next fetch tries again.
+  if (e instanceof Pop3ConnectionLostError || e instanceof Pop3LimitError) return f(EX_TEMPFAIL, 'temporary');
   if (e instanceof Pop3ProtocolError) {
     if (message.startsWith('cannot connect')) {
       const code = (e.cause as NodeJS.ErrnoException | undefined)?.code;

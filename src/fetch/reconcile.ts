@@ -21,9 +21,10 @@
  * one stored copy mean one delivered and one not.
  */
 import { createHash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { constants as C, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { crlfToLf } from './sinks/util.js';
+import type { MessageSource } from './sinks/types.js';
+import { fileRange, lfOf } from './sinks/util.js';
 
 /** Clock and file-system timestamp granularity. */
 const SLACK_MS = 2_000;
@@ -35,8 +36,8 @@ export interface MaildirPending {
   readonly since: number;
   /** Maildir directories the message may have gone to (the folder's directory, not new/). */
   readonly dirs: readonly string[];
-  /** The message as the server sends it now. */
-  readonly content: Buffer;
+  /** The message as the server sends it now (read as a stream: it may be of any size). */
+  readonly content: MessageSource;
 }
 
 /** UIDLs among `pending` whose message is in one of its Maildirs. */
@@ -45,11 +46,12 @@ export async function findInMaildirs(pending: readonly MaildirPending[]): Promis
   if (pending.length === 0) return found;
   const since = Math.min(...pending.map((p) => p.since)) - SLACK_MS;
   const sizes = new Set<number>();
-  const wanted = pending.map((p) => {
-    const lf = crlfToLf(p.content);
-    sizes.add(lf.length).add(p.content.length);
-    return { p, key: digest(lf) };
-  });
+  const wanted: { p: MaildirPending; key: string }[] = [];
+  for (const p of pending) {
+    const { key, length } = await digestOf(lfOf(p.content.chunks()));
+    sizes.add(length).add(p.content.size);
+    wanted.push({ p, key });
+  }
   // digest of the LF form → files holding it, over every directory concerned; each file is read once.
   const index = new Map<string, string[]>();
   const seenDirs = new Set<string>();
@@ -67,11 +69,10 @@ export async function findInMaildirs(pending: readonly MaildirPending[]): Promis
         const m = /,S=(\d+)/.exec(n);
         if (m !== null && !sizes.has(Number(m[1]))) continue;
         const file = path.join(dir, sub, n);
-        const st = await fs.stat(file).catch(() => undefined);
+        const st = await fs.lstat(file).catch(() => undefined);
         if (st === undefined || !st.isFile() || st.mtimeMs < since || !sizes.has(st.size)) continue;
-        const body = await fs.readFile(file).catch(() => undefined);
-        if (body === undefined) continue;
-        const k = digest(crlfToLf(body));
+        const k = await fileDigest(file, st.size);
+        if (k === undefined) continue;
         const l = index.get(k) ?? [];
         l.push(`${dir}\0${file}`);
         index.set(k, l);
@@ -89,6 +90,27 @@ export async function findInMaildirs(pending: readonly MaildirPending[]): Promis
   return found;
 }
 
-function digest(b: Buffer): string {
-  return createHash('sha256').update(b).digest('hex');
+/** SHA-256 and length of a stream of pieces, read through once. */
+async function digestOf(chunks: AsyncIterable<Buffer>): Promise<{ key: string; length: number }> {
+  const h = createHash('sha256');
+  let length = 0;
+  for await (const c of chunks) {
+    h.update(c);
+    length += c.length;
+  }
+  return { key: h.digest('hex'), length };
+}
+
+/** Digest of a stored message's LF form, read in pieces (undefined when it cannot be read as a regular file). */
+async function fileDigest(file: string, size: number): Promise<string | undefined> {
+  const fh = await fs.open(file, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK).catch(() => undefined);
+  if (fh === undefined) return undefined;
+  try {
+    if (!(await fh.stat()).isFile()) return undefined;
+    return (await digestOf(lfOf(fileRange(fh, 0, size)))).key;
+  } catch {
+    return undefined;
+  } finally {
+    await fh.close().catch(() => undefined);
+  }
 }

@@ -15,13 +15,16 @@
  * sink has accepted it, so a crash can repeat at most that one message there.
  */
 import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { Readable } from 'node:stream';
-import { Pop3Client, Pop3ServerError } from '../client/index.js';
+import { isValidUid, Pop3Client, Pop3ServerError, type UidlEntry } from '../client/index.js';
+import { printable } from '../client/errors.js';
 import type { ResolvedAccount, SinkSpecValue } from './config.js';
 import { CredentialError, readSecret, TokenSource } from './credentials.js';
 import { Ledger, type PendingDelivery } from './ledger.js';
 import { chooseDestination, compileRules, DEFAULT_DESTINATION, destinationKey, parseHeaders, rulesNeedHeaders, type Destination } from './rules.js';
-import type { DeliveryInfo, Sink } from './sinks/types.js';
+import type { DeliveryInfo, MessageSource, Sink } from './sinks/types.js';
+import { spoolMessage, type SpooledMessage } from './sinks/util.js';
 
 const DAY_MS = 86_400_000;
 /** Intents are written (and synced) for this many messages at a time. */
@@ -32,6 +35,8 @@ const PARALLEL_MAX_OCTETS = 256 * 1024;
 const PARALLEL_BUFFER_CAP = 1024 * 1024;
 /** How much of a message `header_preview = "retr"` reads to find the end of the header. */
 const HEADER_PEEK_LIMIT = 256 * 1024;
+/** The most a `TOP n 0` reply (the header) may carry, whatever size the message is announced with. */
+const TOP_MAX_OCTETS = 1024 * 1024;
 
 export interface AccountReport {
   readonly account: string;
@@ -150,19 +155,30 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
       }
     }
 
-    let uidls;
+    const deadlineMs = acct.message_timeout * 1000;
+    const listing = { maxLines: acct.max_list_lines, maxOctets: acct.max_list_octets, deadlineMs };
+    let listed;
     try {
-      uidls = await client.uidl();
+      listed = await client.uidl(listing);
     } catch (e) {
-      if (e instanceof Pop3ServerError) throw new FetchProtocolError(`${acct.host} does not support UIDL, which a safe fetch needs (${e.text})`);
+      if (e instanceof Pop3ServerError) throw new FetchProtocolError(`${acct.host} does not support UIDL, which a safe fetch needs (${printable(e.text)})`);
       throw e;
     }
-    const sizes = new Map((await client.list()).map((l) => [l.number, l.octets]));
-    report.onServer = uidls.length;
+    const sizes = new Map((await client.list(listing)).map((l) => [l.number, l.octets]));
+    report.onServer = listed.length;
+    const uidls = usableListings(listed, sizes, (number, why) => {
+      report.skipped++;
+      log('warn', `${acct.name}: message ${number} left on the server: ${why}`);
+    });
     const byUidl = new Map(uidls.map((u) => [u.uid, u.number]));
-    if (byUidl.size !== uidls.length) throw new FetchProtocolError(`${acct.host} lists the same UIDL twice`);
+    /** What a message may carry: its announced size plus the margin (docs/fetch.md, "Limits"). */
+    const allowed = (n: number): number => {
+      const size = sizes.get(n) ?? 0;
+      return size + Math.max(acct.size_margin, Math.ceil(size / 10));
+    };
     // Entries whose message is gone are forgotten (keeping them until now is what makes a lost QUIT harmless).
-    await ledger.retainOnly(new Set(byUidl.keys()));
+    // A UIDL left out above for a fault of this session's listing (listed twice, no size) is still on the server.
+    await ledger.retainOnly(new Set(listed.filter((u) => isValidUid(u.uid)).map((u) => u.uid)));
 
     const sinkFor = (dest: Destination): Promise<Sink> => {
       const key = dest.kind === 'sink' ? dest.key : '-';
@@ -176,16 +192,26 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
     };
 
     // ---- settle deliveries an interrupted run left pending: ask their sinks (see reconcile.ts)
-    const pending = ledger.pending();
+    // Each is fetched again into an unnamed file next to the ledger, never into memory: a pending message may be of any size.
+    const pending = ledger.pending().filter((p) => byUidl.has(p.uidl));
     if (pending.length > 0) {
-      const contents = await Promise.all(pending.map((p) => client!.retrBuffer(byUidl.get(p.uidl)!)));
-      const found = await findDelivered(pending.map((p, i) => ({ ...p, content: contents[i]! })), acct, sinkFor);
-      await ledger.record([...found].map((uidl) => ({ uidl })), deps.now());
-      await ledger.sync();
-      ledger.abandon(pending.map((p) => p.uidl).filter((u) => !found.has(u)));
-      report.recovered = found.size;
-      if (found.size > 0 || pending.length > found.size) {
-        log('info', `${acct.name}: ${pending.length} deliveries were interrupted; ${found.size} had arrived, ${pending.length - found.size} will be fetched again`);
+      const spools: SpooledMessage[] = [];
+      try {
+        for (const p of pending) {
+          const n = byUidl.get(p.uidl)!;
+          const stream = await client.retr(n, { maxOctets: allowed(n), deadlineMs });
+          spools.push(await spoolMessage(stream, path.dirname(acct.state), deps.signal));
+        }
+        const found = await findDelivered(pending.map((p, i) => ({ ...p, content: spools[i]! })), acct, sinkFor);
+        await ledger.record([...found].map((uidl) => ({ uidl })), deps.now());
+        await ledger.sync();
+        ledger.abandon(pending.map((p) => p.uidl).filter((u) => !found.has(u)));
+        report.recovered = found.size;
+        if (found.size > 0 || pending.length > found.size) {
+          log('info', `${acct.name}: ${pending.length} deliveries were interrupted; ${found.size} had arrived, ${pending.length - found.size} will be fetched again`);
+        }
+      } finally {
+        await Promise.all(spools.map((sp) => sp.close()));
       }
     }
 
@@ -194,7 +220,7 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
     const toDelete: number[] = [];
     const candidates: Candidate[] = [];
     for (const { number, uid } of uidls) {
-      const size = sizes.get(number) ?? 0;
+      const size = sizes.get(number)!;
       const entry = ledger.get(uid);
       if (entry !== undefined) {
         const old = acct.delete_after_days !== undefined && now - entry.firstSeen >= acct.delete_after_days * DAY_MS;
@@ -219,7 +245,7 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
     if (needHeaders && candidates.length > 0) {
       if (acct.header_preview === 'top') {
         try {
-          const heads = await Promise.all(candidates.map((c) => client!.topBuffer(c.number, 0)));
+          const heads = await Promise.all(candidates.map((c) => client!.topBuffer(c.number, 0, { maxOctets: Math.min(allowed(c.number), TOP_MAX_OCTETS), deadlineMs })));
           candidates.forEach((c, i) => (c.dest = chooseDestination(rules, c.size, parseHeaders(heads[i]!))));
         } catch (e) {
           if (!(e instanceof Pop3ServerError)) throw e;
@@ -357,6 +383,7 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
             groupStart = performance.now();
           }
         },
+        { deadlineMs, maxOctetsOf: allowed },
       );
     } catch (e) {
       if (e instanceof StopRequested) report.stopped = true;
@@ -397,7 +424,7 @@ type SinkFor = (dest: Destination) => Promise<Sink>;
  * ones did not find, so identical copies still count once each. A sink
  * without a probe finds nothing: its pending messages are delivered again.
  */
-async function findDelivered(pending: readonly (PendingDelivery & { content: Buffer })[], acct: ResolvedAccount, sinkFor: SinkFor): Promise<Set<string>> {
+async function findDelivered(pending: readonly (PendingDelivery & { content: MessageSource })[], acct: ResolvedAccount, sinkFor: SinkFor): Promise<Set<string>> {
   // sink key → its destination, and per pending UIDL the folders it may be in there
   const bySink = new Map<string, { dest: Destination; asks: Map<string, { p: (typeof pending)[number]; folders: Set<string | undefined> }> }>();
   for (const p of pending) {
@@ -444,6 +471,35 @@ function placesFor(target: string, acct: ResolvedAccount): { dest: Destination; 
   // A rule's sink; one no longer in the configuration cannot be asked.
   const rule = acct.rule.find((r) => r.sinkKey === target && r.sink !== undefined);
   return rule !== undefined ? [ruleSink(rule)] : [];
+}
+
+/**
+ * The listings a safe fetch can use. A message is left on the server, with
+ * a warning, when its UIDL is not one RFC 1939 allows (it could not be told
+ * apart from another, or recorded), when two messages share a UIDL or a
+ * number appears twice (delivering either could repeat the other), or when
+ * LIST gives no size for it (its size bounds the download).
+ */
+function usableListings(listed: readonly UidlEntry[], sizes: ReadonlyMap<number, number>, skip: (number: number, why: string) => void): UidlEntry[] {
+  const uids = new Map<string, number>();
+  const numbers = new Map<number, number>();
+  for (const u of listed) {
+    uids.set(u.uid, (uids.get(u.uid) ?? 0) + 1);
+    numbers.set(u.number, (numbers.get(u.number) ?? 0) + 1);
+  }
+  return listed.filter((u) => {
+    const why = !isValidUid(u.uid)
+      ? `its UIDL ${JSON.stringify(printable(u.uid))} is not valid (RFC 1939: 1 to 70 characters from 0x21 to 0x7E)`
+      : uids.get(u.uid)! > 1
+        ? `its UIDL ${JSON.stringify(u.uid)} is listed for more than one message`
+        : numbers.get(u.number)! > 1
+          ? 'UIDL lists its number more than once'
+          : !sizes.has(u.number)
+            ? 'LIST gives no size for it'
+            : undefined;
+    if (why !== undefined) skip(u.number, why);
+    return why === undefined;
+  });
 }
 
 function isMaildir(spec: SinkSpecValue): boolean {

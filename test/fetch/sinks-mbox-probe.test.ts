@@ -13,6 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MboxSink } from '../../src/fetch/sinks/mbox.js';
 import type { DeliveryInfo, PendingMessage } from '../../src/fetch/sinks/types.js';
+import { bufferSource } from '../../src/fetch/sinks/util.js';
 import { MBOX_MODULE, TSX, parseMboxrd } from './helpers.js';
 
 
@@ -32,7 +33,7 @@ afterEach(async () => {
 
 const info: DeliveryInfo = { account: 'acct', uidl: 'u', size: 0 };
 const crlf = (s: string): Buffer => Buffer.from(s.replace(/\n/g, '\r\n'), 'latin1');
-const pending = (uidl: string, content: Buffer): PendingMessage => ({ uidl, since: Date.now() - 60_000, folders: [undefined], content });
+const pending = (uidl: string, content: Buffer): PendingMessage => ({ uidl, since: Date.now() - 60_000, folders: [undefined], content: bufferSource(content) });
 
 /** What an mbox reader gets back for a message the server sends as `content` (CRLF). */
 const readBack = (content: Buffer): string => {

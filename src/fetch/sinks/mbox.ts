@@ -59,7 +59,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fsyncDir } from '../../store/maildir/maildir-store.js';
 import { tryLockExclusive, unlock } from './fcntl-lock.js';
 import type { DeliveryInfo, PendingMessage, Sink } from './types.js';
-import { chunksOf, CrlfToLf, crlfToLf, destroyOnAbort, EMPTY, KeyedMutex, SinkError, toError } from './util.js';
+import { chunksOf, CrlfToLf, destroyOnAbort, EMPTY, fileRange, KeyedMutex, lfOf, SinkError, toError } from './util.js';
 
 export interface MboxSinkOptions {
   readonly path: string;
@@ -303,17 +303,21 @@ export class MboxSink implements Sink {
       if (this.#dotlock) await removeDeadTemps(`${this.#path}.lock`);
       let size = (await fh.stat()).size;
       const messages = await scanMbox(fh, size);
-      const wanted = pending.map((p) => {
-        const lf = crlfToLf(p.content);
-        return { p, fromPrefix: Buffer.from(`From ${senderFromHead(lf)} `, 'latin1'), body: renderMboxrd(lf) };
-      });
+      // Each pending message is read as a stream (it may be of any size): its From_ prefix, and the length and digest of what would follow its From_ line.
+      const wanted: Wanted[] = [];
+      for (const p of pending) {
+        const head = await readHead(lfOf(p.content.chunks())[Symbol.asyncIterator]());
+        const body = await digestOf(renderedMboxrd(p.content));
+        wanted.push({ p, fromPrefix: Buffer.from(`From ${senderFromHead(head.data)} `, 'latin1'), bodyLength: body.length, bodyKey: body.key });
+      }
 
       // A torn last message: cut it off, so that delivering it again leaves one whole copy.
       const last = messages.at(-1);
-      const longest = wanted.reduce((n, w) => Math.max(n, w.fromPrefix.length + DATE_LENGTH + 1 + w.body.length), 0);
+      const longest = wanted.reduce((n, w) => Math.max(n, w.fromPrefix.length + DATE_LENGTH + 1 + w.bodyLength), 0);
       if (last !== undefined && size - last.from < longest) {
-        const tail = await readAt(fh, last.from, size - last.from);
-        if (wanted.some((w) => isTornCopy(tail, w.fromPrefix, w.body))) {
+        let torn = false;
+        for (const w of wanted) if (!torn) torn = await isTornCopy(fh, last.from, size - last.from, w);
+        if (torn) {
           await fh.truncate(last.from);
           if (this.#fsync) await fh.sync();
           messages.pop();
@@ -322,16 +326,16 @@ export class MboxSink implements Sink {
       }
 
       // Whole messages of a length some pending message has, by digest of what follows the From_ line.
-      const lengths = new Set(wanted.map((w) => w.body.length));
+      const lengths = new Set(wanted.map((w) => w.bodyLength));
       const stored = new Map<string, number>();
       for (const [i, m] of messages.entries()) {
         const end = messages[i + 1]?.from ?? size;
         if (m.body < 0 || !lengths.has(end - m.body)) continue;
-        const key = digest(await readAt(fh, m.body, end - m.body));
+        const { key } = await digestOf(fileRange(fh, m.body, end - m.body));
         stored.set(key, (stored.get(key) ?? 0) + 1);
       }
       for (const w of wanted) {
-        const key = digest(w.body);
+        const key = w.bodyKey;
         const n = stored.get(key) ?? 0;
         if (n > 0) {
           stored.set(key, n - 1); // claimed: identical copies match one stored message each
@@ -707,23 +711,68 @@ async function scanMbox(fh: FileHandle, size: number): Promise<MboxEntry[]> {
   return out;
 }
 
+/** A pending message as the probe compares it: From_ prefix, and what follows the From_ line (length, SHA-256). */
+interface Wanted {
+  readonly p: PendingMessage;
+  readonly fromPrefix: Buffer;
+  readonly bodyLength: number;
+  readonly bodyKey: string;
+}
+
+/** What `#append` writes after the From_ line for `content` (renderMboxrd of its LF form), as a stream. */
+async function* renderedMboxrd(content: PendingMessage['content']): AsyncGenerator<Buffer> {
+  const q = new MboxrdQuoter();
+  for await (const c of lfOf(content.chunks())) yield* q.push(c);
+  yield* q.end();
+  yield Buffer.from('\n');
+}
+
+/** The first `n` octets of a stream of pieces. */
+async function* firstOctets(chunks: AsyncIterable<Buffer>, n: number): AsyncGenerator<Buffer> {
+  if (n <= 0) return;
+  for await (const c of chunks) {
+    if (c.length >= n) {
+      yield c.subarray(0, n);
+      return;
+    }
+    yield c;
+    n -= c.length;
+  }
+}
+
 /**
- * Whether `tail` (from a From_ line to the end of the file) is a strict
- * prefix of "From_ line + body" for a message whose From_ line starts with
- * `fromPrefix` ("From <sender> "): every octet equal except the date's, which
- * may be anything but a line end.
+ * Whether the `tailLength` octets at `from` (a From_ line to the end of the
+ * file) are a strict prefix of "From_ line + body" for `w`, whose From_ line
+ * starts with `fromPrefix` ("From <sender> "): every octet equal except the
+ * date's, which may be anything but a line end. The body part is compared by
+ * digest, reading both sides in pieces.
  */
-function isTornCopy(tail: Buffer, fromPrefix: Buffer, body: Buffer): boolean {
+async function isTornCopy(fh: FileHandle, from: number, tailLength: number, w: Wanted): Promise<boolean> {
+  const { fromPrefix } = w;
   const dateEnd = fromPrefix.length + DATE_LENGTH;
-  if (tail.length >= dateEnd + 1 + body.length) return false; // whole, or longer: not a torn copy
+  if (tailLength >= dateEnd + 1 + w.bodyLength) return false; // whole, or longer: not a torn copy
+  const tail = await readAt(fh, from, Math.min(tailLength, dateEnd + 1));
   const n = Math.min(tail.length, fromPrefix.length);
   if (!tail.subarray(0, n).equals(fromPrefix.subarray(0, n))) return false;
   if (tail.length <= fromPrefix.length) return true;
   if (tail.subarray(fromPrefix.length, Math.min(tail.length, dateEnd)).includes(LF)) return false;
   if (tail.length <= dateEnd) return true;
   if (tail[dateEnd] !== LF) return false;
-  const rest = tail.subarray(dateEnd + 1);
-  return rest.equals(body.subarray(0, rest.length));
+  const restLength = tailLength - dateEnd - 1;
+  const onDisk = await digestOf(fileRange(fh, from + dateEnd + 1, restLength));
+  const expected = await digestOf(firstOctets(renderedMboxrd(w.p.content), restLength));
+  return onDisk.key === expected.key;
+}
+
+/** SHA-256 and length of a stream of pieces, read through once. */
+async function digestOf(chunks: AsyncIterable<Buffer>): Promise<{ key: string; length: number }> {
+  const h = createHash('sha256');
+  let length = 0;
+  for await (const c of chunks) {
+    h.update(c);
+    length += c.length;
+  }
+  return { key: h.digest('hex'), length };
 }
 
 async function readAt(fh: FileHandle, pos: number, length: number): Promise<Buffer> {
@@ -737,6 +786,3 @@ async function readAt(fh: FileHandle, pos: number, length: number): Promise<Buff
   return buf;
 }
 
-function digest(b: Buffer): string {
-  return createHash('sha256').update(b).digest('hex');
-}

@@ -25,7 +25,16 @@ export interface PendingMessage {
    */
   readonly folders: readonly (string | undefined)[];
   /** The message as the server sends it now: CRLF line ends, dot-unstuffed (what `deliver` was given). */
-  readonly content: Buffer;
+  readonly content: MessageSource;
+}
+
+/**
+ * A message kept out of memory (the fetcher spools pending re-downloads to
+ * an unnamed file): its length, and its octets, read afresh on every call.
+ */
+export interface MessageSource {
+  readonly size: number;
+  chunks(): AsyncIterable<Buffer>;
 }
 
 /**

@@ -2,7 +2,11 @@
  * Pieces shared by the sinks: the error they reject with, streaming line-end
  * conversion, and small helpers for abort signals and source streams.
  */
+import { randomBytes } from 'node:crypto';
+import { constants as C, promises as fs, type promises as fsp } from 'node:fs';
+import path from 'node:path';
 import type { Readable } from 'node:stream';
+import type { MessageSource } from './types.js';
 
 /**
  * Why a sink did not deliver. `temporary` tells the fetcher whether trying
@@ -179,4 +183,69 @@ export class KeyedMutex {
     });
     return result;
   }
+}
+
+/** Read size of a MessageSource. */
+const SOURCE_CHUNK = 256 * 1024;
+
+/** A message in memory as a MessageSource (tests, small messages). */
+export function bufferSource(b: Buffer): MessageSource {
+  return {
+    size: b.length,
+    chunks: async function* () {
+      for (let i = 0; i < b.length; i += SOURCE_CHUNK) yield b.subarray(i, i + SOURCE_CHUNK);
+    },
+  };
+}
+
+export interface SpooledMessage extends MessageSource {
+  close(): Promise<void>;
+}
+
+/**
+ * Copy `message` to a new file in `dir` that loses its name at once (created
+ * O_EXCL|O_NOFOLLOW, mode 0600): its octets stay readable until close(),
+ * and nothing is left behind whatever happens.
+ */
+export async function spoolMessage(message: Readable, dir: string, signal?: AbortSignal): Promise<SpooledMessage> {
+  const name = path.join(dir, `.poplar-spool-${process.pid}-${randomBytes(8).toString('hex')}`);
+  const fh = await fs.open(name, C.O_RDWR | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+  await fs.unlink(name).catch(() => undefined);
+  const stop = destroyOnAbort(message, signal);
+  let size = 0;
+  try {
+    for await (const chunk of chunksOf(message)) {
+      for (let off = 0; off < chunk.length; ) off += (await fh.write(chunk, off, chunk.length - off, size + off)).bytesWritten;
+      size += chunk.length;
+    }
+  } catch (e) {
+    await fh.close().catch(() => undefined);
+    throw e;
+  } finally {
+    stop();
+  }
+  return { size, chunks: () => fileRange(fh, 0, size), close: () => fh.close().catch(() => undefined) };
+}
+
+/** `length` octets of an open file from `pos`, in pieces. */
+export async function* fileRange(fh: fsp.FileHandle, pos: number, length: number): AsyncGenerator<Buffer> {
+  const end = pos + length;
+  while (pos < end) {
+    const buf = Buffer.allocUnsafe(Math.min(SOURCE_CHUNK, end - pos));
+    const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+    if (bytesRead === 0) throw new SinkError('a file shrank while it was being read', { temporary: true });
+    pos += bytesRead;
+    yield buf.subarray(0, bytesRead);
+  }
+}
+
+/** `chunks` with CRLF → LF, as a stream of pieces. */
+export async function* lfOf(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  const conv = new CrlfToLf();
+  for await (const c of chunks) {
+    const b = conv.push(c);
+    if (b.length > 0) yield b;
+  }
+  const tail = conv.end();
+  if (tail.length > 0) yield tail;
 }
