@@ -2,6 +2,7 @@ import cluster, { type Worker } from 'node:cluster';
 import { once } from 'node:events';
 import { createLogger } from '../observability/log.js';
 import { loadConfig, type ServeFlags } from '../config/load.js';
+import { dropPrivileges, resolveServiceIdentity } from './privileges.js';
 
 /**
  * `poplar serve --workers N`: N worker processes share the listening sockets
@@ -20,16 +21,27 @@ import { loadConfig, type ServeFlags } from '../config/load.js';
  * such as a few long RETR sessions opened together, is spread over the
  * workers instead of all going to whichever woke first.
  *
+ * Privileges: the primary makes the listening sockets for the workers (with
+ * either scheduling policy), so it stays root until every worker listens, then
+ * switches to `[server] user` for good. Each worker switches before it asks
+ * for its sockets, so it never serves as root. A worker started later, in
+ * place of one that died, is forked by the switched primary and never was
+ * root; it receives the sockets the primary already holds.
+ *
  * Per-process state stays per worker: connection limits, login throttling
  * counters and LOGIN-DELAY times apply to each worker separately (the maildrop
  * lock is a flock and covers them all).
  */
 export async function runPrimary(flags: ServeFlags, workers: number): Promise<void> {
   const config = loadConfig(flags); // a bad configuration fails here, once, with exit 78
+  const identity = resolveServiceIdentity(config.server); // so does root without `user`, or an unknown account
   // Node's own NODE_CLUSTER_SCHED_POLICY (rr | none) still decides when it is set.
   if (process.env['NODE_CLUSTER_SCHED_POLICY'] === undefined) cluster.schedulingPolicy = cluster.SCHED_NONE;
   const logger = createLogger({ level: config.log_level, format: config.log_format });
   let stopping = false;
+  let started = false;
+  /** Replacements that failed to start in a row: the delay before the next one doubles. */
+  let failures = 0;
   const live = new Set<Worker>();
 
   const fork = async (index: number): Promise<void> => {
@@ -44,8 +56,24 @@ export async function runPrimary(flags: ServeFlags, workers: number): Promise<vo
         }
         return;
       }
-      logger.error({ worker: index, code, signal }, 'worker died; starting a new one');
-      setTimeout(() => void fork(index), 1000).unref();
+      if (!started) return; // the start-up below reports it
+      const delay = Math.min(60_000, 1000 * 2 ** Math.min(failures, 6));
+      logger.error({ worker: index, code, signal, retryInMs: delay }, 'worker died; starting a new one');
+      setTimeout(() => {
+        fork(index).then(
+          () => (failures = 0),
+          (e: unknown) => {
+            failures++;
+            // With no worker left, the primary holds no listening socket any more and, switched,
+            // cannot bind a privileged port again: end, so that the service manager restarts Poplar.
+            if (live.size === 0 && !stopping) {
+              logger.error({ err: e }, 'no worker is running and a new one cannot start; exiting');
+              logger.flush();
+              process.exit(75);
+            }
+          },
+        );
+      }, delay).unref();
     });
     await new Promise<void>((resolve, reject) => {
       const onMessage = (m: unknown): void => {
@@ -67,6 +95,19 @@ export async function runPrimary(flags: ServeFlags, workers: number): Promise<vo
     // The worker printed the reason (e.g. a port in use); keep its exit code meaning: configuration.
     process.exit(78);
   }
+  started = true;
+  if (identity !== null) {
+    try {
+      dropPrivileges(identity);
+    } catch (e) {
+      stopping = true;
+      for (const w of live) w.process.kill('SIGKILL');
+      logger.fatal({ err: e }, 'could not switch to the service user');
+      logger.flush();
+      process.exit(71);
+    }
+    logger.info({ user: identity.user, uid: identity.uid, group: identity.group, gid: identity.gid }, 'switched to the service user');
+  } else if (process.geteuid?.() === 0) logger.warn({ uid: 0 }, 'running as root (allow_root): set server.user to run as an unprivileged account');
   logger.info({ workers }, 'all workers ready');
 
   const stop = (signal: NodeJS.Signals): void => {

@@ -31,6 +31,9 @@ export function buildProgram(): Command {
     .option('--tls-cert <pem>', 'certificate chain (PEM)')
     .option('--tls-key <pem>', 'private key (PEM)')
     .option('--workers <n>', 'worker processes', positiveInt)
+    .option('--user <name>', 'account to switch to once the listeners are bound (server.user)')
+    .option('--group <name>', "group to switch to (server.group; default: the user's primary group)")
+    .option('--allow-root', 'run as root when no --user is given (server.allow_root)')
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
     .action(async (opts: Record<string, unknown> & { workers?: number }) => {
       // Loaded here, not at the top: `poplar fetch` and `poplar user` start without the server's modules.

@@ -1,4 +1,5 @@
-import { promises as fs } from 'node:fs';
+import cluster from 'node:cluster';
+import { constants as fsc, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ChainAuthenticator } from '../auth/chain.js';
@@ -14,6 +15,7 @@ import { createLogger, type Logger } from '../observability/log.js';
 import { Pop3Server, type BoundListener, type ListenSpec } from '../server/server.js';
 import { fileCodec } from '../server/retr-file.js';
 import { MaildirStore } from '../store/maildir/maildir-store.js';
+import { chownFor, chownTreeFor, dropPrivileges, mkdirFor, resolveServiceIdentity, usable, type ServiceIdentity } from './privileges.js';
 
 export interface RunningServer {
   readonly server: Pop3Server;
@@ -27,18 +29,27 @@ export interface RunningServer {
 /** Compose config → store, authenticator, listeners. No protocol logic here. */
 export async function startServer(flags: ServeFlags, out: (line: string) => void = (l) => process.stdout.write(l + '\n')): Promise<RunningServer> {
   const config = loadConfig(flags);
+  // Root without `user`, an unknown account, a switch only root could make: one line, exit 78.
+  const identity = resolveServiceIdentity(config.server);
   const logger = createLogger({ level: config.log_level, format: config.log_format });
 
   // The user database first: an unreachable one is reported before anything is created.
   const authenticator = await buildAuthenticator(config, logger);
-  await fs.mkdir(config.dataDir, { recursive: true, mode: 0o700 });
-  await fs.mkdir(config.maildirRoot, { recursive: true, mode: 0o700 });
+  // What Poplar creates for itself as root is handed to the service user.
+  await mkdirFor(config.dataDir, 0o700, identity);
+  await mkdirFor(config.maildirRoot, 0o700, identity);
   const needTls = config.server.listen_tls.length > 0 || !config.generateCertificate || config.server.listen.length > 0;
   let tls: { cert: Buffer; key: Buffer; minVersion: 'TLSv1.2' | 'TLSv1.3'; clientCa?: Buffer } | undefined;
   if (needTls) {
-    if (config.generateCertificate && (await ensureSelfSignedCertificate(config.tlsCertFile, config.tlsKeyFile, config.server.hostname ?? 'localhost'))) {
-      logger.info({ cert: config.tlsCertFile }, 'created a self-signed certificate');
+    if (config.generateCertificate) {
+      await mkdirFor(path.dirname(config.tlsCertFile), 0o700, identity);
+      await mkdirFor(path.dirname(config.tlsKeyFile), 0o700, identity);
+      if (await ensureSelfSignedCertificate(config.tlsCertFile, config.tlsKeyFile, config.server.hostname ?? 'localhost')) {
+        await chownFor([config.tlsCertFile, config.tlsKeyFile], identity);
+        logger.info({ cert: config.tlsCertFile }, 'created a self-signed certificate');
+      }
     }
+    // Read now, while still root: the key may be readable by root only.
     try {
       tls = {
         ...(await readTlsFiles(config.tlsCertFile, config.tlsKeyFile)),
@@ -58,13 +69,19 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   ];
   if (listenSpecs.length === 0) throw new ConfigError('invalid configuration: no listeners (server.listen and server.listen_tls are both empty)');
 
-  const demo = config.auth.type === 'passwd-file' ? await ensureDemoUser(config, store) : null;
+  const demo = config.auth.type === 'passwd-file' ? await ensureDemoUser(config, store, identity) : null;
 
   let server: Pop3Server;
   let listeners: BoundListener[];
   try {
     server = new Pop3Server({ settings: config.server, authenticator, store, logger, tls, oauth: config.auth.oauth !== undefined });
+    // A --workers worker never binds: the primary (still root) makes the listening sockets and
+    // passes them over, so the worker switches before it has a socket. A single process binds
+    // as root, and switches as soon as every listener is bound, before its event loop can accept
+    // a connection (Node binds synchronously; nothing here waits on I/O in between).
+    if (cluster.isWorker) switchUser(identity, logger);
     listeners = await server.listen(listenSpecs);
+    if (!cluster.isWorker) switchUser(identity, logger);
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { address?: string; port?: number };
     if (err.code === 'EADDRINUSE' || err.code === 'EACCES' || err.code === 'EADDRNOTAVAIL') {
@@ -72,6 +89,8 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     }
     throw e;
   }
+  if (identity !== null) await checkAccess(config, identity, tls !== undefined, logger, server);
+  else if (process.geteuid?.() === 0 && !cluster.isWorker) logger.warn({ uid: 0 }, 'running as root (allow_root): set server.user to run as an unprivileged account');
   for (const l of listeners) logger.info({ host: l.host, port: l.port, tls: l.tls ? 'implicit' : 'stls' }, 'listening');
   if (fileCodec === undefined) {
     // RETR still works, with the same bytes, but at about a third of the speed: say so once, at start.
@@ -104,7 +123,13 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
       server.reloadTls({ ...tls, ...fresh });
       logger.info('TLS certificate and key reloaded');
     } catch (e) {
-      logger.error({ err: e }, 'TLS reload failed; keeping the previous certificate');
+      const code = (e as NodeJS.ErrnoException).code;
+      logger.error(
+        { err: e },
+        code === 'EACCES' && identity !== null
+          ? `TLS reload failed: user ${identity.user} cannot read the certificate or key; keeping the previous certificate`
+          : 'TLS reload failed; keeping the previous certificate',
+      );
     }
   };
   return {
@@ -118,6 +143,34 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
       await authenticator.close?.();
     },
   };
+}
+
+/** Switch to the service user (when one is set); a failure ends the process. */
+function switchUser(identity: ServiceIdentity | null, logger: Logger): void {
+  if (identity === null) return;
+  const wasRoot = process.geteuid?.() === 0;
+  dropPrivileges(identity);
+  if (wasRoot) logger.info({ user: identity.user, uid: identity.uid, group: identity.group, gid: identity.gid }, 'switched to the service user');
+}
+
+/**
+ * After the switch: what the service user must be able to use. The maildir
+ * root and the users file are needed for every login (exit 78 when they are
+ * not usable); the TLS key only for SIGHUP and a replacement worker (a warning).
+ */
+async function checkAccess(config: ResolvedConfig, id: ServiceIdentity, tls: boolean, logger: Logger, server: Pop3Server): Promise<void> {
+  const need: [string, number, string][] = [[config.maildirRoot, fsc.R_OK | fsc.W_OK | fsc.X_OK, 'the maildir root']];
+  if (config.auth.type === 'passwd-file') need.push([config.usersFile, fsc.R_OK, 'the users file']);
+  for (const [p, mode, what] of need) {
+    const code = await usable(p, mode);
+    if (code !== null && !(code === 'ENOENT' && what === 'the users file')) {
+      await server.close();
+      throw new ConfigError(`user ${id.user} cannot use ${what} ${p}: ${code}`);
+    }
+  }
+  if (tls && (await usable(config.tlsKeyFile, fsc.R_OK)) !== null) {
+    logger.warn({ key: config.tlsKeyFile, user: id.user }, 'the service user cannot read the TLS key: SIGHUP cannot reload the certificate and a replacement worker cannot start');
+  }
 }
 
 /** Passwords from the passwd-file or PostgreSQL; bearer tokens from OAuth when configured. */
@@ -146,13 +199,14 @@ function hostFor(h: string): string {
 }
 
 /** The embedded default's first run: a demo user with a random password and a welcome message. */
-async function ensureDemoUser(config: ResolvedConfig, store: MaildirStore): Promise<{ password: string } | null> {
+async function ensureDemoUser(config: ResolvedConfig, store: MaildirStore, identity: ServiceIdentity | null): Promise<{ password: string } | null> {
   const exists = await fs.access(config.usersFile).then(() => true, () => false);
   const users = exists ? await listUsers(config.usersFile) : [];
   if (users.length > 0) return null;
   const password = randomBytes(12).toString('base64url');
-  await fs.mkdir(path.dirname(config.usersFile), { recursive: true, mode: 0o700 });
+  await mkdirFor(path.dirname(config.usersFile), 0o700, identity);
   await addUser(config.usersFile, { username: 'demo', password: await hashPassword(password) });
+  await chownFor([config.usersFile], identity);
   const now = new Date();
   const welcome = [
     `From: Poplar <postmaster@localhost>`,
@@ -172,6 +226,9 @@ async function ensureDemoUser(config: ResolvedConfig, store: MaildirStore): Prom
     `Maildir root (${config.maildirRoot}), and read docs/ for the configuration.`,
     ``,
   ].join('\r\n');
+  const maildrop = path.join(config.maildirRoot, 'demo');
+  const fresh = await fs.lstat(maildrop).then(() => false, () => true);
   await store.deliver('demo', Buffer.from(welcome));
+  if (fresh) await chownTreeFor(maildrop, identity);
   return { password };
 }

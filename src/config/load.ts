@@ -20,6 +20,9 @@ export interface ServeFlags {
   tlsKey?: string;
   logLevel?: string;
   workers?: number;
+  user?: string;
+  group?: string;
+  allowRoot?: boolean;
 }
 
 /** Fully resolved settings: every path absolute, every default filled in. */
@@ -74,6 +77,9 @@ export function loadConfig(flags: ServeFlags, cwd = process.cwd()): ResolvedConf
     section('server').listen = flags.listen ?? [];
     section('server').listen_tls = flags.listenTls ?? [];
   }
+  if (flags.user !== undefined) section('server').user = flags.user;
+  if (flags.group !== undefined) section('server').group = flags.group;
+  if (flags.allowRoot === true) section('server').allow_root = true;
   if (flags.maildirRoot !== undefined) section('store').maildir_root = path.resolve(cwd, flags.maildirRoot);
   if (flags.users !== undefined) section('auth').users = path.resolve(cwd, flags.users);
   if (flags.tlsCert !== undefined) section('tls').cert = path.resolve(cwd, flags.tlsCert);

@@ -7,6 +7,9 @@ const listenAddress = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}
 
 const seconds = z.number().nonnegative();
 
+/** A user or group name as getent(1) takes it, or a numeric id. */
+const accountName = z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\$?$/, 'expected a user or group name');
+
 export const ConfigSchema = z
   .object({
     data_dir: z.string().min(1).default('./poplar-data'),
@@ -41,6 +44,11 @@ export const ConfigSchema = z
         login_delay: z.number().int().nonnegative().optional(),
         /** RFC 2449 EXPIRE: days messages are kept, or "NEVER"; advertised only when set. */
         expire: z.union([z.number().int().nonnegative(), z.literal('NEVER')]).optional(),
+        /** The account every process switches to once the listeners are bound (name or number); its primary group unless `group` says otherwise. */
+        user: accountName.optional(),
+        group: accountName.optional(),
+        /** Run as root when `user` is not set (otherwise Poplar refuses to start as root). */
+        allow_root: z.boolean().default(false),
       })
       .strict()
       .prefault({}),

@@ -12,6 +12,14 @@ export function poplarArgs(args: string[]): string[] {
   return ['--import', TSX, MAIN, ...args];
 }
 
+/**
+ * `poplar serve` refuses to run as root without `user`. Tests that run as root and are not
+ * about privileges pass --allow-root (the `allowRoot: false` option leaves it out).
+ */
+function serveArgs(args: string[], allowRoot: boolean | undefined): string[] {
+  return args[0] === 'serve' && allowRoot !== false && process.getuid?.() === 0 ? [...args, '--allow-root'] : args;
+}
+
 export interface RunResult {
   code: number | null;
   signal: NodeJS.Signals | null;
@@ -19,9 +27,9 @@ export interface RunResult {
   stderr: string;
 }
 
-export function runPoplar(args: string[], opts: { cwd?: string; input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
+export function runPoplar(args: string[], opts: { cwd?: string; input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv; allowRoot?: boolean } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, poplarArgs(args), { cwd: opts.cwd ?? ROOT, env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, poplarArgs(serveArgs(args, opts.allowRoot)), { cwd: opts.cwd ?? ROOT, env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -47,8 +55,8 @@ export interface ServeProcess {
 }
 
 /** Start `poplar serve` and wait until every listener is up. */
-export async function startServe(args: string[], opts: { cwd?: string; expectListeners?: number; env?: NodeJS.ProcessEnv } = {}): Promise<ServeProcess> {
-  const child = spawn(process.execPath, poplarArgs(['serve', ...args]), {
+export async function startServe(args: string[], opts: { cwd?: string; expectListeners?: number; env?: NodeJS.ProcessEnv; allowRoot?: boolean } = {}): Promise<ServeProcess> {
+  const child = spawn(process.execPath, poplarArgs(serveArgs(['serve', ...args], opts.allowRoot)), {
     cwd: opts.cwd ?? ROOT,
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
