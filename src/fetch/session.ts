@@ -17,7 +17,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { isValidUid, Pop3Client, Pop3ServerError, type UidlEntry } from '../client/index.js';
+import { isValidUid, Pop3Client, Pop3LimitError, Pop3ServerError, type UidlEntry } from '../client/index.js';
 import { printable } from '../client/errors.js';
 import type { ResolvedAccount, SinkSpecValue } from './config.js';
 import { CredentialError, readSecret, TokenSource } from './credentials.js';
@@ -162,9 +162,9 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
       listed = await client.uidl(listing);
     } catch (e) {
       if (e instanceof Pop3ServerError) throw new FetchProtocolError(`${acct.host} does not support UIDL, which a safe fetch needs (${printable(e.text)})`);
-      throw e;
+      throw listingLimit(e);
     }
-    const sizes = new Map((await client.list(listing)).map((l) => [l.number, l.octets]));
+    const sizes = new Map((await client.list(listing).catch((e: unknown) => Promise.reject(listingLimit(e)))).map((l) => [l.number, l.octets]));
     report.onServer = listed.length;
     const uidls = usableListings(listed, sizes, (number, why) => {
       report.skipped++;
@@ -500,6 +500,11 @@ function usableListings(listed: readonly UidlEntry[], sizes: ReadonlyMap<number,
     if (why !== undefined) skip(u.number, why);
     return why === undefined;
   });
+}
+
+/** A listing cut off by its bound says which settings raise it. */
+function listingLimit(e: unknown): unknown {
+  return e instanceof Pop3LimitError ? new Pop3LimitError(`${e.message} (the account's max_list_lines and max_list_octets)`, { cause: e }) : e;
 }
 
 function isMaildir(spec: SinkSpecValue): boolean {

@@ -133,6 +133,36 @@ export interface MiniPop3Options {
   /** Announce sizes that are off by this much in `+OK n octets`, LIST and STAT. */
   readonly sizeError?: number;
   readonly capabilities?: readonly string[];
+  /** UIDL of each message, sent as is (default `uid-<n>`). */
+  readonly uids?: readonly string[];
+  /** Sizes LIST announces, when they should differ from the real ones. */
+  readonly listSizes?: readonly number[];
+  /** Called first for every command: return 'pass' for the normal answer, anything else to take over. */
+  readonly intercept?: (verb: string, args: string[], io: FakeIo) => Promise<boolean | void | 'pass'> | boolean | void | 'pass';
+}
+
+/**
+ * Write `chunk` again and again, as fast as the peer reads, until the
+ * connection ends (or `limit` octets went out). Resolves with the octets written.
+ */
+export async function flood(io: FakeIo, chunk: Buffer, limit = Infinity): Promise<number> {
+  const s = io.socket;
+  let sent = 0;
+  while (!s.destroyed && s.writable && sent < limit) {
+    sent += chunk.length;
+    if (!s.write(chunk)) {
+      await new Promise<void>((r) => {
+        const done = (): void => {
+          s.off('drain', done);
+          s.off('close', done);
+          r();
+        };
+        s.on('drain', done);
+        s.on('close', done);
+      });
+    }
+  }
+  return sent;
 }
 
 /** Message lines as the client should return them: each line ended with the server's `eol`. */
@@ -153,6 +183,7 @@ export function miniPop3(o: MiniPop3Options): FakeOptions['handle'] {
   const eol = o.eol ?? '\r\n';
   const ok = (text = ''): string => (text === '' && o.bareOk ? `+OK${eol}` : `+OK ${text}${eol}`);
   const size = (i: number): number => Buffer.byteLength(asServed(o.messages[i]!, eol)) + (o.sizeError ?? 0);
+  const listSize = (i: number): number => o.listSizes?.[i] ?? size(i);
   const deleted = new Set<number>();
   const multi = (lines: readonly string[]): string => lines.map((l) => (l.startsWith('.') ? `.${l}` : l) + eol).join('') + `.${eol}`;
   const msgIndex = (arg: string | undefined): number | undefined => {
@@ -162,6 +193,10 @@ export function miniPop3(o: MiniPop3Options): FakeOptions['handle'] {
   const live = (): number[] => o.messages.map((_, i) => i).filter((i) => !deleted.has(i));
   return async (line, io) => {
     const [verb = '', a, b] = line.split(' ');
+    if (o.intercept !== undefined) {
+      const r = await o.intercept(verb.toUpperCase(), line.split(' ').slice(1), io);
+      if (r !== 'pass') return r;
+    }
     switch (verb.toUpperCase()) {
       case 'CAPA':
         return void io.send(ok() + multi(o.capabilities ?? ['USER', 'UIDL', 'TOP', 'PIPELINING']));
@@ -173,7 +208,7 @@ export function miniPop3(o: MiniPop3Options): FakeOptions['handle'] {
         return void io.send(ok(`${live().length} ${live().reduce((t, i) => t + size(i), 0)}`));
       case 'LIST':
       case 'UIDL': {
-        const entry = (i: number): string => `${i + 1} ${verb.toUpperCase() === 'LIST' ? size(i) : `uid-${i + 1}`}`;
+        const entry = (i: number): string => `${i + 1} ${verb.toUpperCase() === 'LIST' ? listSize(i) : (o.uids?.[i] ?? `uid-${i + 1}`)}`;
         if (a === undefined) return void io.send(ok() + multi(live().map(entry)));
         const i = msgIndex(a);
         return void io.send(i === undefined ? `-ERR no such message${eol}` : ok(entry(i)));
