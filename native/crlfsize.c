@@ -6,8 +6,9 @@
  *   crlfSizes(paths: string[]) -> Promise<Float64Array>
  *
  * Each entry is the file's size, or -errno when it could not be opened or
- * read, or is not a regular file (EISDIR, EINVAL). A first login on a Maildir without sizes in its uidlist or file names
- * measures every file; doing a batch of them in one thread-pool job (open,
+ * read, is a symbolic link (ELOOP), or is not a regular file (EISDIR,
+ * EINVAL). A first login on a Maildir without sizes in its uidlist or file
+ * names measures every file; doing a batch of them in one thread-pool job (open,
  * read, count, close) instead of four round trips per file through the event
  * loop is what makes that login fast, and the event loop stays free meanwhile.
  */
@@ -31,8 +32,9 @@ typedef struct {
 
 static double file_crlf_size(const char *path, uint8_t *buf, size_t cap) {
   int fd;
-  /* O_NONBLOCK: a FIFO or device planted in cur/ must not hold a thread-pool thread; it is refused below. */
-  do fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  /* O_NOFOLLOW: a symbolic link in cur/ is refused (ELOOP), never measured through. O_NONBLOCK: a FIFO or
+     device planted in cur/ must not hold a thread-pool thread; it is refused below (fstat: regular files only). */
+  do fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | O_NOFOLLOW);
   while (fd < 0 && errno == EINTR);
   if (fd < 0) return -(double)errno;
   struct stat st;

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fsExt } from '../../platform/fs-ext.js';
+import { readRegular, writeExclusive } from './safe-fs.js';
 
 function pidAlive(pid: number): boolean {
   try {
@@ -79,12 +80,9 @@ export class UidlistLock {
     for (;;) {
       opts.signal?.throwIfAborted();
       try {
-        const fh = await fs.open(lockPath, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o644);
-        try {
-          await fh.writeFile(`${process.pid}:${HOST}`);
-        } finally {
-          await fh.close();
-        }
+        // A lock this process fails to write (disk full) is removed at once: an empty lock
+        // would hold off every other login until it is stale.
+        await writeExclusive(lockPath, `${process.pid}:${HOST}`, { mode: 0o644 });
         return new UidlistLock(dir, lockPath);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
@@ -101,7 +99,6 @@ export class UidlistLock {
     }
   }
 
-  /** Replace dovecot-uidlist atomically, then release the lock. */
   /**
    * Write a new dovecot-uidlist (temporary file, rename) and release the lock.
    * Returns the new file's stat, taken before the lock is released: while no
@@ -111,13 +108,8 @@ export class UidlistLock {
     const tmp = path.join(this.#dir, 'dovecot-uidlist.tmp');
     const target = path.join(this.#dir, 'dovecot-uidlist');
     try {
-      const fh = await fs.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC, 0o600);
-      try {
-        await fh.writeFile(content);
-        if (fsync) await fh.sync();
-      } finally {
-        await fh.close();
-      }
+      // Under the lock nobody else writes the temporary file: one already there is stale, or planted.
+      await writeExclusive(tmp, content, { mode: 0o600, fsync, replaceStale: true });
       await fs.rename(tmp, target);
       return await fs.stat(target);
     } finally {
@@ -134,7 +126,9 @@ export class UidlistLock {
 
 async function dotlockState(lockPath: string, staleSeconds: number): Promise<'held' | 'stale' | 'gone'> {
   try {
-    const [st, content] = await Promise.all([fs.stat(lockPath), fs.readFile(lockPath, 'latin1')]);
+    const st = await fs.lstat(lockPath);
+    // Something else than a file (a link, a FIFO) tells no owner: only its age counts.
+    const content = st.isFile() ? (await readRegular(lockPath)).text : '';
     const [pidText, host] = content.split(':');
     const pid = Number(pidText);
     if (host === HOST && Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid)) return 'stale';

@@ -1,4 +1,5 @@
-import { promises as fs, constants as C, statSync, accessSync, type Stats } from 'node:fs';
+import { promises as fs, constants as C, existsSync, lstatSync, realpathSync, type Dirent, type Stats } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -11,6 +12,7 @@ import type { CommitOptions, MailStore, Maildrop, MessageInfo } from '../types.j
 import { SessionLock, UidlistLock } from './locks.js';
 import { baseName, compareMaildirNames, sizeFromName, uniqueName } from './names.js';
 import { extValue, formatUidlist, parseUidlist, setExt, UidlistFormatError, type Uidlist, type UidlistRecord } from './uidlist.js';
+import { createExclusive, isPlainBaseName, isPlainFileName, openRegular, parseSize, readRegular, writeExclusive } from './safe-fs.js';
 
 export interface MaildirStoreOptions {
   /** Maildrop of user U is ROOT/U unless the user database names one. */
@@ -23,6 +25,12 @@ export interface MaildirStoreOptions {
   now?: () => number;
   /** Save scans of big maildrops in the maildrop for other processes (default true). */
   scanFiles?: boolean;
+  /**
+   * Open a maildrop directory that is a symbolic link leading out of the
+   * Maildir root, or (for a path from the user database) one reached through a
+   * symbolic link anywhere on its path (default false: the login is refused).
+   */
+  allowSymlinkedMaildrops?: boolean;
 }
 
 const SESSION_LOCK = 'poplar-pop3.lock';
@@ -69,9 +77,11 @@ function uidlistKey(u: Stats | null): string {
 /** Three stat calls, synchronous: they run on every login and cost microseconds. */
 function statScanKey(dir: string): ScanKey | null {
   try {
-    const c = statSync(path.join(dir, 'cur'));
-    const n = statSync(path.join(dir, 'new'));
-    const u = statSync(path.join(dir, 'dovecot-uidlist'), { throwIfNoEntry: false }) ?? null;
+    // lstat: cur/ or new/ as a symbolic link is no maildrop (ensureMaildir refuses it).
+    const c = lstatSync(path.join(dir, 'cur'));
+    const n = lstatSync(path.join(dir, 'new'));
+    if (!c.isDirectory() || !n.isDirectory()) return null;
+    const u = lstatSync(path.join(dir, 'dovecot-uidlist'), { throwIfNoEntry: false }) ?? null;
     const ukey = uidlistKey(u);
     const dirTimes = [c.mtimeMs, c.ctimeMs, n.mtimeMs, n.ctimeMs];
     const times = [...dirTimes, u?.mtimeMs ?? 0, u?.ctimeMs ?? 0];
@@ -94,12 +104,22 @@ function statScanKey(dir: string): ScanKey | null {
  * instead of listing the directory and matching the uidlist again. Small
  * maildrops are scanned faster than the file would be read.
  *
- *   poplar-scan 1 <key>
+ *   poplar-scan 2 <number of messages> <key>
  *   <uid> <size> <order or -> <uidl> <file name>      one line per message, in POP3 order
+ *
+ * The key is no secret (anyone who can list the maildrop can stat it), so
+ * the file is trusted only when this server's user owns it and nobody else
+ * may write it, and even then every field is checked: a file name must be a
+ * plain name of a file in cur/, and is only ever joined to cur/ (never a
+ * path); sizes and UIDs are safe integers; no name, base name or UID twice.
+ * Anything else is ignored, logged and removed, and the maildrop scanned.
  */
 const SCAN_FILE = 'poplar-scan.cache';
 const SCAN_FILE_MIN = 1000;
-const SCAN_FILE_HEADER = 'poplar-scan 1 ';
+const SCAN_FILE_HEADER = 'poplar-scan 2 ';
+const SCAN_LINE = /^([1-9][0-9]{0,14}) ([0-9]{1,15}) (-|[0-9]{1,15}) ([\x21-\x7e]{1,70}) ([^ ]+)$/;
+/** RFC 1939 §7: a unique-id is 1 to 70 characters from 0x21 to 0x7E. */
+const UIDL = /^[\x21-\x7e]{1,70}$/;
 
 /** @internal Tests: forget the scans remembered in memory (as a fresh process would). */
 export function forgetRememberedScans(): void {
@@ -117,50 +137,72 @@ export function forgetLastRememberedMessage(dir: string): boolean | undefined {
   return r === undefined ? undefined : r.unconfirmed !== undefined;
 }
 
-async function readScanFile(dir: string, key: string): Promise<Entry[] | null> {
+/** The saved scan if it is there under `key` (null: none, or an older one), or why it is not to be trusted. */
+async function readScanFile(dir: string, key: string): Promise<Entry[] | null | { untrusted: string }> {
   let text: string;
+  let st: Stats;
   try {
-    text = await fs.readFile(path.join(dir, SCAN_FILE), 'utf8');
-  } catch {
-    return null;
+    ({ text, stat: st } = await readRegular(path.join(dir, SCAN_FILE)));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return code === 'ENOENT' ? null : { untrusted: `cannot be read as a regular file (${code ?? String(e)})` };
   }
+  const euid = process.geteuid?.();
+  if ((euid !== undefined && st.uid !== euid) || (st.mode & 0o022) !== 0) return { untrusted: `owned by uid ${st.uid} with mode ${(st.mode & 0o777).toString(8)}, not written by this server` };
   const nl = text.indexOf('\n');
-  if (nl < 0 || text.slice(0, nl) !== SCAN_FILE_HEADER + key || !text.endsWith('\n')) return null;
+  if (nl < 0 || !text.startsWith(SCAN_FILE_HEADER)) return null; // another version's, or torn: scan instead
+  const header = text.slice(SCAN_FILE_HEADER.length, nl);
+  const sp = header.indexOf(' ');
+  if (header.slice(sp + 1) !== key) return null; // the maildrop changed since: scan instead
+  const count = parseSize(header.slice(0, sp));
+  if (count === undefined || !text.endsWith('\n')) return { untrusted: 'damaged header or last line' };
   const entries: Entry[] = [];
+  const uids = new Set<number>();
+  const names = new Set<string>();
+  const bases = new Set<string>();
   for (let pos = nl + 1; pos < text.length; ) {
     const end = text.indexOf('\n', pos);
     const line = text.slice(pos, end);
     pos = end + 1;
-    const a = line.indexOf(' ');
-    const b = line.indexOf(' ', a + 1);
-    const c = line.indexOf(' ', b + 1);
-    const d = line.indexOf(' ', c + 1);
-    if (a < 0 || b < 0 || c < 0 || d < 0) return null; // not ours, or damaged: scan instead
-    const uid = Number(line.slice(0, a));
-    const size = Number(line.slice(a + 1, b));
-    const order = line.slice(b + 1, c);
-    const filename = line.slice(d + 1);
-    if (!Number.isSafeInteger(uid) || !Number.isSafeInteger(size) || filename === '') return null;
-    entries.push({ uid, size, basename: baseName(filename), filename, uidl: line.slice(c + 1, d), order: order === '-' ? undefined : Number(order) });
+    const m = SCAN_LINE.exec(line);
+    if (m === null) return { untrusted: `line ${entries.length + 2} is malformed` };
+    const uid = Number(m[1]);
+    const filename = m[5]!;
+    const basename = baseName(filename);
+    if (!isPlainFileName(filename) || !isPlainBaseName(basename)) return { untrusted: `line ${entries.length + 2} names no file of cur/` };
+    if (uids.has(uid) || names.has(filename) || bases.has(basename)) return { untrusted: `line ${entries.length + 2} repeats a message` };
+    uids.add(uid);
+    names.add(filename);
+    bases.add(basename);
+    const order = m[3]!;
+    entries.push({ uid, size: Number(m[2]), basename, filename, uidl: m[4]!, order: order === '-' ? undefined : Number(order) });
   }
+  if (entries.length !== count) return { untrusted: `${entries.length} messages where the header says ${count}` };
   return entries;
 }
 
 async function writeScanFile(dir: string, key: string, entries: readonly Entry[]): Promise<void> {
-  let text = SCAN_FILE_HEADER + key + '\n';
+  let text = `${SCAN_FILE_HEADER}${entries.length} ${key}\n`;
   for (const e of entries) text += `${e.uid} ${e.size} ${e.order ?? '-'} ${e.uidl} ${e.filename}\n`;
-  const tmp = path.join(dir, `${SCAN_FILE}.${process.pid}.tmp`);
+  // An unpredictable name, created exclusively: nothing planted in the maildrop is written through.
+  const tmp = path.join(dir, `${SCAN_FILE}.${process.pid}.${randomBytes(8).toString('hex')}.tmp`);
   // No fsync: a cache. A torn or stale file fails the key or the parse and is ignored.
-  await fs.writeFile(tmp, text, { mode: 0o600 });
-  await fs.rename(tmp, path.join(dir, SCAN_FILE));
+  await writeExclusive(tmp, text, { mode: 0o600 });
+  try {
+    await fs.rename(tmp, path.join(dir, SCAN_FILE));
+  } catch (e) {
+    await fs.unlink(tmp).catch(() => undefined);
+    throw e;
+  }
 }
 
-/** new/ is empty and cur/ holds exactly the files of `entries` (names with flags included). */
+/** new/ has no message and cur/ holds exactly the messages of `entries` (names with flags included). */
 async function listingMatches(dir: string, entries: readonly Entry[]): Promise<boolean> {
   try {
-    const [cur, fresh] = await Promise.all([fs.readdir(path.join(dir, 'cur')), fs.readdir(path.join(dir, 'new'))]);
-    if (fresh.some((f) => f[0] !== '.')) return false;
-    const names = new Set(cur.filter((f) => f[0] !== '.'));
+    const opts = { withFileTypes: true } as const;
+    const [cur, fresh] = await Promise.all([fs.readdir(path.join(dir, 'cur'), opts), fs.readdir(path.join(dir, 'new'), opts)]);
+    if (fresh.some(isMessage)) return false;
+    const names = new Set(cur.filter(isMessage).map((d) => d.name));
     if (names.size !== entries.length) return false;
     for (const e of entries) if (!names.has(e.filename)) return false;
     return true;
@@ -168,6 +210,28 @@ async function listingMatches(dir: string, entries: readonly Entry[]): Promise<b
     return false;
   }
 }
+
+/**
+ * A message file in cur/ or new/: a regular file with a plain name (d_type
+ * from the listing itself, so no system call per file). Hidden files are
+ * no messages; anything else (a symbolic link, a directory, a FIFO, a device,
+ * a name no uidlist could hold) is skipped, and reported by messageNames.
+ */
+function isMessage(d: Dirent): boolean {
+  return d.name[0] !== '.' && d.isFile() && isPlainFileName(d.name) && isPlainBaseName(baseName(d.name));
+}
+
+function direntKind(d: Dirent): string {
+  if (d.isSymbolicLink()) return 'symbolic link';
+  if (d.isDirectory()) return 'directory';
+  if (d.isFIFO()) return 'FIFO';
+  if (d.isSocket()) return 'socket';
+  if (d.isCharacterDevice() || d.isBlockDevice()) return 'device';
+  return d.isFile() ? 'file with a name no uidlist can hold' : 'unknown';
+}
+
+/** Entries already reported as skipped, so that a login does not log them again (bounded). */
+const REPORTED = new Set<string>();
 
 /** Maildrops locked anywhere in this process, by any store instance (the lock file covers other processes). */
 const LOCKED = new Set<string>();
@@ -198,6 +262,7 @@ export class MaildirStore implements MailStore {
   readonly #stale: number;
   readonly #now: () => number;
   readonly #scanFiles: boolean;
+  readonly #allowSymlinks: boolean;
 
   constructor(opts: MaildirStoreOptions) {
     this.#scanFiles = opts.scanFiles ?? true;
@@ -206,6 +271,7 @@ export class MaildirStore implements MailStore {
     this.#fsync = opts.fsync ?? true;
     this.#stale = opts.uidlistStaleSeconds ?? 120;
     this.#now = opts.now ?? Date.now;
+    this.#allowSymlinks = opts.allowSymlinkedMaildrops ?? false;
   }
 
   maildropPath(username: string, maildir?: string): string {
@@ -222,18 +288,21 @@ export class MaildirStore implements MailStore {
     LOCKED.add(dir);
     let lock: SessionLock | null = null;
     try {
+      // Before anything is created or opened in it.
+      this.#checkMaildrop(dir);
       const lockFile = path.join(dir, SESSION_LOCK);
       try {
         lock = SessionLock.tryAcquire(lockFile);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-        await ensureMaildir(dir); // a new user: no maildrop yet
+        await this.#ensureMaildir(dir); // a new user: no maildrop yet
         lock = SessionLock.tryAcquire(lockFile);
       }
       if (lock === null) throw new Pop3Error('Maildrop is locked by another session', 'IN-USE');
-      // Under the lock, cur/ and new/ are stat'ed for the scan; only when they are missing is there anything to create.
+      // Under the lock, cur/ and new/ are stat'ed for the scan; only when they are missing (or not
+      // directories) is there anything to create (or to refuse).
       const key = statScanKey(dir);
-      if (key === null) await ensureMaildir(dir);
+      if (key === null) await this.#ensureMaildir(dir);
       signal?.throwIfAborted();
       const entries = await this.#scan(dir, signal, key ?? undefined);
       return new MaildirMaildrop(this, dir, entries, lock);
@@ -242,6 +311,88 @@ export class MaildirStore implements MailStore {
       LOCKED.delete(dir);
       throw e;
     }
+  }
+
+  /**
+   * Refuse a maildrop directory that leads somewhere it should not: ROOT/U
+   * that is a symbolic link out of the root, or any symbolic link on the
+   * path of a maildrop given by the user database outside the root (where
+   * the owner of a parent directory could point it at /etc). One lstat for
+   * ROOT/U that is a plain directory, the usual case.
+   */
+  #checkMaildrop(dir: string): void {
+    if (this.#allowSymlinks) return;
+    const lexical = path.resolve(dir);
+    const root = path.resolve(this.#root);
+    const underRoot = lexical.startsWith(root + path.sep);
+    if (underRoot && path.dirname(lexical) === root) {
+      const st = lstatSync(lexical, { throwIfNoEntry: false });
+      if (st === undefined || !st.isSymbolicLink()) return; // created under the root, or a real directory
+    }
+    // Where it really is: the nearest existing part of the path, resolved, and the rest as it stands.
+    let existing = lexical;
+    let rest = '';
+    let real: string | undefined;
+    while (real === undefined) {
+      try {
+        real = realpathSync.native(existing);
+      } catch (e) {
+        const parent = path.dirname(existing);
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || parent === existing) throw e;
+        rest = path.join(path.basename(existing), rest);
+        existing = parent;
+      }
+    }
+    const resolved = path.join(real, rest);
+    let inside: boolean;
+    if (underRoot) {
+      let realRoot = root;
+      try {
+        realRoot = realpathSync.native(root);
+      } catch {
+        // no root yet: compared as configured
+      }
+      inside = resolved.startsWith(realRoot + path.sep);
+    } else {
+      inside = resolved === lexical;
+    }
+    if (inside) return;
+    this.#log.error(
+      { dir, resolved },
+      underRoot
+        ? 'maildrop refused: it is a symbolic link leading out of the Maildir root (set [store] allow_symlinked_maildrops = true to allow it)'
+        : 'maildrop refused: its path goes through a symbolic link (set [store] allow_symlinked_maildrops = true to allow it)',
+    );
+    throw new Pop3Error('Cannot open the maildrop, try again later.', 'SYS/TEMP');
+  }
+
+  /** cur/, new/ and tmp/ (created when missing), which must be directories, not links. */
+  async #ensureMaildir(dir: string): Promise<void> {
+    try {
+      await ensureMaildir(dir);
+    } catch (e) {
+      if (!(e instanceof UnsafeMaildrop)) throw e;
+      this.#log.error({ dir }, `maildrop refused: ${e.message}`);
+      throw new Pop3Error('Cannot open the maildrop, try again later.', 'SYS/TEMP');
+    }
+  }
+
+  /** Names of the messages in `sub` (cur/ or new/); any other entry is skipped and logged once. */
+  async #messageNames(dir: string, sub: 'cur' | 'new'): Promise<string[]> {
+    const out: string[] = [];
+    for (const d of await fs.readdir(path.join(dir, sub), { withFileTypes: true })) {
+      if (isMessage(d)) {
+        out.push(d.name);
+        continue;
+      }
+      if (d.name[0] === '.') continue;
+      const file = path.join(dir, sub, d.name);
+      if (REPORTED.has(file)) continue;
+      if (REPORTED.size >= 10_000) REPORTED.clear();
+      REPORTED.add(file);
+      this.#log.warn({ file, kind: direntKind(d) }, 'skipped a maildrop entry that is not a regular file with a plain Maildir name');
+    }
+    return out;
   }
 
   /** @internal */
@@ -288,9 +439,13 @@ export class MaildirStore implements MailStore {
     if (before !== null && this.#scanFiles) {
       // Another process (a --workers sibling, or this server before a restart) may have left the scan on disk.
       const saved = await readScanFile(dir, before.key);
-      if (saved !== null) {
+      if (Array.isArray(saved)) {
         this.#remember(dir, before.key, saved);
         return saved;
+      }
+      if (saved !== null) {
+        this.#log.warn({ dir, reason: saved.untrusted }, `ignored and removed ${SCAN_FILE}: not trusted; the maildrop is scanned instead`);
+        await fs.unlink(path.join(dir, SCAN_FILE)).catch(() => undefined);
       }
     }
     const started = Date.now();
@@ -333,12 +488,12 @@ export class MaildirStore implements MailStore {
   /** List the maildrop and match it with the uidlist; `wrote`: the key of the uidlist it wrote, if it did. */
   async #fullScan(dir: string, signal?: AbortSignal): Promise<{ entries: Entry[]; wrote?: string }> {
     const cur = path.join(dir, 'cur');
-    await moveNewToCur(dir);
-    const files = (await fs.readdir(cur)).filter((f) => f[0] !== '.');
+    await moveNewToCur(dir, await this.#messageNames(dir, 'new'));
+    const files = await this.#messageNames(dir, 'cur');
     const byBase = new Map<string, string>();
     for (const f of files) byBase.set(baseName(f), f);
 
-    let uidlist = await readUidlist(dir);
+    let uidlist = await readUidlist(dir, this.#log);
     let wrote: string | undefined;
     let plan = planSync(uidlist, byBase);
     if (plan.unassigned.length > 0 || plan.missingSize.length > 0 || uidlist === null) {
@@ -361,7 +516,7 @@ export class MaildirStore implements MailStore {
       const lock = await UidlistLock.acquire(dir, { staleSeconds: this.#stale, ...(signal ? { signal } : {}) });
       try {
         // Re-read under the lock: another server may have assigned UIDs meanwhile.
-        uidlist = (await readUidlist(dir)) ?? newUidlist();
+        uidlist = (await readUidlist(dir, this.#log)) ?? newUidlist();
         plan = planSync(uidlist, byBase);
         for (const r of plan.missingSize) {
           const s = sizes.get(r.basename) ?? (await fileCrlfSize(path.join(cur, byBase.get(r.basename)!)).catch(() => undefined));
@@ -395,10 +550,11 @@ export class MaildirStore implements MailStore {
 
   async deliver(user: string, message: Readable | Buffer, signal?: AbortSignal): Promise<void> {
     const dir = this.maildropPath(user);
-    await ensureMaildir(dir);
+    this.#checkMaildrop(dir);
+    if (!isDirectory(path.join(dir, 'tmp')) || !isDirectory(path.join(dir, 'new'))) await this.#ensureMaildir(dir);
     const base = uniqueName();
     const tmp = path.join(dir, 'tmp', base);
-    const fh = await fs.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600);
+    const fh = await createExclusive(tmp, 0o600);
     const counter = new CrlfSizeCounter();
     let physical = 0;
     try {
@@ -440,7 +596,8 @@ function planSync(u: Uidlist | null, byBase: Map<string, string>): SyncPlan {
       const f = byBase.get(r.basename);
       if (f === undefined) continue;
       known.set(r.basename, r);
-      if (sizeFromName(f) === undefined && extValue(r, 'W') === undefined) missingSize.push(r);
+      // A W that is no size (W-5, Wx, W1.5, too many digits) is measured again and replaced.
+      if (sizeFromName(f) === undefined && parseSize(extValue(r, 'W')) === undefined) missingSize.push(r);
     }
   }
   const unassigned: string[] = [];
@@ -453,8 +610,8 @@ function buildEntries(u: Uidlist, byBase: Map<string, string>, known: Map<string
   const entries: Entry[] = [];
   for (const r of known.values()) {
     const filename = byBase.get(r.basename)!;
-    const w = sizeFromName(filename) ?? Number(extValue(r, 'W'));
-    if (!Number.isFinite(w)) continue; // unreadable file: not offered rather than mis-sized
+    const w = sizeFromName(filename) ?? parseSize(extValue(r, 'W'));
+    if (w === undefined) continue; // unreadable file: not offered rather than mis-sized
     const p = extValue(r, 'P');
     const o = extValue(r, 'O');
     entries.push({
@@ -462,7 +619,8 @@ function buildEntries(u: Uidlist, byBase: Map<string, string>, known: Map<string
       basename: r.basename,
       filename,
       size: w,
-      uidl: p !== undefined && p !== '' ? p : dovecotUidl(r.uid, u.uidValidity),
+      // A saved UIDL is used only if it is one (RFC 1939 §7), so nothing else reaches the wire.
+      uidl: p !== undefined && UIDL.test(p) ? p : dovecotUidl(r.uid, u.uidValidity),
       order: o !== undefined && /^[0-9]+$/.test(o) ? Number(o) : undefined,
     });
   }
@@ -487,13 +645,18 @@ function newUidlist(): Uidlist {
   };
 }
 
-async function readUidlist(dir: string): Promise<Uidlist | null> {
+async function readUidlist(dir: string, log: Logger): Promise<Uidlist | null> {
+  const file = path.join(dir, 'dovecot-uidlist');
   let text: string;
   try {
-    text = await fs.readFile(path.join(dir, 'dovecot-uidlist'), 'utf8');
+    ({ text } = await readRegular(file));
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return null;
+    if (code !== 'ELOOP' && code !== 'EISDIR' && code !== 'EINVAL') throw e;
+    // A link or something else than a file: never followed, never trusted; the rename of the new list replaces it.
+    log.warn({ file, err: e }, 'dovecot-uidlist is not a regular file: rebuilt');
+    return null;
   }
   try {
     return parseUidlist(text);
@@ -501,6 +664,7 @@ async function readUidlist(dir: string): Promise<Uidlist | null> {
     if (!(e instanceof UidlistFormatError)) throw e;
     // Like Dovecot: a corrupt list is rebuilt rather than locking the user out for good.
     // UIDs (and UIDLs) start afresh under a new UIDVALIDITY; clients may download again.
+    log.warn({ file, reason: e.message }, 'dovecot-uidlist is damaged or not trustworthy: rebuilt');
     return null;
   }
 }
@@ -514,23 +678,33 @@ async function listBaseNames(dir: string): Promise<Set<string>> {
   return out;
 }
 
+/** A maildrop that cannot be used safely (cur/, new/ or tmp/ not a directory). */
+class UnsafeMaildrop extends Error {}
+
+function isDirectory(p: string): boolean {
+  return lstatSync(p, { throwIfNoEntry: false })?.isDirectory() ?? false;
+}
+
+/** Create what is missing of the maildrop; cur/, new/ and tmp/ must be real directories (lstat), never links. */
 async function ensureMaildir(dir: string): Promise<void> {
-  try {
-    accessSync(path.join(dir, 'tmp'));
-    return;
-  } catch {
-    // fall through: create what is missing
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  for (const sub of ['cur', 'new', 'tmp']) {
+    const p = path.join(dir, sub);
+    try {
+      await fs.mkdir(p, { mode: 0o700 });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    const st = await fs.lstat(p);
+    if (!st.isDirectory()) throw new UnsafeMaildrop(`${p} is ${st.isSymbolicLink() ? 'a symbolic link' : 'not a directory'}`);
   }
-  for (const sub of ['cur', 'new', 'tmp']) await fs.mkdir(path.join(dir, sub), { recursive: true, mode: 0o700 });
 }
 
 /** Messages in new/ become cur/ at login, as every Maildir reader does. */
-async function moveNewToCur(dir: string): Promise<void> {
+async function moveNewToCur(dir: string, names: readonly string[]): Promise<void> {
   const newDir = path.join(dir, 'new');
   const curDir = path.join(dir, 'cur');
-  const names = await fs.readdir(newDir);
   for (const n of names) {
-    if (n[0] === '.') continue;
     const target = n.includes(':') ? n : `${n}:2,`;
     try {
       await fs.rename(path.join(newDir, n), path.join(curDir, target));
@@ -593,9 +767,10 @@ export async function fileCrlfSizes(files: readonly string[], signal?: AbortSign
   return out;
 }
 
+/** POP3 size of one message file (a regular file, opened without following a link or blocking: openRegular). */
 export async function fileCrlfSize(file: string): Promise<number> {
   const counter = new CrlfSizeCounter();
-  const fh = await fs.open(file, 'r');
+  const fh = await openRegular(file);
   try {
     // Most messages fit in one read; big ones are counted chunk by chunk with bounded memory.
     const chunk = Buffer.allocUnsafe(256 * 1024);
@@ -619,6 +794,9 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/** /proc/self/fd/N names the directory open as N, whatever has since been renamed or linked in its place. */
+const PROC_FD = existsSync('/proc/self/fd');
+
 class MaildirMaildrop implements Maildrop {
   readonly messages: readonly MessageInfo[];
   readonly #store: MaildirStore;
@@ -627,6 +805,8 @@ class MaildirMaildrop implements Maildrop {
   /** Current file names of messages found renamed (flags changed) in this session, by index. */
   readonly #names = new Map<number, string>();
   readonly #lock: SessionLock;
+  /** cur/, opened (without following a link) at the first RETR, TOP or UPDATE, until release. */
+  #cur: Promise<FileHandle> | undefined;
   #released = false;
 
   constructor(store: MaildirStore, dir: string, entries: readonly Entry[], lock: SessionLock) {
@@ -641,10 +821,29 @@ class MaildirMaildrop implements Maildrop {
     return this.#names.get(index) ?? this.#entries[index]!.filename;
   }
 
+  /**
+   * The path of cur/ for message files. Through the open directory
+   * (/proc/self/fd), so that a cur/ replaced by a link after login (the
+   * maildrop's owner can do that) never leads anywhere else: every open,
+   * unlink and rename of a message happens in the directory the session
+   * checked. Names joined to it are plain file names (the scan sees to that).
+   */
+  async #curPath(): Promise<string> {
+    const plain = path.join(this.#dir, 'cur');
+    if (!PROC_FD) return plain;
+    this.#cur ??= fs.open(plain, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW);
+    try {
+      return `/proc/self/fd/${(await this.#cur).fd}`;
+    } catch (e) {
+      this.#cur = undefined;
+      throw new Pop3Error('The maildrop cannot be read, try again later.', 'SYS/TEMP', { cause: e });
+    }
+  }
+
   /** Another process may have renamed the file (flags changed); find it again by its base name. */
   async #relocate(index: number): Promise<boolean> {
     const basename = this.#entries[index]!.basename;
-    const files = await fs.readdir(path.join(this.#dir, 'cur'));
+    const files = await fs.readdir(await this.#curPath());
     for (const f of files) {
       if (baseName(f) === basename) {
         this.#names.set(index, f);
@@ -659,25 +858,32 @@ class MaildirMaildrop implements Maildrop {
     return fh.createReadStream({ highWaterMark: 256 * 1024, ...(signal ? { signal } : {}) });
   }
 
+  /**
+   * The message's file, opened with O_NOFOLLOW and O_NONBLOCK and checked to
+   * be a regular file: a link, a directory or a FIFO put in its place after
+   * the scan is refused here, before any +OK.
+   */
   async openFile(index: number): Promise<fs.FileHandle> {
     if (this.#entries[index] === undefined) throw new RangeError(`no message ${index}`);
+    const cur = await this.#curPath();
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
-        return await fs.open(path.join(this.#dir, 'cur', this.#filename(index)), 'r');
+        return await openRegular(path.join(cur, this.#filename(index)));
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 0) break;
-        if (!(await this.#relocate(index))) break;
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT') throw new Pop3Error('Message cannot be read.', undefined, { cause: err });
+        if (attempt > 0 || !(await this.#relocate(index))) break;
       }
     }
     throw new Pop3Error('Message was removed by another process');
   }
 
   async commit(deleted: readonly number[], options: CommitOptions = {}): Promise<void> {
-    const cur = path.join(this.#dir, 'cur');
+    const cur = await this.#curPath();
     const n = this.#entries.length;
     let failed = 0;
     for (const i of deleted) {
-      if (i >= 0 && i < n && !(await this.#unlink(i))) failed++;
+      if (i >= 0 && i < n && !(await this.#unlink(cur, i))) failed++;
     }
     const gone = new Set(deleted);
     // Seen flag for what was retrieved (as Dovecot does); the rename's ctime then dates the first retrieval.
@@ -700,17 +906,16 @@ class MaildirMaildrop implements Maildrop {
       for (let i = 0; i < n; i++) {
         const filename = this.#filename(i);
         if (gone.has(i) || fresh.has(i) || !hasFlag(filename, 'S')) continue;
-        const st = await fs.stat(path.join(cur, filename)).catch(() => null);
-        if (st !== null && st.ctimeMs < limit && (await this.#unlink(i))) changed = true;
+        const st = await fs.lstat(path.join(cur, filename)).catch(() => null);
+        if (st !== null && st.ctimeMs < limit && (await this.#unlink(cur, i))) changed = true;
       }
     }
     if (changed && this.#store.fsyncEnabled) await fsyncDir(cur);
     if (failed > 0) throw new Pop3Error(`${failed} of ${deleted.length} messages could not be deleted`, 'SYS/TEMP');
   }
 
-  /** Unlink message `index`; true when it is gone (also when someone else removed it first). */
-  async #unlink(index: number): Promise<boolean> {
-    const cur = path.join(this.#dir, 'cur');
+  /** Unlink message `index` from `cur`; true when it is gone (also when someone else removed it first). */
+  async #unlink(cur: string, index: number): Promise<boolean> {
     try {
       await fs.unlink(path.join(cur, this.#filename(index)));
       return true;
@@ -730,6 +935,9 @@ class MaildirMaildrop implements Maildrop {
   async release(): Promise<void> {
     if (this.#released) return;
     this.#released = true;
+    const cur = this.#cur;
+    this.#cur = undefined;
+    if (cur !== undefined) await cur.then((fh) => fh.close()).catch(() => undefined);
     this.#store.unlock(this.#dir, this.#lock);
   }
 }

@@ -9,7 +9,8 @@ export function baseName(filename: string): string {
 
 /**
  * The CRLF size (`,W=`) recorded in a file name, if any (only in the base
- * part): the first `,W=` followed by at least one digit. Runs for every file
+ * part): the first `,W=` followed by at least one digit, if those digits
+ * are a safe integer (at most 15 of them). Runs for every file
  * of a maildrop at each scan, so no regular expression and no substring.
  */
 export function sizeFromName(filename: string): number | undefined {
@@ -23,7 +24,8 @@ export function sizeFromName(filename: string): number | undefined {
       if (d < 0 || d > 9) break;
       n = n * 10 + d;
     }
-    if (i > at + 3) return n;
+    // More than 15 digits may not be a safe integer: no size then, it is measured instead.
+    if (i > at + 3) return i - at - 3 <= 15 ? n : undefined;
   }
   return undefined;
 }

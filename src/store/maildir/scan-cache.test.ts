@@ -124,21 +124,21 @@ describe('remembered maildrop scans never hide a change', () => {
     const before = await uidls();
     forgetRememberedScans(); // the next open scans: cur/ and new/ have long been quiet
     const list = path.join(root, 'u', 'dovecot-uidlist');
-    const original = fs.readFile.bind(fs);
+    const original = fs.open.bind(fs);
     let rewritten = false;
-    // Right after this scan has read the uidlist, "another server" rebuilds it under a new
-    // UIDVALIDITY (write and rename, as Dovecot does): every UIDL changes.
-    const spy = vi.spyOn(fs, 'readFile').mockImplementation((async (...args: Parameters<typeof fs.readFile>) => {
-      const text = await original(...args);
+    // Right after this scan has opened the uidlist (it reads the file it opened), "another server"
+    // rebuilds it under a new UIDVALIDITY (write and rename, as Dovecot does): every UIDL changes.
+    const spy = vi.spyOn(fs, 'open').mockImplementation((async (...args: Parameters<typeof fs.open>) => {
+      const fh = await original(...args);
       if (!rewritten && String(args[0]) === list) {
         rewritten = true;
-        const t = String(text);
+        const t = await fs.readFile(list, 'utf8');
         const v = Number(/ V(\d+)/.exec(t)![1]);
         await fs.writeFile(`${list}.other`, t.replace(/ V\d+/, ` V${v + 1}`));
         await fs.rename(`${list}.other`, list);
       }
-      return text;
-    }) as typeof fs.readFile);
+      return fh;
+    }) as typeof fs.open);
     try {
       expect(await uidls()).toEqual(before); // this session's snapshot: what it read
     } finally {

@@ -8,6 +8,8 @@
  * P (saved POP3 UIDL), O (POP3 order). Unknown header fields and ext keys are
  * kept and written back unchanged so Dovecot loses nothing.
  */
+import { isPlainBaseName } from './safe-fs.js';
+
 export interface UidlistRecord {
   uid: number;
   /** Ext fields in file order, e.g. [['W', '1234'], ['S', '1200']]. */
@@ -69,6 +71,8 @@ export function parseUidlist(text: string): Uidlist {
     if (!/^[0-9]+$/.test(parts[0]!)) continue;
     const uid = Number(parts[0]);
     if (!Number.isSafeInteger(uid) || uid <= 0 || basename === '') continue;
+    // The list is written by others: a name that is not a plain Maildir base name makes the whole list suspect.
+    if (!isPlainBaseName(basename)) throw new UidlistFormatError(`dovecot-uidlist names a file that cannot be in a maildrop: ${JSON.stringify(basename.slice(0, 300))}`);
     const ext: [string, string][] = [];
     for (let i = 1; i < parts.length; i++) {
       const p = parts[i]!;
