@@ -107,6 +107,7 @@ export async function startPoplar(o: PoplarOptions): Promise<BenchServer> {
     '--listen', `127.0.0.1:${port}`,
     '--listen-tls', `127.0.0.1:${tlsPort}`,
     '--log-level', 'warn',
+    ...(process.getuid?.() === 0 ? ['--allow-root'] : []), // the bench's copies belong to the user running it
     ...((o.serverWorkers ?? 1) > 1 ? ['--workers', String(o.serverWorkers)] : []),
   ]);
   const child: ChildProcess = spawn(cmd, args, { cwd: o.workDir, stdio: ['ignore', 'pipe', 'pipe'], detached: true });

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureSelfSignedCertificate } from '../../src/config/tls-material.js';
-import { runPoplar, startServe, type ServeProcess } from '../helpers/cli.js';
+import { ROOT, runPoplar, startServe, type ServeProcess } from '../helpers/cli.js';
 import { Wire } from '../helpers/wire.js';
 
 /**
@@ -259,5 +259,30 @@ describe('poplar serve: who it may run as', () => {
     const r = await runPoplar(serve(['--user', 'daemon']), { cwd: dir, uid: NOBODY, gid: NOGROUP, env: { HOME: dir }, allowRoot: false });
     expect(r.code).toBe(78);
     expect(r.stderr.trim().split('\n')).toEqual([`poplar: cannot switch to user daemon (group daemon): only root can, and poplar runs as uid ${NOBODY} gid ${NOGROUP}`]);
+  });
+});
+
+describe.skipIf(!asRoot)('npm start as root (a newcomer on a fresh machine)', () => {
+  it("runs what package.json's start script says and serves the demo user", async () => {
+    const pkg = JSON.parse(await fs.readFile(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } };
+    const [cmd, sub, ...flags] = pkg.scripts.start.split(' ');
+    expect([cmd, sub]).toEqual(['bin/poplar', 'serve']);
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-npm-start-'));
+    try {
+      // The same flags, on free ports: the listeners are the only thing the test changes.
+      const srv = await startServe([...flags, '--listen', '127.0.0.1:0', '--listen-tls', '127.0.0.1:0'], { cwd: dir, allowRoot: false });
+      try {
+        const pw = /password: (\S+)/.exec(srv.stdout())![1]!;
+        const w = await Wire.connect(srv.plainPort);
+        await w.line();
+        await w.login('demo', pw);
+        expect((await w.cmdMulti('RETR 1')).body.toString()).toContain('Subject: Welcome to Poplar');
+        w.close();
+      } finally {
+        await srv.stop();
+      }
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 });
