@@ -1,6 +1,5 @@
 import type net from 'node:net';
 import tls from 'node:tls';
-import { once } from 'node:events';
 import { LineReader, type LineEvent } from '../protocol/line-reader.js';
 
 /** Lines queued beyond this pause reading from the socket (input backpressure for pipelining). */
@@ -25,6 +24,7 @@ export class Connection {
   #sock: net.Socket;
   #secure: boolean;
   #waiter: ((ev: LineEvent | null) => void) | null = null;
+  #drainWaiter: (() => void) | null = null;
   #paused = false;
   #corked = false;
   #closed = false;
@@ -174,10 +174,13 @@ export class Connection {
       const done = (): void => {
         sock.off('drain', done);
         sock.off('close', done);
+        this.#drainWaiter = null;
         resolve();
       };
       sock.on('drain', done);
       sock.on('close', done);
+      // Either socket closing ends the wait (after STLS the raw one may go first).
+      this.#drainWaiter = done;
     });
     return !this.#closed;
   }
@@ -192,6 +195,8 @@ export class Connection {
    * plaintext already received after the STLS line is thrown away.
    */
   async startTls(context: tls.SecureContext, handshakeTimeoutMs: number, requestCert = false): Promise<boolean> {
+    // The client may have gone while STLS waited its turn: no handshake to wait for then.
+    if (this.#closed) return false;
     this.#queue.length = 0;
     this.#reader.reset();
     this.#uncork();
@@ -201,14 +206,24 @@ export class Connection {
     this.#sock = secure;
     this.#paused = false;
     this.#attach(secure);
-    const timer = setTimeout(() => this.destroy(), handshakeTimeoutMs);
-    try {
-      await Promise.race([once(secure, 'secure'), once(this.signal, 'abort')]);
-    } catch {
-      this.destroy();
-    } finally {
-      clearTimeout(timer);
-    }
+    // Done when the handshake completes, fails, times out, or either socket closes (the abort).
+    const handshaken = await new Promise<boolean>((resolve) => {
+      const signal = this.signal;
+      const finish = (ok: boolean): void => {
+        clearTimeout(timer);
+        secure.off('secure', onSecure);
+        secure.off('error', onFail);
+        signal.removeEventListener('abort', onFail);
+        resolve(ok);
+      };
+      const onSecure = (): void => finish(true);
+      const onFail = (): void => finish(false);
+      const timer = setTimeout(onFail, handshakeTimeoutMs);
+      secure.once('secure', onSecure);
+      secure.once('error', onFail);
+      signal.addEventListener('abort', onFail, { once: true });
+    });
+    if (!handshaken) this.destroy();
     if (this.#closed) return false;
     this.#secure = true;
     // Node sets `authorized` only for sockets a tls.Server made; for this one ask the handle directly.
@@ -248,6 +263,7 @@ export class Connection {
     this.#closed = true;
     this.#abort?.abort(CLOSED);
     this.#wake();
+    this.#drainWaiter?.();
   }
 
   #wake(): void {

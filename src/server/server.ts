@@ -112,6 +112,11 @@ export class Pop3Server {
     return this.#sockets.size;
   }
 
+  /** Sessions still running (each ends once its connection is gone). */
+  get sessionCount(): number {
+    return this.#sessions.size;
+  }
+
   /** Replace the certificate and key; sessions already running keep theirs. */
   reloadTls(material: TlsMaterial): void {
     const ctx = tls.createSecureContext(tlsOptions(material));
