@@ -4,6 +4,7 @@
  * remove anything outside it, nor hang, nor announce a nonsensical size. Real
  * files, a real server on a real socket.
  */
+import { execFileSync } from 'node:child_process';
 import { promises as fs, readFileSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,6 +15,8 @@ import { Pop3Server } from '../../src/server/server.js';
 import { forgetRememberedScans, MaildirStore, type MaildirStoreOptions } from '../../src/store/maildir/maildir-store.js';
 import { testSettings } from '../helpers/server.js';
 import { Wire } from '../helpers/wire.js';
+
+class MountRefused extends Error {}
 
 interface Env {
   dir: string;
@@ -28,11 +31,24 @@ afterEach(async () => {
   for (const e of envs.splice(0)) await e.stop();
 });
 
-/** A server over DIR/mail with users alice, bob (password "secret"), logging to DIR/log.jsonl. */
-async function start(store: Partial<MaildirStoreOptions> = {}): Promise<Env> {
+/**
+ * A server over DIR/mail with users alice, bob (password "secret"), logging to DIR/log.jsonl.
+ * With `tmpfsKiB`, DIR/mail is a tmpfs of that size (needs root; the caller handles a refusal).
+ */
+async function start(store: Partial<MaildirStoreOptions> = {}, tmpfsKiB?: number): Promise<Env> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-hostile-'));
   const root = path.join(dir, 'mail');
   await fs.mkdir(root);
+  let mounted = false;
+  if (tmpfsKiB !== undefined) {
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${tmpfsKiB}k,mode=0755`, 'tmpfs', root], { stdio: 'pipe' });
+      mounted = true;
+    } catch (e) {
+      await fs.rm(dir, { recursive: true, force: true });
+      throw new MountRefused(String(e));
+    }
+  }
   await fs.writeFile(path.join(dir, 'users'), 'alice:{PLAIN}secret::::::\nbob:{PLAIN}secret::::::\n', { mode: 0o600 });
   const log = path.join(dir, 'log.jsonl');
   const logger = createLogger({ level: 'info', file: log });
@@ -51,6 +67,7 @@ async function start(store: Partial<MaildirStoreOptions> = {}): Promise<Env> {
     log,
     stop: async () => {
       await server.close(0);
+      if (mounted) execFileSync('umount', [root]);
       await fs.rm(dir, { recursive: true, force: true });
     },
   };
@@ -132,7 +149,6 @@ describe('entries in cur/ and new/ that are not regular files', () => {
     await fs.rm(path.join(box, 'cur', names[1]!));
     await fs.symlink(secret, path.join(box, 'cur', names[1]!));
     await fs.rm(path.join(box, 'cur', names[2]!));
-    const { execFileSync } = await import('node:child_process');
     execFileSync('mkfifo', [path.join(box, 'cur', names[2]!)]);
     for (const cmd of ['RETR 1', 'TOP 1 0', 'RETR 2', 'TOP 2 0', 'RETR 3', 'TOP 3 0']) expect(await w.cmd(cmd), cmd).toMatch(/^-ERR/);
     expect((await w.cmdMulti('RETR 4')).body.toString('latin1')).toBe(GOOD_WIRE);
@@ -291,5 +307,34 @@ describe('a maildrop directory that is a symbolic link', () => {
     expect(await w.cmd('PASS secret')).toMatch(/^-ERR \[SYS\/TEMP\]/);
     w.close();
     expect(await fs.readdir(outside)).toEqual(['1796000000.M1P1.h:2,']);
+  });
+});
+
+describe('a full file system', () => {
+  it('a uidlist lock that could not be written is removed at once: once there is room, the next login works', async (ctx) => {
+    let env: Env;
+    try {
+      env = await start({}, 256);
+    } catch (e) {
+      // A real full file system needs a tmpfs mount (root). Under CI that is no reason to skip.
+      if (!(e instanceof MountRefused) || process.env['CI'] === 'true') throw e;
+      return ctx.skip();
+    }
+    const box = await maildrop(env.root, 'alice');
+    await fs.writeFile(path.join(box, 'new', '1796000000.M1P1.h'), GOOD); // no size in the name: the uidlist must hold it
+    const filler = path.join(env.root, 'filler');
+    await expect(fs.writeFile(filler, Buffer.alloc(1024 * 1024))).rejects.toThrow(/ENOSPC/);
+
+    const w = await login(env);
+    expect(await w.cmd('PASS secret')).toMatch(/^-ERR \[SYS\/TEMP\]/);
+    w.close();
+    // Nothing half-written is left behind: no lock that would hold off the next logins, no temporary file.
+    expect((await fs.readdir(box)).filter((f) => f.startsWith('dovecot-uidlist') || f.endsWith('.tmp'))).toEqual([]);
+
+    await fs.rm(filler);
+    const w2 = await loggedIn(env);
+    expect(await w2.cmd('STAT')).toBe(`+OK 1 ${GOOD_WIRE.length - 3}`);
+    expect(await w2.cmd('QUIT')).toMatch(/^\+OK/);
+    expect(await fs.readFile(path.join(box, 'dovecot-uidlist'), 'utf8')).toMatch(/^3 V\d+ N2 /);
   });
 });

@@ -150,7 +150,36 @@ describe('uidlist dotlock (dovecot-uidlist.lock)', () => {
     const old = new Date(Date.now() - 200_000);
     await fs.utimes(lockPath(), old, old);
     const lock = await UidlistLock.acquire(dir, { staleSeconds: 120, waitMs: 2000 });
+    // The lock is ours now: our pid and host in place of the other host's.
+    expect(await fs.readFile(lockPath(), 'latin1')).toBe(`${process.pid}:${HOST}`);
     await lock.release();
+    await expect(fs.access(lockPath())).rejects.toThrow(/ENOENT/);
+  });
+
+  it('a FIFO or a link planted as the lock holds nobody for ever, and none is followed', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const target = path.join(dir, 'target');
+    await fs.writeFile(target, 'keep');
+    for (const plant of [(): void => execFileSync('mkfifo', [lockPath()]), (): Promise<void> => fs.symlink(target, lockPath())]) {
+      await plant();
+      const old = new Date(Date.now() - 200_000);
+      await fs.lutimes(lockPath(), old, old);
+      const lock = await UidlistLock.acquire(dir, { staleSeconds: 120, waitMs: 2000 });
+      expect(await fs.readFile(lockPath(), 'latin1')).toBe(`${process.pid}:${HOST}`);
+      await lock.release();
+    }
+    expect(await fs.readFile(target, 'latin1')).toBe('keep');
+  });
+
+  it('replace() writes through no link planted at dovecot-uidlist.tmp', async () => {
+    const target = path.join(dir, 'target');
+    await fs.writeFile(target, 'keep');
+    await fs.symlink(target, path.join(dir, 'dovecot-uidlist.tmp'));
+    const lock = await UidlistLock.acquire(dir, { staleSeconds: 120 });
+    await lock.replace('3 V1 N1 Gx\n', false);
+    expect(await fs.readFile(target, 'latin1')).toBe('keep');
+    expect(await fs.readFile(path.join(dir, 'dovecot-uidlist'), 'utf8')).toBe('3 V1 N1 Gx\n');
+    expect((await fs.readdir(dir)).sort()).toEqual(['dovecot-uidlist', 'target']);
   });
 
   it('waits for a held lock and gets it once it is released', async () => {

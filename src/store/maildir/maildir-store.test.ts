@@ -257,10 +257,17 @@ describe('MaildirStore session lock', () => {
   });
 
   it('a lock file left with a dead pid in it (an older version) does not lock the maildrop', async () => {
+    await put('new', '1700000001.M1P1.h', A);
     const dead = spawn('true');
     await once(dead, 'exit');
-    await fs.writeFile(path.join(box, 'poplar-pop3.lock'), `${dead.pid!} 1 ${os.hostname()}\n`);
-    await openBox();
+    const lockFile = path.join(box, 'poplar-pop3.lock');
+    await fs.writeFile(lockFile, `${dead.pid!} 1 ${os.hostname()}\n`);
+    const m = await openBox();
+    expect(m.messages.map((x) => x.size)).toEqual([crlfSize(Buffer.from(A))]);
+    // The session now holds the lock on that very file.
+    expect(spawnSync('flock', ['--nonblock', lockFile, 'true']).status).not.toBe(0);
+    await release(m);
+    expect(spawnSync('flock', ['--nonblock', lockFile, 'true']).status).toBe(0);
   });
 
   it('respects the lock of a live other process, and is free once it is gone', async () => {

@@ -201,6 +201,21 @@ describe('remembered maildrop scans never hide a change', () => {
       }
     }, 30_000);
 
+    it('is written through no link planted in the maildrop', async () => {
+      await bigDrop();
+      const victim = path.join(root, 'victim.txt');
+      await fs.writeFile(victim, 'precious\n');
+      // The temporary name once was predictable: <cache>.<pid>.tmp.
+      await fs.symlink(victim, path.join(root, 'u', `poplar-scan.cache.${process.pid}.tmp`));
+      await snapshot();
+      await new Promise((r) => setTimeout(r, 250));
+      await snapshot();
+      const cache = path.join(root, 'u', 'poplar-scan.cache');
+      await vi.waitFor(async () => expect((await fs.lstat(cache)).isFile()).toBe(true));
+      expect(await fs.readFile(victim, 'utf8')).toBe('precious\n');
+      expect((await fs.readFile(cache, 'utf8')).split('\n')).toHaveLength(N + 2);
+    }, 30_000);
+
     it('is ignored once the maildrop changed, and when it is damaged', async () => {
       await bigDrop();
       await snapshot();
@@ -220,6 +235,10 @@ describe('remembered maildrop scans never hide a change', () => {
       await vi.waitFor(async () => expect((await fs.readFile(file, 'utf8')).split('\n').length).toBe(N + 3));
       const text = await fs.readFile(file, 'utf8');
       await fs.writeFile(file, text.slice(0, Math.floor(text.length / 2)));
+      forgetRememberedScans();
+      expect(await snapshot()).toEqual(now);
+      // Cut at a line end (a crash before the data reached the disk): fewer lines than the header says.
+      await fs.writeFile(file, text.slice(0, text.indexOf('\n', Math.floor(text.length / 2)) + 1));
       forgetRememberedScans();
       expect(await snapshot()).toEqual(now);
       // And one whose lines are garbage under the right key.
