@@ -61,7 +61,13 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     }
   }
 
-  const store = new MaildirStore({ root: config.maildirRoot, logger, fsync: config.store.fsync, uidlistStaleSeconds: config.store.uidlist_lock_stale });
+  const store = new MaildirStore({
+    root: config.maildirRoot,
+    logger,
+    fsync: config.store.fsync,
+    uidlistStaleSeconds: config.store.uidlist_lock_stale,
+    allowSymlinkedMaildrops: config.store.allow_symlinked_maildrops,
+  });
 
   const listenSpecs: ListenSpec[] = [
     ...config.server.listen.map((a) => ({ ...parseHostPort(a), tls: false })),

@@ -69,6 +69,8 @@ export const ConfigSchema = z
         /** Seconds after which another process's dovecot-uidlist.lock is considered stale. */
         uidlist_lock_stale: seconds.default(120),
         fsync: z.boolean().default(true),
+        /** Open a maildrop directory that is a symbolic link out of the Maildir root (or, for a path from the user database, reached through one). */
+        allow_symlinked_maildrops: z.boolean().default(false),
       })
       .strict()
       .prefault({}),

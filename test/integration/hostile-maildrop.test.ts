@@ -293,6 +293,33 @@ describe('a maildrop directory that is a symbolic link', () => {
     await w2.cmd('QUIT');
   });
 
+  it('poplar serve: [store] allow_symlinked_maildrops = true reaches the store', async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-hostile-serve-'));
+    const root = path.join(dir, 'mail');
+    await fs.mkdir(root);
+    await fs.writeFile(path.join(dir, 'users'), 'alice:{PLAIN}secret::::::\n', { mode: 0o600 });
+    await fs.writeFile(path.join(dir, 'poplar.toml'), '[store]\nallow_symlinked_maildrops = true\n');
+    const elsewhere = await maildrop(dir, 'elsewhere');
+    await fs.writeFile(path.join(elsewhere, 'cur', '1796000000.M1P1.h:2,'), GOOD);
+    await fs.symlink(elsewhere, path.join(root, 'alice'));
+    const { startServe } = await import('../helpers/cli.js');
+    const srv = await startServe(
+      ['--config', 'poplar.toml', '--data-dir', path.join(dir, 'data'), '--maildir-root', root, '--users', path.join(dir, 'users'), '--listen', '127.0.0.1:0', '--listen-tls', '127.0.0.1:0'],
+      { cwd: dir },
+    );
+    try {
+      const w = await Wire.connect(srv.plainPort);
+      await w.line();
+      await w.cmd('USER alice');
+      expect(await w.cmd('PASS secret')).toMatch(/^\+OK/);
+      expect(await w.cmd('STAT')).toBe(`+OK 1 ${GOOD_WIRE.length - 3}`);
+      await w.cmd('QUIT');
+    } finally {
+      await srv.stop();
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('cur/ or new/ that is a link is refused the same way', async () => {
     const env = await start();
     const outside = path.join(env.dir, 'etc');
