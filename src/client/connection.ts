@@ -103,6 +103,8 @@ export interface StreamReply {
 
 export interface ConnectionOptions {
   readonly timeoutMs: number;
+  /** Default `deadlineMs` of every call (none when undefined). */
+  readonly deadlineMs?: number | undefined;
   /** Called once, when the connection ends for any reason (undefined after a clean QUIT). */
   readonly onClose?: (reason: Error | undefined) => void;
 }
@@ -110,6 +112,7 @@ export interface ConnectionOptions {
 export class Pop3Connection {
   #socket: net.Socket;
   readonly #defaultTimeout: number;
+  readonly #defaultDeadline: number | undefined;
   readonly #onClose: ((reason: Error | undefined) => void) | undefined;
   #buf: Buffer = EMPTY;
   readonly #unsent: Request[] = [];
@@ -131,6 +134,7 @@ export class Pop3Connection {
   constructor(socket: net.Socket, options: ConnectionOptions) {
     this.#socket = socket;
     this.#defaultTimeout = options.timeoutMs;
+    this.#defaultDeadline = options.deadlineMs;
     this.#onClose = options.onClose;
     this.#attach(socket);
   }
@@ -416,7 +420,7 @@ export class Pop3Connection {
         bytes,
         exclusive,
         timeoutMs: opts.timeoutMs ?? this.#defaultTimeout,
-        deadlineMs: opts.deadlineMs,
+        deadlineMs: opts.deadlineMs ?? this.#defaultDeadline,
         deadline: undefined,
         handler,
         unstuffer: undefined,

@@ -71,7 +71,6 @@ export class Pop3PolicyError extends Pop3ClientError {}
 
 /** Server text as it may appear in a message or a log line: control characters replaced, at most 200 characters. */
 export function printable(s: string): string {
-  // eslint-disable-next-line no-control-regex
-  const clean = s.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029]/g, '?');
+  const clean = s.replace(/[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]/g, '?'); // controls, line breaks, bidi overrides
   return clean.length > 200 ? `${clean.slice(0, 200)}…` : clean;
 }

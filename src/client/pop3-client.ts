@@ -46,6 +46,8 @@ export interface ConnectOptions {
   readonly servername?: string | undefined;
   /** Default for every call: the longest the server may stay silent while a reply is awaited (30 s). */
   readonly timeoutMs?: number | undefined;
+  /** Default for every call: the longest a whole reply may take, however steadily it trickles (none). */
+  readonly deadlineMs?: number | undefined;
   /** Aborting it at any time destroys the connection. */
   readonly signal?: AbortSignal | undefined;
   /** Allow cleartext passwords and tokens without TLS to non-loopback hosts. */
@@ -99,6 +101,7 @@ export class Pop3Client {
     const onAbort = (): void => this.#conn.destroy(new Pop3AbortError('connection aborted', { cause: signal?.reason }));
     this.#conn = new Pop3Connection(socket, {
       timeoutMs: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+      deadlineMs: opts.deadlineMs,
       onClose: () => signal?.removeEventListener('abort', onAbort),
     });
     signal?.addEventListener('abort', onAbort, { once: true });
@@ -114,6 +117,7 @@ export class Pop3Client {
     if (!Number.isInteger(opts.port) || opts.port < 1 || opts.port > 65535) throw new RangeError('port must be 1..65535');
     if (opts.tls !== 'none' && opts.tls !== 'starttls' && opts.tls !== 'implicit') throw new TypeError("tls must be 'none', 'starttls' or 'implicit'");
     if (opts.timeoutMs !== undefined && !(opts.timeoutMs > 0)) throw new RangeError('timeoutMs must be positive');
+    if (opts.deadlineMs !== undefined && !(opts.deadlineMs > 0)) throw new RangeError('deadlineMs must be positive');
     const verification: TlsVerification = {
       host: opts.host,
       ca: opts.ca,

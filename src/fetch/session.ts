@@ -133,6 +133,7 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
       insecure: acct.insecure,
       servername: acct.servername,
       timeoutMs: acct.timeout * 1000,
+      deadlineMs: acct.message_timeout * 1000, // every reply, from the greeting on: a server trickling a line a byte at a time is cut off too
       signal: deps.signal,
       allowPlaintextPassword: acct.allow_plaintext_password,
     });

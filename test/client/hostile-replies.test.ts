@@ -218,7 +218,6 @@ describe('what the server says stays data', () => {
     const e = (await c.login('alice', 'pw', { mechanism: 'USER' }).catch((x: unknown) => x)) as Pop3ServerError;
     expect(e).toBeInstanceOf(Pop3ServerError);
     expect(e.code).toBe('SYS/TEMP');
-    // eslint-disable-next-line no-control-regex
     expect(e.message).not.toMatch(/[\x00-\x1f\x7f]/);
     expect(e.message).toMatch(/try later/);
   });
