@@ -129,6 +129,11 @@ export class Connection {
     });
   }
 
+  /** The session waits for the client's next line (it is not in the middle of a reply). */
+  get awaitingInput(): boolean {
+    return this.#waiter !== null;
+  }
+
   /** More input is already queued: a pipelined batch is being answered. */
   get hasPendingInput(): boolean {
     return this.#queue.length > 0;

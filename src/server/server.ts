@@ -82,6 +82,7 @@ export class Pop3Server {
   readonly #sockets = new Set<net.Socket>();
   readonly #perIp = new Map<string, number>();
   readonly #sessions = new Set<Promise<void>>();
+  readonly #running = new Set<Session>();
   #secureContext: tls.SecureContext | null = null;
   #tlsMaterial: TlsMaterial | undefined;
 
@@ -194,7 +195,9 @@ export class Pop3Server {
     const conn = new Connection(sock, secure, Math.max(s.max_line_length, s.max_auth_line_length));
     this.#connections.add(conn);
     const session = new Session(conn, this.#ctx);
+    this.#running.add(session);
     const p = session.run().finally(() => {
+      this.#running.delete(session);
       this.#connections.delete(conn);
       this.#sessions.delete(p);
     });
@@ -202,8 +205,10 @@ export class Pop3Server {
   }
 
   /**
-   * Stop accepting, give running sessions `graceMs` to finish, then drop the
-   * rest without UPDATE (nothing is removed unless the client said QUIT).
+   * Stop accepting, give running sessions `graceMs` to finish, then end the
+   * rest without UPDATE (nothing is removed unless the client said QUIT): a
+   * session waiting for a command gets `-ERR [SYS/TEMP] Server shutting down.`
+   * (a second at most to send it), one in the middle of a reply is cut off.
    */
   async close(graceMs = 0): Promise<void> {
     // net.Server.close() calls back only after every connection is gone, so wait for it last.
@@ -211,6 +216,8 @@ export class Pop3Server {
     if (this.#sessions.size > 0 && graceMs > 0) {
       await Promise.race([Promise.allSettled([...this.#sessions]), new Promise((r) => setTimeout(r, graceMs).unref())]);
     }
+    for (const s of this.#running) s.shutdown();
+    if (this.#sessions.size > 0) await Promise.race([Promise.allSettled([...this.#sessions]), new Promise((r) => setTimeout(r, 1000).unref())]);
     for (const c of this.#connections) c.destroy();
     for (const s of this.#sockets) s.destroy();
     await Promise.allSettled([...this.#sessions]);

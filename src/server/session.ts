@@ -147,6 +147,18 @@ export class Session {
     this.err(text);
   }
 
+  /**
+   * The server stops: a session waiting for a command is told so, one in the
+   * middle of a reply is cut off. Neither enters UPDATE (RFC 1939 §6: only QUIT does).
+   */
+  shutdown(): void {
+    if (this.#ended) return;
+    if (this.conn.awaitingInput) return this.close('server shutdown', '-ERR [SYS/TEMP] Server shutting down.\r\n');
+    this.#ended = true;
+    this.#endReason = 'server shutdown';
+    this.conn.destroy();
+  }
+
   close(reason: string, last?: string): void {
     this.#ended = true;
     this.#endReason = reason;
