@@ -250,7 +250,7 @@ export async function fetchAccount(acct: ResolvedAccount, deps: SessionDeps, rep
           candidates.forEach((c, i) => (c.dest = chooseDestination(rules, c.size, parseHeaders(heads[i]!))));
         } catch (e) {
           if (!(e instanceof Pop3ServerError)) throw e;
-          log('warn', `${acct.name}: TOP refused (${e.text}); reading headers from the messages instead`);
+          log('warn', `${acct.name}: TOP refused (${printable(e.text)}); reading headers from the messages instead`);
           peek = true;
         }
       } else peek = true;

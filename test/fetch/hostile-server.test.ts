@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { poplarArgs, ROOT, runPoplar } from '../helpers/cli.js';
 import { flood, miniPop3, startFake, type FakeServer, type MiniPop3Options } from '../client/fake-server.js';
-import { seqCounts, seqMessage } from './helpers.js';
+import { mboxSeqCounts, seqCounts, seqMessage } from './helpers.js';
 
 let tmp: string;
 let fake: FakeServer | undefined;
@@ -118,6 +118,18 @@ describe('the server drops the connection during RETR', () => {
       ]);
     });
   }
+
+  it('into an mbox: exit 75, the mbox holds message 1 whole and nothing of message 2', async () => {
+    const dir = path.join(tmp, 'drop-mbox');
+    await serve({ messages: MESSAGES, intercept: dropDuring('2') });
+    const mbox = path.join(dir, 'mbox');
+    const file = await config(dir, ['batch = 1']);
+    await fs.writeFile(file, (await fs.readFile(file, 'utf8')).replace(/^sink = .*$/m, `sink = { type = "mbox", path = "${mbox}" }`));
+    const r = await fetchOnce(file);
+    expect(r.code).toBe(75);
+    expect([...(await mboxSeqCounts(mbox, (seq) => seqMessage(seq))).entries()]).toEqual([[1, 1]]);
+    expect(await recorded(dir)).toEqual(['uid-1']);
+  });
 
   it('--daemon survives it and fetches the rest on its next round', async () => {
     const dir = path.join(tmp, 'drop-daemon');
