@@ -87,6 +87,14 @@ describe('parseUidlist / formatUidlist', () => {
     expect(() => parseUidlist('3 Vabc N5\n')).toThrow(UidlistFormatError);
   });
 
+  it('a name that is no plain Maildir base name makes the whole list untrusted', () => {
+    for (const name of ['../../../../victims/v2.txt', 'a/b', '..', '.hidden', 'a:2,S', 'tab\there', 'nul\0x', 'x'.repeat(256)]) {
+      expect(() => parseUidlist(`3 V10 N3 Gx\n1 W5 :good\n2 W5 :${name}\n`), JSON.stringify(name)).toThrow(UidlistFormatError);
+    }
+    expect(() => parseUidlist('3 V10 N3 Gx\n1 ../etc/passwd\n')).toThrow(UidlistFormatError); // old style too
+    expect(parseUidlist(`3 V10 N3 Gx\n1 :${'x'.repeat(255)}\n2 :1700000000.M1P1.h\u00e9te,S=5\n`).records).toHaveLength(2);
+  });
+
   it('parses a header-only file and formats an empty list', () => {
     const u = parseUidlist('3 V7 N1 Gabc\n');
     expect(u.records).toEqual([]);
