@@ -399,7 +399,6 @@ describe.skipIf(lacks('getmail'))('getmail6', () => {
         ...c.retriever(srv),
         `username = ${USER}`,
         `password = ${PASSWORD}`,
-        // Also how long getmail waits for its delivery child (see GETMAIL_CHILD_RACE).
         'timeout = 10',
         '',
         '[destination]',
@@ -419,38 +418,22 @@ describe.skipIf(lacks('getmail'))('getmail6', () => {
       { mode: 0o600 },
     );
     const mark = records.length;
-    // getmail itself, started through getmail_late_child.py (see there) with the interpreter it names.
+    // getmail itself, started through getmail_wait.py (see there) with the interpreter it names.
     const getmail = peerPath('getmail')!;
     const python = shebangInterpreter(getmail) ?? 'python3';
-    const r = await run(python, [path.join(HERE, 'getmail_late_child.py'), getmail, '--getmaildir', gd, '--rcfile', rc], {
+    const r = await run(python, [path.join(HERE, 'getmail_wait.py'), getmail, '--getmaildir', gd, '--rcfile', rc], {
       env: cleanEnv(dir),
       timeoutMs: CLIENT_TIMEOUT_MS,
     });
     return { r, md, mark };
   }
 
-  /**
-   * getmail 6.18 forks a child per delivery and only then installs its SIGCHLD
-   * handler; when the child is done first its exit goes unnoticed and, after
-   * `timeout` seconds, getmail stops with "waiting child pid N timed out". The
-   * wrapper makes that unlikely; should it still happen, the run is repeated
-   * with a fresh Maildir (a client bug, not a server one).
-   */
-  const GETMAIL_CHILD_RACE = /waiting child pid \d+ timed out/;
-
   for (const c of cases) {
     it(
       `${c.title}: read_all without delete into a Maildir`,
       async () => {
-        let attempt = await getmailOnce(c);
-        const raced: string[] = [];
-        while (attempt.r.code !== 0 && GETMAIL_CHILD_RACE.test(attempt.r.stderr) && raced.length < 2) {
-          raced.push(attempt.r.describe);
-          attempt = await getmailOnce(c);
-        }
-        const { r, md, mark } = attempt;
-        if (raced.length > 0) console.warn(`getmail hit its child-wait race ${raced.length} time(s); the run was repeated`);
-        const why = `${r.describe}${raced.length > 0 ? `\n(${raced.length} earlier run(s) hit getmail's child-wait race)` : ''}`;
+        const { r, md, mark } = await getmailOnce(c);
+        const why = r.describe;
         expect(r.code, why).toBe(0);
         expect(r.stdout.toString('latin1'), why).toContain(`${drop.length} messages`);
         expect(await fs.readdir(path.join(md, 'tmp')), why).toEqual([]);
