@@ -29,6 +29,11 @@ export const ConfigSchema = z
         max_connections: z.number().int().min(1).default(20_000),
         max_connections_per_ip: z.number().int().min(1).default(100),
         login_timeout: seconds.default(60),
+        /** Total seconds from the greeting to a successful login, whatever the client sends meanwhile; 0 = no limit. */
+        login_deadline: seconds.default(120),
+        /** Client addresses are counted per prefix of this many bits (connection limit per address, login throttle). */
+        ipv4_prefix: z.number().int().min(1).max(32).default(32),
+        ipv6_prefix: z.number().int().min(1).max(128).default(64),
         idle_timeout: seconds.min(600, 'RFC 1939 §3 requires at least 10 minutes').default(600),
         /** Delay before answering the first failed login; it doubles per failure from the same address or for the same user. */
         auth_failure_delay: seconds.default(2),

@@ -28,6 +28,8 @@ export class Connection {
   #paused = false;
   #corked = false;
   #closed = false;
+  /** end() was called: nothing more may be written. */
+  #ending = false;
   #inputEnded = false;
   #onTimeout: (() => void) | null = null;
   #tlsInfo: { protocol: string; cipher: string } | null = null;
@@ -145,7 +147,7 @@ export class Connection {
 
   /** Queue output; `written` runs once the socket is done with `data` (sent, or failed), so its buffer may be reused. */
   write(data: string | Buffer, written?: () => void): void {
-    if (this.#closed) {
+    if (this.#closed || this.#ending) {
       written?.();
       return;
     }
@@ -249,8 +251,9 @@ export class Connection {
 
   /** Send the last words, then close gracefully once they are out. */
   end(last?: string): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#ending) return;
     if (last !== undefined) this.write(last);
+    this.#ending = true;
     this.#uncork();
     this.#sock.end();
     // A client that never reads must not keep the socket: bound the wait.

@@ -43,6 +43,11 @@ export class Session {
   apopTimestamp: string | undefined;
   #ended = false;
   #endReason = 'disconnected';
+  /** Fires login_deadline after the greeting unless the client logged in by then. */
+  #loginDeadline: NodeJS.Timeout | undefined;
+  /** Credentials are verified and the maildrop is being opened: our work, not the client's time. */
+  #opening = false;
+  #deadlinePassed = false;
   readonly #started = Date.now();
 
   constructor(conn: Connection, ctx: ServerContext) {
@@ -171,6 +176,8 @@ export class Session {
     // RFC 1939 §7: the APOP timestamp is in the greeting only when APOP is on, fresh per connection.
     if (s.apop) this.apopTimestamp = apopTimestamp(s.hostname ?? os.hostname());
     this.ok(this.apopTimestamp !== undefined ? `${s.implementation} ready. ${this.apopTimestamp}` : `${s.implementation} ready.`);
+    // login_timeout restarts with every byte; this one does not (a client trickling bytes cannot keep its slot).
+    if (s.login_deadline > 0) this.#loginDeadline = setTimeout(() => this.#deadline(), s.login_deadline * 1000);
     try {
       while (!this.#ended) {
         const ev = await this.conn.nextLine();
@@ -286,13 +293,21 @@ export class Session {
       this.err(`Minimum time between logins is ${settings.login_delay} seconds; try again in ${wait} seconds.`, 'LOGIN-DELAY');
       return;
     }
+    // The login deadline passed while the credentials were being checked.
+    if (this.#ended) return;
     let maildrop: Maildrop;
     // Opening a big maildrop the first time can take long: that is our work, not client inactivity.
     this.conn.setTimeout(0, () => this.#timeout());
+    this.#opening = true;
     try {
       maildrop = await store.open(principal, this.conn.signal);
     } catch (e) {
+      this.#opening = false;
       this.conn.setTimeout(settings.login_timeout * 1000, () => this.#timeout());
+      if (this.#deadlinePassed) {
+        this.#deadline();
+        return;
+      }
       if (e instanceof Pop3Error) {
         logger.info({ user: principal.username, rip: this.conn.remoteAddress, code: e.code }, `maildrop not opened: ${e.message}`);
         this.err(e.code === 'IN-USE' ? 'Maildrop is locked by another session.' : e.message, e.code);
@@ -302,7 +317,9 @@ export class Session {
       }
       return;
     }
-    if (this.conn.closed) {
+    this.#opening = false;
+    clearTimeout(this.#loginDeadline);
+    if (this.conn.closed || this.#ended) {
       await maildrop.release();
       return;
     }
@@ -351,6 +368,15 @@ export class Session {
     }
   }
 
+  #deadline(): void {
+    if (this.#ended || this.loggedIn) return;
+    if (this.#opening) {
+      this.#deadlinePassed = true;
+      return;
+    }
+    this.close('login deadline', `-ERR Disconnected: no login within ${this.ctx.settings.login_deadline} seconds.\r\n`);
+  }
+
   #timeout(): void {
     if (this.#ended) return;
     this.close('idle timeout', '-ERR Disconnected for inactivity.\r\n');
@@ -358,6 +384,7 @@ export class Session {
   }
 
   async #finish(): Promise<void> {
+    clearTimeout(this.#loginDeadline);
     if (!this.conn.closed) this.conn.end();
     const state = this.#state;
     let user: string | undefined;
