@@ -160,7 +160,8 @@ describe('uidlist dotlock (dovecot-uidlist.lock)', () => {
     const { execFileSync } = await import('node:child_process');
     const target = path.join(dir, 'target');
     await fs.writeFile(target, 'keep');
-    for (const plant of [(): void => execFileSync('mkfifo', [lockPath()]), (): Promise<void> => fs.symlink(target, lockPath())]) {
+    const plants = [(): unknown => execFileSync('mkfifo', [lockPath()]), (): Promise<void> => fs.symlink(target, lockPath())];
+    for (const plant of plants) {
       await plant();
       const old = new Date(Date.now() - 200_000);
       await fs.lutimes(lockPath(), old, old);
