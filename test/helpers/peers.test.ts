@@ -51,7 +51,7 @@ describe('a test file needing a program that is not installed', () => {
   it('without CI: passes, skips the tests that need it, and says which program and how to install it', async () => {
     const r = await vitest({ CI: '' });
     expect(r.code, r.output).toBe(0);
-    expect(r.output).toMatch(/mpop is missing \(not on PATH=.*\); to install: apt-get install mpop\. The tests that need it are skipped/);
+    expect(r.output).toMatch(/mpop is missing \(not on PATH=.*\); to get it: apt-get install mpop\. The tests that need it are skipped/);
     expect(r.output).toMatch(/↓ .*would run mpop/);
     expect(r.output).toMatch(/✓ .*a test that needs no peer/);
   });
@@ -60,7 +60,7 @@ describe('a test file needing a program that is not installed', () => {
     const r = await vitest({ CI: 'true' });
     expect(r.code, r.output).toBe(1);
     expect(r.output).toMatch(/× .*peer mpop is there \(CI=true\)/);
-    expect(r.output).toMatch(/Error: mpop is missing \(not on PATH=.*\); to install: apt-get install mpop\. With CI=true a missing peer fails the run/);
+    expect(r.output).toMatch(/Error: mpop is missing \(not on PATH=.*\); to get it: apt-get install mpop\. With CI=true a missing peer fails the run/);
     expect(r.output).toMatch(/✓ .*a test that needs no peer/);
     expect(r.output).not.toMatch(/✓ .*would run mpop/);
   });

@@ -14,19 +14,19 @@
  * - with CI=true, a failing test named after the peer is registered instead,
  *   so the run fails and says which peer is missing (.ci/run installs all
  *   of them and sets CI=true).
- * Call it while tests are collected (in a skipIf, or at module level), not
- * inside a running test.
+ * Call it while tests are collected (in a skipIf, or at module level); what
+ * can only be found out inside a running test goes through `missingAtRun`.
  */
 import { existsSync } from 'node:fs';
 import pg from 'pg';
-import { it } from 'vitest';
+import { it, type TestContext } from 'vitest';
 import { which } from '../interop/run.js';
 import { DOVECOT_BIN } from './dovecot.js';
 
 export interface Peer {
   /** How the peer is named in messages and test titles. */
   name: string;
-  /** How to get it on Debian (what .ci/run does). */
+  /** How to get it (on Debian, what .ci/run does). */
   install: string;
 }
 
@@ -66,7 +66,7 @@ export function lacksPeer(peer: Peer, found: boolean, detail?: string): boolean 
   if (found) return false;
   if (!reported.has(peer.name)) {
     reported.add(peer.name);
-    const why = `${peer.name} is missing (${detail ?? 'not found'}); to install: ${peer.install}.`;
+    const why = `${peer.name} is missing (${detail ?? 'not found'}); to get it: ${peer.install}.`;
     if (ciRun) {
       it(`peer ${peer.name} is there (CI=true)`, () => {
         throw new Error(`${why} With CI=true a missing peer fails the run instead of skipping the tests that need it.`);
@@ -77,6 +77,17 @@ export function lacksPeer(peer: Peer, found: boolean, detail?: string): boolean 
     }
   }
   return true;
+}
+
+/**
+ * From inside a running test, for a peer that can only be found missing by
+ * trying (a privilege such as bind-mounting): skips the test with the reason,
+ * or with CI=true fails it with that reason.
+ */
+export function missingAtRun(ctx: TestContext, peer: Peer, detail: string): never {
+  const why = `${peer.name} is missing (${detail}); to get it: ${peer.install}.`;
+  if (ciRun) throw new Error(`${why} With CI=true a missing peer fails the run instead of skipping the tests that need it.`);
+  return ctx.skip(why);
 }
 
 /** The full path of a binary peer, or undefined when it is not installed. */
