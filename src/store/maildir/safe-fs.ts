@@ -25,11 +25,15 @@ export function notRegular(file: string, st: Stats): NodeJS.ErrnoException {
 
 /** Open `file` for reading: never through a symbolic link, never blocking, and only a regular file. */
 export async function openRegular(file: string): Promise<FileHandle> {
+  return (await openRegularStat(file)).fh;
+}
+
+async function openRegularStat(file: string): Promise<{ fh: FileHandle; stat: Stats }> {
   const fh = await fs.open(file, READ_FLAGS);
   try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw notRegular(file, st);
-    return fh;
+    const stat = await fh.stat();
+    if (!stat.isFile()) throw notRegular(file, stat);
+    return { fh, stat };
   } catch (e) {
     await fh.close().catch(() => undefined);
     throw e;
@@ -38,9 +42,8 @@ export async function openRegular(file: string): Promise<FileHandle> {
 
 /** The whole of a regular file (see openRegular) and its fstat. */
 export async function readRegular(file: string): Promise<{ text: string; stat: Stats }> {
-  const fh = await openRegular(file);
+  const { fh, stat } = await openRegularStat(file);
   try {
-    const stat = await fh.stat();
     return { text: await fh.readFile('utf8'), stat };
   } finally {
     await fh.close();
