@@ -114,6 +114,17 @@ describe('address normalization', () => {
     expect(normalizeAddress('x'.repeat(1000)).length).toBeLessThan(64);
   });
 
+  it('normalizeAddress: IPv4 per address by default, or per configured prefix', () => {
+    expect(normalizeAddress('198.51.100.77', 64, 32)).toBe('198.51.100.77');
+    expect(normalizeAddress('198.51.100.77', 64, 24)).toBe('198.51.100.0/24');
+    expect(normalizeAddress('198.51.100.77', 64, 24)).toBe(normalizeAddress('198.51.100.3', 64, 24));
+    expect(normalizeAddress('198.51.101.77', 64, 24)).not.toBe(normalizeAddress('198.51.100.77', 64, 24));
+    expect(normalizeAddress('255.255.255.255', 64, 1)).toBe('128.0.0.0/1');
+    expect(normalizeAddress('::ffff:198.51.100.77', 64, 16)).toBe('198.51.0.0/16');
+    expect(new LoginThrottle({ ipv4PrefixLength: 24 }).ipKey('192.0.2.200')).toBe('ip:192.0.2.0/24');
+    expect(() => new LoginThrottle({ ipv4PrefixLength: 33 })).toThrow(RangeError);
+  });
+
   it('counts an IPv6 /64 as one client', async () => {
     const { t } = clocked();
     await t.recordFailure('2001:db8::1', 'a');

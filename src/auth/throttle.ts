@@ -135,6 +135,8 @@ export interface LoginThrottleOptions {
   readonly userBlockAfter?: number | undefined;
   /** IPv6 addresses are counted per prefix of this length; default 64. */
   readonly ipv6PrefixLength?: number | undefined;
+  /** IPv4 addresses are counted per prefix of this length; default 32 (each address). */
+  readonly ipv4PrefixLength?: number | undefined;
   /** Default: a new MemoryThrottleStore(maxTracked). */
   readonly store?: ThrottleStore | undefined;
   /** Clock in ms; default Date.now. */
@@ -149,6 +151,7 @@ export const THROTTLE_DEFAULTS = Object.freeze({
   ipBlockAfter: 100,
   userBlockAfter: 0,
   ipv6PrefixLength: 64,
+  ipv4PrefixLength: 32,
 });
 
 const MAX_KEY_VALUE = 128;
@@ -160,6 +163,7 @@ export class LoginThrottle {
   readonly ipBlockAfter: number;
   readonly userBlockAfter: number;
   readonly ipv6PrefixLength: number;
+  readonly ipv4PrefixLength: number;
   readonly store: ThrottleStore;
   readonly #now: () => number;
 
@@ -171,10 +175,14 @@ export class LoginThrottle {
     this.ipBlockAfter = options.ipBlockAfter ?? d.ipBlockAfter;
     this.userBlockAfter = options.userBlockAfter ?? d.userBlockAfter;
     this.ipv6PrefixLength = options.ipv6PrefixLength ?? d.ipv6PrefixLength;
+    this.ipv4PrefixLength = options.ipv4PrefixLength ?? d.ipv4PrefixLength;
     if (!(this.baseDelayMs >= 0) || !(this.maxDelayMs >= this.baseDelayMs)) throw new RangeError('need 0 <= baseDelayMs <= maxDelayMs');
     if (!(this.windowMs > 0)) throw new RangeError('windowMs must be positive');
     if (!Number.isInteger(this.ipv6PrefixLength) || this.ipv6PrefixLength < 1 || this.ipv6PrefixLength > 128) {
       throw new RangeError('ipv6PrefixLength must be in 1..128');
+    }
+    if (!Number.isInteger(this.ipv4PrefixLength) || this.ipv4PrefixLength < 1 || this.ipv4PrefixLength > 32) {
+      throw new RangeError('ipv4PrefixLength must be in 1..32');
     }
     this.store = options.store ?? new MemoryThrottleStore(options.maxTracked ?? d.maxTracked);
     this.#now = options.now ?? Date.now;
@@ -231,7 +239,7 @@ export class LoginThrottle {
   }
 
   #ipKey(ip: string): string {
-    return `ip:${normalizeAddress(ip, this.ipv6PrefixLength)}`;
+    return `ip:${normalizeAddress(ip, this.ipv6PrefixLength, this.ipv4PrefixLength)}`;
   }
 
   #userKey(username: string): string | undefined {
@@ -245,15 +253,17 @@ function compact(v: string): string {
 }
 
 /**
- * IPv4 as is; IPv4-mapped IPv6 as IPv4; other IPv6 reduced to `prefix/len`
- * in canonical hex groups. Anything else is kept (hashed when long).
+ * The key a client address is counted under: IPv4 (and IPv4-mapped IPv6) as
+ * the address, or `network/len` when `ipv4PrefixLength` < 32; other IPv6
+ * reduced to `prefix/len` in canonical hex groups. Anything else is kept
+ * (hashed when long).
  */
-export function normalizeAddress(address: string, ipv6PrefixLength = 64): string {
+export function normalizeAddress(address: string, ipv6PrefixLength = 64, ipv4PrefixLength = 32): string {
   let a = address.trim();
   const pct = a.indexOf('%');
   if (pct >= 0) a = a.slice(0, pct);
   if (a.startsWith('[') && a.endsWith(']')) a = a.slice(1, -1);
-  if (isIPv4(a)) return a;
+  if (isIPv4(a)) return ipv4Key(a.split('.').map(Number), ipv4PrefixLength);
   if (!isIPv6(a)) return compact(a.toLowerCase());
   const groups = expandIPv6(a);
   if (groups === undefined) return compact(a.toLowerCase());
@@ -261,7 +271,7 @@ export function normalizeAddress(address: string, ipv6PrefixLength = 64): string
   if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
     const hi = groups[6] ?? 0;
     const lo = groups[7] ?? 0;
-    return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+    return ipv4Key([hi >> 8, hi & 255, lo >> 8, lo & 255], ipv4PrefixLength);
   }
   const masked = groups.map((g, i) => {
     const bitsBefore = i * 16;
@@ -270,6 +280,14 @@ export function normalizeAddress(address: string, ipv6PrefixLength = 64): string
     return keep === 16 ? g : g & ((0xffff << (16 - keep)) & 0xffff);
   });
   return `${masked.map((g) => g.toString(16)).join(':')}/${ipv6PrefixLength}`;
+}
+
+function ipv4Key(octets: number[], prefixLength: number): string {
+  if (prefixLength >= 32) return octets.join('.');
+  const n = octets.reduce((acc, o) => acc * 256 + o, 0);
+  // Plain arithmetic: JavaScript's bitwise operators are signed 32-bit.
+  const net = n - (n % 2 ** (32 - prefixLength));
+  return `${[24, 16, 8, 0].map((shift) => Math.floor(net / 2 ** shift) % 256).join('.')}/${prefixLength}`;
 }
 
 function expandIPv6(a: string): number[] | undefined {

@@ -8,7 +8,7 @@ import type { MailStore } from '../store/types.js';
 import { Connection, normalizeAddress } from './connection.js';
 import type { ServerContext, ServerSettings } from './context.js';
 import { LoginDelayPolicy } from './login-delay.js';
-import { LoginThrottle } from '../auth/throttle.js';
+import { LoginThrottle, normalizeAddress as addressKey } from '../auth/throttle.js';
 import { DEFAULT_ENABLED_MECHANISMS, serverMechanisms, type MechanismInfo } from '../protocol/sasl/index.js';
 import { Session } from './session.js';
 
@@ -102,6 +102,8 @@ export class Pop3Server {
           baseDelayMs: opts.settings.auth_failure_delay * 1000,
           maxDelayMs: Math.max(opts.settings.auth_failure_max_delay, opts.settings.auth_failure_delay) * 1000,
           ipBlockAfter: opts.settings.auth_block_after,
+          ipv4PrefixLength: opts.settings.ipv4_prefix,
+          ipv6PrefixLength: opts.settings.ipv6_prefix,
         }),
       loginDelay: opts.settings.login_delay !== undefined ? new LoginDelayPolicy(opts.settings.login_delay) : undefined,
       tlsContext: () => this.#secureContext,
@@ -169,11 +171,13 @@ export class Pop3Server {
   /** Connection limits, checked before any protocol work. */
   #admit(sock: net.Socket, implicitTls: boolean): boolean {
     const s = this.#opts.settings;
-    const ip = normalizeAddress(sock.remoteAddress ?? '');
+    const rip = normalizeAddress(sock.remoteAddress ?? '');
+    // One prefix (by default an IPv4 address, an IPv6 /64) is one client for this limit.
+    const ip = addressKey(rip, s.ipv6_prefix, s.ipv4_prefix);
     const n = this.#perIp.get(ip) ?? 0;
     const over = this.#sockets.size >= s.max_connections ? 'total' : n >= s.max_connections_per_ip ? 'per-ip' : null;
     if (over !== null) {
-      this.#opts.logger.warn({ rip: ip, limit: over }, 'connection refused: limit reached');
+      this.#opts.logger.warn({ rip, limit: over }, 'connection refused: limit reached');
       if (implicitTls) sock.destroy();
       else sock.end('-ERR [SYS/TEMP] Too many connections, try again later.\r\n');
       sock.on('error', () => undefined);

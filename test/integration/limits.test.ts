@@ -2,8 +2,11 @@
  * Resource limits over real sockets: connections per address and in total,
  * bad-command cutoff, slow and idle clients.
  */
+import { spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ServerSettings } from '../../src/server/context.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { Wire } from '../helpers/wire.js';
@@ -197,5 +200,61 @@ describe('slow and idle clients', () => {
     }));
     for (let i = 0; i < 100 && srv.server.connectionCount > 0; i++) await sleep(20);
     expect(srv.server.connectionCount).toBe(0);
+  });
+});
+
+describe('per-address limit by prefix', () => {
+  // Addresses bound to lo for this test: two /64s, three addresses in the first.
+  const SAME = ['fd00:5eed:64::1', 'fd00:5eed:64::2', 'fd00:5eed:64::3'];
+  const OTHER = 'fd00:5eed:65::1';
+  const added: string[] = [];
+  const canBind = process.getuid?.() === 0 && spawnSync('ip', ['-V']).status === 0;
+
+  beforeAll(() => {
+    if (!canBind) return;
+    for (const a of [...SAME, OTHER]) {
+      const r = spawnSync('ip', ['-6', 'addr', 'add', `${a}/64`, 'dev', 'lo', 'nodad']);
+      if (r.status === 0 || /exists/i.test(r.stderr.toString())) added.push(a);
+      else throw new Error(`ip addr add ${a}: ${r.stderr.toString()}`);
+    }
+  });
+  afterAll(() => {
+    for (const a of added) spawnSync('ip', ['-6', 'addr', 'del', `${a}/64`, 'dev', 'lo']);
+  });
+
+  async function from(port: number, localAddress: string): Promise<string> {
+    const sock = net.connect({ host: '::1', port, localAddress });
+    sock.on('error', () => undefined);
+    let got = '';
+    sock.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    await once(sock, 'connect');
+    for (let i = 0; i < 200 && !got.includes('\r\n'); i++) await sleep(10);
+    cleanup.push(sock);
+    return got.split('\r\n')[0]!;
+  }
+  const cleanup: net.Socket[] = [];
+  afterEach(() => {
+    for (const s of cleanup) s.destroy();
+    cleanup.length = 0;
+  });
+
+  it.skipIf(!canBind && process.env.CI !== 'true')('two addresses of one IPv6 /64 share max_connections_per_ip; another /64 does not', async () => {
+    expect(canBind, 'needs root and ip(8) to bind test addresses on lo').toBe(true);
+    const srv = await server({ max_connections_per_ip: 2 });
+    const [v6] = await srv.server.listen([{ host: '::1', port: 0, tls: false }]);
+    const port = v6!.port;
+    expect(await from(port, SAME[0]!)).toBe('+OK Poplar ready.');
+    expect(await from(port, SAME[1]!)).toBe('+OK Poplar ready.');
+    // A third address of the same /64 is the same client.
+    expect(await from(port, SAME[2]!)).toBe(REFUSED);
+    expect(await from(port, OTHER)).toBe('+OK Poplar ready.');
+  });
+
+  it.skipIf(!canBind && process.env.CI !== 'true')('ipv6_prefix = 128 counts each address on its own', async () => {
+    expect(canBind, 'needs root and ip(8) to bind test addresses on lo').toBe(true);
+    const srv = await server({ max_connections_per_ip: 1, ipv6_prefix: 128 });
+    const [v6] = await srv.server.listen([{ host: '::1', port: 0, tls: false }]);
+    for (const a of SAME) expect(await from(v6!.port, a)).toBe('+OK Poplar ready.');
+    expect(await from(v6!.port, SAME[0]!)).toBe(REFUSED);
   });
 });
