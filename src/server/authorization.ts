@@ -1,6 +1,7 @@
 import { decodeBase64Strict, encodeBase64 } from '../protocol/sasl/base64.js';
 import { hasForbiddenControl } from '../protocol/sasl/mechanism.js';
 import { verifyApop } from '../protocol/sasl/index.js';
+import { usernameSyntaxProblem } from '../auth/username.js';
 import type { AuthorizationState, Handler, Session } from './session.js';
 
 const PLAINTEXT_REFUSED = 'Cleartext logins are not allowed without TLS; use STLS or port 995.';
@@ -13,7 +14,7 @@ async function user(s: Session, st: AuthorizationState, args: string): Promise<v
   st.pendingUser = undefined;
   // No [AUTH] here: USER checks no credential (RFC 3206, checklist 28).
   if (!s.plaintextAllowed) return s.err(PLAINTEXT_REFUSED);
-  if (args === '' || hasForbiddenControl(args) || Buffer.byteLength(args) > 255) return s.badCommand('Invalid user name.');
+  if (usernameSyntaxProblem(args) !== undefined) return s.badCommand('Invalid user name.');
   st.pendingUser = args;
   s.ok();
 }

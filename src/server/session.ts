@@ -2,6 +2,7 @@ import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ConnectionInfo, Credentials, Principal } from '../auth/types.js';
 import { Pop3Error, type RespCode } from '../protocol/codes.js';
+import { usernameSyntaxProblem } from '../auth/username.js';
 import type { Maildrop } from '../store/types.js';
 import { AUTHORIZATION_COMMANDS } from './authorization.js';
 import { capabilityLines } from './capabilities.js';
@@ -233,6 +234,11 @@ export class Session {
    */
   async login(credentials: Credentials, mechanism: string, failureChallenge?: () => Buffer): Promise<void> {
     const { logger, authenticator, throttle } = this.ctx;
+    // A name no user can have (src/auth/username.ts) is a wrong login, whatever mechanism carried it.
+    if (credentials.username !== '' && usernameSyntaxProblem(credentials.username) !== undefined) {
+      await this.authFailed(credentials.username, mechanism);
+      return;
+    }
     if (await throttle.isBlocked(this.conn.remoteAddress, credentials.username)) {
       // Refused without looking at the credentials, but answered exactly like a wrong password.
       await this.authFailed(credentials.username, mechanism, 'blocked');
@@ -261,6 +267,10 @@ export class Session {
 
   /** A mechanism that verified the user itself (CRAM-MD5, SCRAM, EXTERNAL, APOP). */
   async loginVerified(username: string, mechanism: string): Promise<void> {
+    if (usernameSyntaxProblem(username) !== undefined) {
+      await this.authFailed(username, mechanism);
+      return;
+    }
     if (await this.ctx.throttle.isBlocked(this.conn.remoteAddress, username)) {
       await this.authFailed(username, mechanism, 'blocked');
       return;

@@ -14,6 +14,7 @@ import { constants as fsc } from 'node:fs';
 import { mkdir, open, readFile, realpath, rename, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { usernameSyntaxProblem } from '../username.js';
 
 export interface PasswdEntry {
   readonly username: string;
@@ -56,11 +57,14 @@ export class PasswdFileError extends Error {
 
 const CONTROL_RE = /[\u0000-\u001f\u007f]/;
 
-/** Why `name` is not acceptable as a user name, or undefined when it is. Names are case-sensitive. */
+/**
+ * Why `name` is not acceptable as a user name, or undefined when it is: the
+ * rules every login path applies (./username.ts), then what the file format
+ * and the maildrop path need. Names are case-sensitive.
+ */
 export function usernameProblem(name: string): string | undefined {
-  if (name === '') return 'user name is empty';
-  if (name.length > 255) return 'user name is longer than 255 characters';
-  if (CONTROL_RE.test(name)) return 'user name contains a control character';
+  const syntax = usernameSyntaxProblem(name);
+  if (syntax !== undefined) return syntax;
   if (/\s/u.test(name)) return 'user name contains whitespace';
   if (name.includes(':')) return "user name contains ':'";
   if (name.includes('/')) return "user name contains '/'";
