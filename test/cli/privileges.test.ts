@@ -5,6 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureSelfSignedCertificate } from '../../src/config/tls-material.js';
 import { ROOT, runPoplar, startServe, type ServeProcess } from '../helpers/cli.js';
+import { lacksRoot } from '../helpers/peers.js';
 import { Wire } from '../helpers/wire.js';
 
 /**
@@ -14,8 +15,7 @@ import { Wire } from '../helpers/wire.js';
  */
 const NOBODY = 65534;
 const NOGROUP = 65534;
-const asRoot = process.getuid?.() === 0;
-if (!asRoot && process.env['CI'] === 'true') throw new Error('the privilege tests must run as root under CI');
+const NOT_ROOT = lacksRoot();
 
 /** Two free ports under 1024 on 127.0.0.1 (the test runs as root, so it may bind them). */
 async function privilegedPorts(n: number): Promise<number[]> {
@@ -114,7 +114,7 @@ const listeningPids = (srv: ServeProcess): number[] => [
   ...new Set(srv.stderr().split('\n').filter((l) => l.includes('"listening"')).map((l) => (JSON.parse(l) as { pid: number }).pid)),
 ];
 
-describe.skipIf(!asRoot)('poplar serve --user nobody (started as root)', () => {
+describe.skipIf(NOT_ROOT)('poplar serve --user nobody (started as root)', () => {
   let dir: string;
   let args: (plain: number, secure: number) => string[];
   const running: ServeProcess[] = [];
@@ -174,7 +174,7 @@ describe.skipIf(!asRoot)('poplar serve --user nobody (started as root)', () => {
   }, 60_000);
 });
 
-describe.skipIf(!asRoot)('poplar serve --user nobody: the embedded default', () => {
+describe.skipIf(NOT_ROOT)('poplar serve --user nobody: the embedded default', () => {
   let dir: string;
   let srv: ServeProcess | undefined;
   beforeAll(async () => {
@@ -227,7 +227,7 @@ describe('poplar serve: who it may run as', () => {
 
   const serve = (extra: string[]): string[] => ['serve', '--data-dir', path.join(dir, 'data'), '--listen', '127.0.0.1:0', '--listen-tls', '127.0.0.1:0', ...extra];
 
-  it.skipIf(!asRoot)('as root without user: one line, exit 78, nothing created; --allow-root and allow_root = true let it start', async () => {
+  it.skipIf(NOT_ROOT)('as root without user: one line, exit 78, nothing created; --allow-root and allow_root = true let it start', async () => {
     const r = await runPoplar(serve([]), { cwd: dir, allowRoot: false });
     expect(r.code).toBe(78);
     expect(r.stderr.trim().split('\n')).toEqual([
@@ -255,14 +255,14 @@ describe('poplar serve: who it may run as', () => {
     }
   });
 
-  it.skipIf(!asRoot)('not root, with user set to someone else: one line, exit 78 (only root can switch)', async () => {
+  it.skipIf(NOT_ROOT)('not root, with user set to someone else: one line, exit 78 (only root can switch)', async () => {
     const r = await runPoplar(serve(['--user', 'daemon']), { cwd: dir, uid: NOBODY, gid: NOGROUP, env: { HOME: dir }, allowRoot: false });
     expect(r.code).toBe(78);
     expect(r.stderr.trim().split('\n')).toEqual([`poplar: cannot switch to user daemon (group daemon): only root can, and poplar runs as uid ${NOBODY} gid ${NOGROUP}`]);
   });
 });
 
-describe.skipIf(!asRoot)('npm start as root (a newcomer on a fresh machine)', () => {
+describe.skipIf(NOT_ROOT)('npm start as root (a newcomer on a fresh machine)', () => {
   it("runs what package.json's start script says and serves the demo user", async () => {
     const pkg = JSON.parse(await fs.readFile(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } };
     const [cmd, sub, ...flags] = pkg.scripts.start.split(' ');

@@ -90,6 +90,14 @@ export function missingAtRun(ctx: TestContext, peer: Peer, detail: string): neve
   return ctx.skip(why);
 }
 
+/** Root, for what only root may do (bind ports below 1024, switch users, mount, make network namespaces). */
+export const ROOT_USER: Peer = { name: 'root', install: 'run the tests as root (.ci/run does)' };
+
+/** lacksPeer for root: `describe.skipIf(lacksRoot())`. */
+export function lacksRoot(): boolean {
+  return lacksPeer(ROOT_USER, process.getuid?.() === 0, `running as uid ${process.getuid?.() ?? '?'}`);
+}
+
 /** The full path of a binary peer, or undefined when it is not installed. */
 export function peerPath(name: BinaryPeer): string | undefined {
   const b: { path?: string; install: string } = BINARIES[name];
