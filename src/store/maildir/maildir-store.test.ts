@@ -1,4 +1,4 @@
-import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { describe, it, expect, beforeEach, afterEach, vi } from 'vitest';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { promises as fs } from 'node:fs';
@@ -230,6 +230,52 @@ describe('MaildirStore.open: scanning and dovecot-uidlist', () => {
     const m = await openBox();
     expect(m.messages).toHaveLength(1);
     expect(await fs.readFile(path.join(box, 'dovecot-uidlist'), 'utf8')).toMatch(/^3 V\d+ N2 G[0-9a-f]{32}\n1 W\d+ :1700000001\.M1P1\.h\n$/);
+  });
+});
+
+describe('MaildirStore: cur/ swapped for a symbolic link behind the store', () => {
+  it('during the scan: new messages are moved into the real cur/, never through the link', async () => {
+    await put('new', '1700000001.M1P1.h', A);
+    const outside = path.join(root, 'outside');
+    await fs.mkdir(outside);
+    const original = fs.readdir.bind(fs);
+    let swapped = false;
+    // Right after the scan has listed new/, the maildrop's owner puts a link in place of cur/.
+    const spy = vi.spyOn(fs, 'readdir').mockImplementation((async (...args: Parameters<typeof fs.readdir>) => {
+      const result = await original(...args);
+      if (!swapped) {
+        swapped = true;
+        await fs.rename(path.join(box, 'cur'), path.join(box, 'cur.real'));
+        await fs.symlink(outside, path.join(box, 'cur'));
+      }
+      return result;
+    }) as typeof fs.readdir);
+    try {
+      await openBox().catch(() => undefined);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(swapped).toBe(true);
+    expect(await fs.readdir(outside)).toEqual([]);
+    expect(await fs.readdir(path.join(box, 'cur.real'))).toEqual(['1700000001.M1P1.h:2,']);
+  });
+
+  it('during a session: RETR and UPDATE stay in the directory the session opened', async () => {
+    await put('new', '1700000001.M1P1.h', A);
+    await put('new', '1700000002.M1P1.h', B);
+    const m = await openBox();
+    expect((await readAll(await m.read(0))).toString()).toBe(A); // cur/ is open from here on
+    const outside = path.join(root, 'outside');
+    await fs.mkdir(outside);
+    // Same names outside: a path through the link would find these.
+    await fs.writeFile(path.join(outside, '1700000001.M1P1.h:2,'), 'secret 1');
+    await fs.writeFile(path.join(outside, '1700000002.M1P1.h:2,'), 'secret 2');
+    await fs.rename(path.join(box, 'cur'), path.join(box, 'cur.real'));
+    await fs.symlink(outside, path.join(box, 'cur'));
+    expect((await readAll(await m.read(1))).toString()).toBe(B);
+    await m.commit([0], { retrieved: [1] });
+    expect((await fs.readdir(outside)).sort()).toEqual(['1700000001.M1P1.h:2,', '1700000002.M1P1.h:2,']);
+    expect(await fs.readdir(path.join(box, 'cur.real'))).toEqual(['1700000002.M1P1.h:2,S']);
   });
 });
 

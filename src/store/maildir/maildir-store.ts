@@ -48,6 +48,8 @@ interface RememberedScan {
   unconfirmed?: { newestDir: number; quietMs: number };
 }
 const SCAN_CACHE = new Map<string, RememberedScan>();
+/** /proc/self/fd/N names the directory open as N, whatever has since been renamed or linked in its place. */
+const PROC_FD = existsSync('/proc/self/fd');
 const SCAN_CACHE_MAX = 2000;
 /**
  * A directory must have been unchanged this long before a scan of it is
@@ -378,9 +380,9 @@ export class MaildirStore implements MailStore {
   }
 
   /** Names of the messages in `sub` (cur/ or new/); any other entry is skipped and logged once. */
-  async #messageNames(dir: string, sub: 'cur' | 'new'): Promise<string[]> {
+  async #messageNames(dir: string, sub: 'cur' | 'new', list = path.join(dir, sub)): Promise<string[]> {
     const out: string[] = [];
-    for (const d of await fs.readdir(path.join(dir, sub), { withFileTypes: true })) {
+    for (const d of await fs.readdir(list, { withFileTypes: true })) {
       if (isMessage(d)) {
         out.push(d.name);
         continue;
@@ -488,8 +490,16 @@ export class MaildirStore implements MailStore {
   /** List the maildrop and match it with the uidlist; `wrote`: the key of the uidlist it wrote, if it did. */
   async #fullScan(dir: string, signal?: AbortSignal): Promise<{ entries: Entry[]; wrote?: string }> {
     const cur = path.join(dir, 'cur');
-    await moveNewToCur(dir, await this.#messageNames(dir, 'new'));
-    const files = await this.#messageNames(dir, 'cur');
+    // new/ and cur/ are listed and renamed in through their open directories: one swapped for a
+    // link after the login's lstat cannot send a message file anywhere else.
+    const pinned = await pinDirectories(dir);
+    try {
+      await moveNewToCur(pinned.new, pinned.cur, await this.#messageNames(dir, 'new', pinned.new));
+    } catch (e) {
+      await pinned.close();
+      throw e;
+    }
+    const files = await this.#messageNames(dir, 'cur', pinned.cur).finally(() => pinned.close());
     const byBase = new Map<string, string>();
     for (const f of files) byBase.set(baseName(f), f);
 
@@ -700,10 +710,26 @@ async function ensureMaildir(dir: string): Promise<void> {
   }
 }
 
+/**
+ * new/ and cur/ opened without following a link (O_DIRECTORY|O_NOFOLLOW), as
+ * paths that name those very directories (/proc/self/fd/N) until close().
+ */
+async function pinDirectories(dir: string): Promise<{ new: string; cur: string; close(): Promise<void> }> {
+  if (!PROC_FD) return { new: path.join(dir, 'new'), cur: path.join(dir, 'cur'), close: async () => undefined };
+  const open = (sub: string): Promise<FileHandle> => fs.open(path.join(dir, sub), C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW);
+  const [n, c] = await Promise.allSettled([open('new'), open('cur')]);
+  const close = async (): Promise<void> => {
+    for (const r of [n, c]) if (r.status === 'fulfilled') await r.value.close().catch(() => undefined);
+  };
+  if (n.status === 'rejected' || c.status === 'rejected') {
+    await close();
+    throw n.status === 'rejected' ? n.reason : (c as PromiseRejectedResult).reason;
+  }
+  return { new: `/proc/self/fd/${n.value.fd}`, cur: `/proc/self/fd/${c.value.fd}`, close };
+}
+
 /** Messages in new/ become cur/ at login, as every Maildir reader does. */
-async function moveNewToCur(dir: string, names: readonly string[]): Promise<void> {
-  const newDir = path.join(dir, 'new');
-  const curDir = path.join(dir, 'cur');
+async function moveNewToCur(newDir: string, curDir: string, names: readonly string[]): Promise<void> {
   for (const n of names) {
     const target = n.includes(':') ? n : `${n}:2,`;
     try {
@@ -793,9 +819,6 @@ export async function fsyncDir(dir: string): Promise<void> {
     await fh.close();
   }
 }
-
-/** /proc/self/fd/N names the directory open as N, whatever has since been renamed or linked in its place. */
-const PROC_FD = existsSync('/proc/self/fd');
 
 class MaildirMaildrop implements Maildrop {
   readonly messages: readonly MessageInfo[];
