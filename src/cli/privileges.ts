@@ -110,39 +110,54 @@ export function dropPrivileges(id: ServiceIdentity): void {
   }
 }
 
-const isRoot = (): boolean => uidNow() === 0;
-
 /**
- * `mkdir -p` with `mode`: the directories it creates are handed to `id` (when
- * running as root), so the service user can use them after the switch.
+ * What Poplar creates for itself on a first run as root, handed to the service
+ * user once everything exists: deepest first, so every directory a path goes
+ * through is still root's (0700) while it is changed, and no other process can
+ * swap a symbolic link in. Symbolic links are never followed nor changed.
+ * Without a service user, or when not root, it only creates.
  */
-export async function mkdirFor(dir: string, mode: number, id: ServiceIdentity | null): Promise<void> {
-  const first = await fs.mkdir(dir, { recursive: true, mode });
-  if (first === undefined || id === null || !isRoot()) return;
-  for (let d = dir; ; d = path.dirname(d)) {
-    await fs.lchown(d, id.uid, id.gid);
-    if (d === first || d === path.dirname(d)) break;
+export class Handover {
+  readonly #id: ServiceIdentity | null;
+  readonly #paths: string[] = [];
+
+  constructor(id: ServiceIdentity | null) {
+    this.#id = uidNow() === 0 ? id : null;
   }
-}
 
-/** Hand files Poplar has just created to `id` (when running as root); symbolic links are never followed. */
-export async function chownFor(files: string[], id: ServiceIdentity | null): Promise<void> {
-  if (id === null || !isRoot()) return;
-  for (const f of files) await fs.lchown(f, id.uid, id.gid);
-}
+  /** `mkdir -p` with `mode`; the directories it creates are handed over. */
+  async mkdir(dir: string, mode: number): Promise<void> {
+    const first = await fs.mkdir(dir, { recursive: true, mode });
+    if (first === undefined) return;
+    const chain: string[] = [];
+    for (let d = dir; ; d = path.dirname(d)) {
+      chain.unshift(d);
+      if (d === first || d === path.dirname(d)) break;
+    }
+    this.#paths.push(...chain);
+  }
 
-/**
- * Hand a directory tree Poplar has just created to `id`: every directory and
- * regular file under `dir`, without following symbolic links.
- */
-export async function chownTreeFor(dir: string, id: ServiceIdentity | null): Promise<void> {
-  if (id === null || !isRoot()) return;
-  const st = await fs.lstat(dir);
-  if (!st.isDirectory() && !st.isFile()) return;
-  await fs.lchown(dir, id.uid, id.gid);
-  if (!st.isDirectory()) return;
-  for (const e of await fs.readdir(dir, { withFileTypes: true })) {
-    if (e.isDirectory() || e.isFile()) await chownTreeFor(path.join(dir, e.name), id);
+  /** Files just created. */
+  add(...files: string[]): void {
+    this.#paths.push(...files);
+  }
+
+  /** A directory tree just created: the directory, its directories and regular files. */
+  async tree(dir: string): Promise<void> {
+    const st = await fs.lstat(dir);
+    if (!st.isDirectory() && !st.isFile()) return;
+    this.#paths.push(dir);
+    if (!st.isDirectory()) return;
+    for (const e of await fs.readdir(dir, { withFileTypes: true })) {
+      if (e.isDirectory() || e.isFile()) await this.tree(path.join(dir, e.name));
+    }
+  }
+
+  async commit(): Promise<void> {
+    const id = this.#id;
+    if (id === null) return;
+    for (const p of [...this.#paths].reverse()) await fs.lchown(p, id.uid, id.gid);
+    this.#paths.length = 0;
   }
 }
 

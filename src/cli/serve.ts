@@ -15,7 +15,7 @@ import { createLogger, type Logger } from '../observability/log.js';
 import { Pop3Server, type BoundListener, type ListenSpec } from '../server/server.js';
 import { fileCodec } from '../server/retr-file.js';
 import { MaildirStore } from '../store/maildir/maildir-store.js';
-import { chownFor, chownTreeFor, dropPrivileges, mkdirFor, resolveServiceIdentity, usable, type ServiceIdentity } from './privileges.js';
+import { dropPrivileges, Handover, resolveServiceIdentity, usable, type ServiceIdentity } from './privileges.js';
 
 export interface RunningServer {
   readonly server: Pop3Server;
@@ -35,17 +35,18 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
 
   // The user database first: an unreachable one is reported before anything is created.
   const authenticator = await buildAuthenticator(config, logger);
-  // What Poplar creates for itself as root is handed to the service user.
-  await mkdirFor(config.dataDir, 0o700, identity);
-  await mkdirFor(config.maildirRoot, 0o700, identity);
+  // What Poplar creates for itself as root is handed to the service user (below, before the switch).
+  const handover = new Handover(identity);
+  await handover.mkdir(config.dataDir, 0o700);
+  await handover.mkdir(config.maildirRoot, 0o700);
   const needTls = config.server.listen_tls.length > 0 || !config.generateCertificate || config.server.listen.length > 0;
   let tls: { cert: Buffer; key: Buffer; minVersion: 'TLSv1.2' | 'TLSv1.3'; clientCa?: Buffer } | undefined;
   if (needTls) {
     if (config.generateCertificate) {
-      await mkdirFor(path.dirname(config.tlsCertFile), 0o700, identity);
-      await mkdirFor(path.dirname(config.tlsKeyFile), 0o700, identity);
+      await handover.mkdir(path.dirname(config.tlsCertFile), 0o700);
+      await handover.mkdir(path.dirname(config.tlsKeyFile), 0o700);
       if (await ensureSelfSignedCertificate(config.tlsCertFile, config.tlsKeyFile, config.server.hostname ?? 'localhost')) {
-        await chownFor([config.tlsCertFile, config.tlsKeyFile], identity);
+        handover.add(config.tlsCertFile, config.tlsKeyFile);
         logger.info({ cert: config.tlsCertFile }, 'created a self-signed certificate');
       }
     }
@@ -57,6 +58,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
         ...(config.clientCaFile !== undefined ? { clientCa: await fs.readFile(config.clientCaFile) } : {}),
       };
     } catch (e) {
+      await handover.commit(); // what was created is still the service user's on the next start
       throw new ConfigError(`cannot read TLS certificate or key: ${(e as Error).message}`);
     }
   }
@@ -75,7 +77,8 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   ];
   if (listenSpecs.length === 0) throw new ConfigError('invalid configuration: no listeners (server.listen and server.listen_tls are both empty)');
 
-  const demo = config.auth.type === 'passwd-file' ? await ensureDemoUser(config, store, identity) : null;
+  const demo = config.auth.type === 'passwd-file' ? await ensureDemoUser(config, store, handover) : null;
+  await handover.commit();
 
   let server: Pop3Server;
   let listeners: BoundListener[];
@@ -205,14 +208,15 @@ function hostFor(h: string): string {
 }
 
 /** The embedded default's first run: a demo user with a random password and a welcome message. */
-async function ensureDemoUser(config: ResolvedConfig, store: MaildirStore, identity: ServiceIdentity | null): Promise<{ password: string } | null> {
+async function ensureDemoUser(config: ResolvedConfig, store: MaildirStore, handover: Handover): Promise<{ password: string } | null> {
   const exists = await fs.access(config.usersFile).then(() => true, () => false);
   const users = exists ? await listUsers(config.usersFile) : [];
   if (users.length > 0) return null;
   const password = randomBytes(12).toString('base64url');
-  await mkdirFor(path.dirname(config.usersFile), 0o700, identity);
+  await handover.mkdir(path.dirname(config.usersFile), 0o700);
+  const created = !(await fs.lstat(config.usersFile).then(() => true, () => false));
   await addUser(config.usersFile, { username: 'demo', password: await hashPassword(password) });
-  await chownFor([config.usersFile], identity);
+  if (created) handover.add(config.usersFile);
   const now = new Date();
   const welcome = [
     `From: Poplar <postmaster@localhost>`,
@@ -235,6 +239,6 @@ async function ensureDemoUser(config: ResolvedConfig, store: MaildirStore, ident
   const maildrop = path.join(config.maildirRoot, 'demo');
   const fresh = await fs.lstat(maildrop).then(() => false, () => true);
   await store.deliver('demo', Buffer.from(welcome));
-  if (fresh) await chownTreeFor(maildrop, identity);
+  if (fresh) await handover.tree(maildrop);
   return { password };
 }
