@@ -120,6 +120,35 @@ export class MemoryThrottleStore implements ThrottleStore {
   }
 }
 
+/**
+ * The longest of the last few login decisions (ms from the client's line to
+ * "yes" or "no"): how long the slowest verification takes here and now. Every
+ * failure is answered no sooner than this after its attempt started, so a
+ * wrong password for a user with a cheap scheme and an unknown user (a dummy
+ * argon2id) cannot be told apart by timing, even with no failure delay.
+ */
+export class RecentMaximum {
+  readonly #values: Float64Array;
+  readonly #capMs: number;
+  #next = 0;
+
+  constructor(size = 64, capMs = 60_000) {
+    this.#values = new Float64Array(size);
+    this.#capMs = capMs;
+  }
+
+  note(ms: number): void {
+    this.#values[this.#next] = Math.min(Math.max(0, ms), this.#capMs);
+    this.#next = (this.#next + 1) % this.#values.length;
+  }
+
+  get value(): number {
+    let m = 0;
+    for (const v of this.#values) if (v > m) m = v;
+    return m;
+  }
+}
+
 export interface LoginThrottleOptions {
   /** Delay after the first failure; default 2000 ms (the old fixed auth_failure_delay). */
   readonly baseDelayMs?: number | undefined;

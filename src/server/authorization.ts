@@ -101,6 +101,7 @@ export async function readResponse(s: Session, challenge: Buffer): Promise<Buffe
   s.conn.write(challenge.length === 0 ? '+ \r\n' : `+ ${encodeBase64(challenge)}\r\n`);
   const ev = await s.conn.nextLine();
   if (ev === null) return null;
+  s.noteInput();
   if (ev.kind === 'overlong' || ev.line.length + 2 > s.ctx.settings.max_auth_line_length) {
     s.err('Authentication response too long.');
     return null;

@@ -4,7 +4,7 @@ import type { ResolvedConfig } from '../config/load.js';
 import type { Logger } from '../observability/log.js';
 import type { MailStore } from '../store/types.js';
 import type { LoginDelayPolicy } from './login-delay.js';
-import type { LoginThrottle } from '../auth/throttle.js';
+import type { LoginThrottle, RecentMaximum } from '../auth/throttle.js';
 import type { MechanismInfo } from '../protocol/sasl/index.js';
 
 /** The settings a session reads; a subset of the config so tests can build one directly. */
@@ -20,6 +20,8 @@ export interface ServerContext {
   readonly mechanisms: readonly MechanismInfo[];
   /** Failure counters and delays (brute-force resistance). */
   readonly throttle: LoginThrottle;
+  /** How long recent login decisions took: the least time before any failure is answered. */
+  readonly decisionTimes: RecentMaximum;
   /** Present when LOGIN-DELAY is configured. */
   readonly loginDelay?: LoginDelayPolicy | undefined;
   /** The current certificate for STLS (re-read on SIGHUP), or null when TLS is not configured. */

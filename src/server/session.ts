@@ -49,11 +49,18 @@ export class Session {
   /** Credentials are verified and the maildrop is being opened: our work, not the client's time. */
   #opening = false;
   #deadlinePassed = false;
+  /** When the client's latest line arrived: a login attempt's answer time is measured from here. */
+  #inputAt = 0;
   readonly #started = Date.now();
 
   constructor(conn: Connection, ctx: ServerContext) {
     this.conn = conn;
     this.ctx = ctx;
+  }
+
+  /** A client line just arrived (a command, or a SASL response). */
+  noteInput(): void {
+    this.#inputAt = performance.now();
   }
 
   get loggedIn(): boolean {
@@ -183,6 +190,7 @@ export class Session {
       while (!this.#ended) {
         const ev = await this.conn.nextLine();
         if (ev === null) break;
+        this.noteInput();
         if (ev.kind === 'overlong') {
           this.badCommand('Line too long.');
           continue;
@@ -297,6 +305,7 @@ export class Session {
 
   async #openMaildrop(principal: Principal, mechanism: string): Promise<void> {
     const { logger, settings, store, loginDelay } = this.ctx;
+    this.ctx.decisionTimes.note(performance.now() - this.#inputAt);
     const wait = loginDelay?.waitSeconds(principal.username) ?? 0;
     if (wait > 0) {
       logger.info({ user: principal.username, rip: this.conn.remoteAddress, wait }, 'login refused: LOGIN-DELAY');
@@ -348,13 +357,19 @@ export class Session {
   async authFailed(username: string | undefined, mechanism: string, why?: 'blocked'): Promise<void> {
     const rip = this.conn.remoteAddress;
     this.ctx.logger.warn({ event: 'auth-failed', rip, user: username, mech: mechanism, tls: this.conn.secure, ...(why ? { why } : {}) }, `authentication failed from ${rip}`);
+    const decided = performance.now() - this.#inputAt;
+    const floor = this.ctx.decisionTimes.value;
+    this.ctx.decisionTimes.note(decided);
     let delay: number;
     try {
       delay = await this.ctx.throttle.recordFailure(rip, username ?? '');
     } catch {
       delay = this.ctx.settings.auth_failure_delay * 1000; // counters unavailable: still never answer a failure at once
     }
-    if (delay > 0) await sleep(delay, undefined, { signal: this.conn.signal }).catch(() => undefined);
+    // Measured from the attempt's start, not from now: however long this user's check took (a cheap
+    // scheme, a dummy argon2id for an unknown name, a slow backend), the answer comes at the same time.
+    const wait = this.#inputAt + Math.max(delay, floor) - performance.now();
+    if (wait > 0) await sleep(wait, undefined, { signal: this.conn.signal }).catch(() => undefined);
     this.err('Authentication failed.', 'AUTH');
   }
 
