@@ -377,8 +377,16 @@ describe.skipIf(lacks('getmail'))('getmail6', () => {
     },
   ];
 
-  /** One getmail run into a fresh Maildir. */
-  async function getmailOnce(c: (typeof cases)[number]): Promise<{ r: RunResult; md: string; mark: number }> {
+  /**
+   * One getmail run into a fresh Maildir, started through getmail_wait.py (see
+   * there) with the interpreter getmail names; `prelude` is Python code run
+   * first, with the script to run and its arguments in sys.argv[1:].
+   */
+  async function getmailOnce(
+    c: (typeof cases)[number],
+    opts: { server?: TestServer; prelude?: string; wrapper?: boolean; timeout?: number } = {},
+  ): Promise<{ r: RunResult; md: string; mark: number }> {
+    const server = opts.server ?? srv;
     const dir = await workdir('getmail');
     const md = path.join(dir, 'Maildir');
     const gd = path.join(dir, 'getmail');
@@ -397,10 +405,11 @@ describe.skipIf(lacks('getmail'))('getmail6', () => {
       rc,
       [
         '[retriever]',
-        ...c.retriever(srv),
+        ...c.retriever(server),
         `username = ${USER}`,
         `password = ${PASSWORD}`,
-        'timeout = 10',
+        // Socket timeout, and how long getmail waits for a delivery child.
+        `timeout = ${opts.timeout ?? 10}`,
         '',
         '[destination]',
         'type = Maildir',
@@ -419,10 +428,10 @@ describe.skipIf(lacks('getmail'))('getmail6', () => {
       { mode: 0o600 },
     );
     const mark = records.length;
-    // getmail itself, started through getmail_wait.py (see there) with the interpreter it names.
     const getmail = peerPath('getmail')!;
     const python = shebangInterpreter(getmail) ?? 'python3';
-    const r = await run(python, [path.join(HERE, 'getmail_wait.py'), getmail, '--getmaildir', gd, '--rcfile', rc], {
+    const script = [...(opts.wrapper === false ? [] : [path.join(HERE, 'getmail_wait.py')]), getmail, '--getmaildir', gd, '--rcfile', rc];
+    const r = await run(python, opts.prelude === undefined ? script : ['-c', opts.prelude, ...script], {
       env: cleanEnv(dir),
       timeoutMs: CLIENT_TIMEOUT_MS,
     });
@@ -445,6 +454,40 @@ describe.skipIf(lacks('getmail'))('getmail6', () => {
       TEST_TIMEOUT_MS,
     );
   }
+
+  /** Python run before getmail: after each fork() the parent goes on only once the child has ended (a zombie). */
+  const CHILD_ENDS_FIRST = String.raw`
+import os, runpy, sys, time
+_fork = os.fork
+def fork():
+    pid = _fork()
+    while pid != 0 and open('/proc/%d/stat' % pid).read().rsplit(') ', 1)[1][0] != 'Z':
+        time.sleep(0.005)
+    return pid
+os.fork = fork
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+`;
+
+  it(
+    'a delivery child that has ended before getmail waits for it is still seen (getmail_wait.py); getmail alone times out',
+    async () => {
+      const small = await startTestServer({ users: [{ name: USER, password: PASSWORD }] });
+      try {
+        for (const i of [1, 2]) await small.deliver(USER, `Subject: race ${i}\r\n\r\nbody ${i}\r\n`);
+        // Control: getmail's own wait misses a child that ended first, the failure the wrapper removes.
+        const alone = await getmailOnce(cases[0]!, { server: small, prelude: CHILD_ENDS_FIRST, wrapper: false, timeout: 2 });
+        expect(alone.r.code, alone.r.describe).not.toBe(0);
+        expect(alone.r.stderr, alone.r.describe).toMatch(/waiting child pid \d+ timed out/);
+        const { r, md } = await getmailOnce(cases[0]!, { server: small, prelude: CHILD_ENDS_FIRST, timeout: 2 });
+        expect(r.code, r.describe).toBe(0);
+        expect((await fs.readdir(path.join(md, 'new'))).length, r.describe).toBe(2);
+      } finally {
+        await small.stop();
+      }
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 // ---------------------------------------------------------------------------
