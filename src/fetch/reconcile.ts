@@ -20,11 +20,10 @@
  * Byte-identical messages are matched as a multiset: two pending copies and
  * one stored copy mean one delivered and one not.
  */
-import { createHash } from 'node:crypto';
 import { constants as C, promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { MessageSource } from './sinks/types.js';
-import { fileRange, lfOf } from './sinks/util.js';
+import { digestOf, fileRange, lfOf } from './sinks/util.js';
 
 /** Clock and file-system timestamp granularity. */
 const SLACK_MS = 2_000;
@@ -88,17 +87,6 @@ export async function findInMaildirs(pending: readonly MaildirPending[]): Promis
     }
   }
   return found;
-}
-
-/** SHA-256 and length of a stream of pieces, read through once. */
-async function digestOf(chunks: AsyncIterable<Buffer>): Promise<{ key: string; length: number }> {
-  const h = createHash('sha256');
-  let length = 0;
-  for await (const c of chunks) {
-    h.update(c);
-    length += c.length;
-  }
-  return { key: h.digest('hex'), length };
 }
 
 /** Digest of a stored message's LF form, read in pieces (undefined when it cannot be read as a regular file). */

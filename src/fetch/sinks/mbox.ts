@@ -49,7 +49,7 @@
  * while creating the dotlock left behind. Its cost is one read of the whole
  * mbox (and of the messages of a matching length), paid only after a crash.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { promises as fs, constants as C } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import os from 'node:os';
@@ -59,7 +59,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fsyncDir } from '../../store/maildir/maildir-store.js';
 import { tryLockExclusive, unlock } from './fcntl-lock.js';
 import type { DeliveryInfo, PendingMessage, Sink } from './types.js';
-import { chunksOf, CrlfToLf, destroyOnAbort, EMPTY, fileRange, KeyedMutex, lfOf, SinkError, toError } from './util.js';
+import { chunksOf, destroyOnAbort, digestOf, EMPTY, fileRange, KeyedMutex, lfOf, SinkError, toError } from './util.js';
 
 export interface MboxSinkOptions {
   readonly path: string;
@@ -235,7 +235,7 @@ export class MboxSink implements Sink {
     if (!this.#spool) {
       const stop = destroyOnAbort(message, signal);
       try {
-        return await inProcess.run(key, () => this.#append(lfChunks(chunksOf(message)), signal));
+        return await inProcess.run(key, () => this.#append(lfOf(chunksOf(message)), signal));
       } finally {
         stop();
       }
@@ -356,7 +356,7 @@ export class MboxSink implements Sink {
     await fs.unlink(name).catch(() => undefined);
     const stop = destroyOnAbort(message, signal);
     try {
-      for await (const chunk of lfChunks(chunksOf(message))) {
+      for await (const chunk of lfOf(chunksOf(message))) {
         signal?.throwIfAborted();
         await writeFully(fh, chunk);
       }
@@ -639,16 +639,6 @@ async function readHead(it: AsyncIterator<Buffer>): Promise<{ data: Buffer; done
   return { data: Buffer.concat(parts, size), done: false };
 }
 
-async function* lfChunks(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-  const conv = new CrlfToLf();
-  for await (const chunk of source) {
-    const b = conv.push(chunk);
-    if (b.length > 0) yield b;
-  }
-  const tail = conv.end();
-  if (tail.length > 0) yield tail;
-}
-
 /** The spool file's content from its start. */
 async function* readAll(fh: FileHandle): AsyncGenerator<Buffer> {
   let pos = 0;
@@ -762,17 +752,6 @@ async function isTornCopy(fh: FileHandle, from: number, tailLength: number, w: W
   const onDisk = await digestOf(fileRange(fh, from + dateEnd + 1, restLength));
   const expected = await digestOf(firstOctets(renderedMboxrd(w.p.content), restLength));
   return onDisk.key === expected.key;
-}
-
-/** SHA-256 and length of a stream of pieces, read through once. */
-async function digestOf(chunks: AsyncIterable<Buffer>): Promise<{ key: string; length: number }> {
-  const h = createHash('sha256');
-  let length = 0;
-  for await (const c of chunks) {
-    h.update(c);
-    length += c.length;
-  }
-  return { key: h.digest('hex'), length };
 }
 
 async function readAt(fh: FileHandle, pos: number, length: number): Promise<Buffer> {

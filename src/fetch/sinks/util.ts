@@ -2,7 +2,7 @@
  * Pieces shared by the sinks: the error they reject with, streaming line-end
  * conversion, and small helpers for abort signals and source streams.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { constants as C, promises as fs, type promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -237,6 +237,17 @@ export async function* fileRange(fh: fsp.FileHandle, pos: number, length: number
     pos += bytesRead;
     yield buf.subarray(0, bytesRead);
   }
+}
+
+/** SHA-256 and length of a stream of pieces, read through once. */
+export async function digestOf(chunks: AsyncIterable<Buffer>): Promise<{ key: string; length: number }> {
+  const h = createHash('sha256');
+  let length = 0;
+  for await (const c of chunks) {
+    h.update(c);
+    length += c.length;
+  }
+  return { key: h.digest('hex'), length };
 }
 
 /** `chunks` with CRLF → LF, as a stream of pieces. */
