@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from 'vitest';
-import { Pop3Error } from '../protocol/codes.js';
+import { TemporaryFailure } from '../errors.js';
 import { ChainAuthenticator } from './chain.js';
 import type { Authenticator, ConnectionInfo, Credentials, Principal } from './types.js';
 
@@ -15,13 +15,13 @@ function fake(behaviour: Behaviour, secret?: string | 'temp'): Authenticator & {
     lookups: 0,
     async authenticate(): Promise<Principal | null> {
       a.calls++;
-      if (behaviour === 'temp') throw new Pop3Error('down', 'SYS/TEMP');
+      if (behaviour === 'temp') throw new TemporaryFailure('down');
       if (behaviour === 'boom') throw new Error('bug');
       return behaviour;
     },
     async lookupSecret(): Promise<string | undefined> {
       a.lookups++;
-      if (secret === 'temp') throw new Pop3Error('down', 'SYS/TEMP');
+      if (secret === 'temp') throw new TemporaryFailure('down');
       return secret;
     },
     close: vi.fn(async () => undefined),
@@ -33,7 +33,7 @@ async function outcome(p: Promise<unknown>): Promise<unknown> {
   try {
     return await p;
   } catch (e) {
-    return e instanceof Pop3Error ? `ERR ${e.code}` : e;
+    return e instanceof TemporaryFailure ? 'ERR SYS/TEMP' : e;
   }
 }
 
@@ -68,9 +68,8 @@ describe('ChainAuthenticator', () => {
     const logs: string[] = [];
     const chain = new ChainAuthenticator([{ authenticator: fake('boom'), name: 'postgres' }], { logger: (m) => logs.push(m) });
     const e = await chain.authenticate(PW, CONN).catch((err: unknown) => err);
-    expect(e).toBeInstanceOf(Pop3Error);
-    expect((e as Pop3Error).code).toBe('SYS/TEMP');
-    expect((e as Pop3Error).cause).toBeInstanceOf(Error);
+    expect(e).toBeInstanceOf(TemporaryFailure);
+    expect((e as TemporaryFailure).cause).toBeInstanceOf(Error);
     expect(logs).toEqual(['auth chain: postgres failed: bug']);
   });
 
@@ -94,7 +93,7 @@ describe('ChainAuthenticator', () => {
     const first: Authenticator = {
       async authenticate() {
         ac.abort(new Error('client went away'));
-        throw new Pop3Error('down', 'SYS/TEMP');
+        throw new TemporaryFailure('down');
       },
     };
     const second = fake({ username: 'alice' });

@@ -12,7 +12,7 @@
  *
  * The same user name in two members: either member's password works.
  */
-import { Pop3Error } from '../protocol/codes.js';
+import { TemporaryFailure } from '../errors.js';
 import type { Authenticator, ConnectionInfo, Credentials, Principal } from './types.js';
 
 export type CredentialKind = Credentials['kind'];
@@ -116,12 +116,12 @@ export class ChainAuthenticator implements Authenticator {
   }
 
   #note(name: string, e: unknown): void {
-    const temp = e instanceof Pop3Error && e.code === 'SYS/TEMP';
+    const temp = e instanceof TemporaryFailure;
     this.#logger?.(`auth chain: ${name} ${temp ? 'unavailable' : 'failed'}: ${e instanceof Error ? e.message : String(e)}`);
   }
 }
 
-function asTemp(e: unknown): Pop3Error {
-  if (e instanceof Pop3Error && e.code === 'SYS/TEMP') return e;
-  return new Pop3Error('authentication backend unavailable', 'SYS/TEMP', { cause: e });
+function asTemp(e: unknown): TemporaryFailure {
+  if (e instanceof TemporaryFailure) return e;
+  return new TemporaryFailure('authentication backend unavailable', { cause: e });
 }

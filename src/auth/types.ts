@@ -20,7 +20,7 @@ export type Credentials =
 /**
  * Verifies credentials. Returns the principal, or null for "wrong credentials"
  * (unknown user and wrong password are indistinguishable). Throws
- * Pop3Error(..., 'SYS/TEMP') when the backend is unavailable.
+ * TemporaryFailure (src/errors.ts) when the backend is unavailable.
  */
 export interface Authenticator {
   authenticate(c: Credentials, conn: ConnectionInfo, signal?: AbortSignal): Promise<Principal | null>;

@@ -1,7 +1,8 @@
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ConnectionInfo, Credentials, Principal } from '../auth/types.js';
-import { Pop3Error, type RespCode } from '../protocol/codes.js';
+import { MailError } from '../errors.js';
+import { Pop3Error, respCodeFor, type RespCode } from '../protocol/codes.js';
 import { usernameSyntaxProblem } from '../auth/username.js';
 import type { Maildrop } from '../store/types.js';
 import { AUTHORIZATION_COMMANDS } from './authorization.js';
@@ -229,6 +230,8 @@ export class Session {
     } catch (e) {
       if (e instanceof Pop3Error) {
         this.err(e.message, e.code);
+      } else if (e instanceof MailError) {
+        this.err(e.message, respCodeFor(e.kind));
       } else {
         this.ctx.logger.error({ err: e, rip: this.conn.remoteAddress, command: keyword }, 'command failed');
         this.err('Internal error, try again later.', 'SYS/TEMP');
@@ -327,9 +330,10 @@ export class Session {
         this.#deadline();
         return;
       }
-      if (e instanceof Pop3Error) {
-        logger.info({ user: principal.username, rip: this.conn.remoteAddress, code: e.code }, `maildrop not opened: ${e.message}`);
-        this.err(e.code === 'IN-USE' ? 'Maildrop is locked by another session.' : e.message, e.code);
+      if (e instanceof MailError) {
+        const code = respCodeFor(e.kind);
+        logger.info({ user: principal.username, rip: this.conn.remoteAddress, code }, `maildrop not opened: ${e.message}`);
+        this.err(e.kind === 'in-use' ? 'Maildrop is locked by another session.' : e.message, code);
       } else {
         logger.error({ err: e, user: principal.username, rip: this.conn.remoteAddress }, 'cannot open maildrop');
         this.err('Cannot open the maildrop, try again later.', 'SYS/TEMP');
@@ -387,7 +391,7 @@ export class Session {
       this.close('QUIT', `+OK Logging out, ${deleted.length} message${deleted.length === 1 ? '' : 's'} deleted.\r\n`);
     } catch (e) {
       this.ctx.logger.error({ err: e, user: state.principal.username }, 'UPDATE failed');
-      const msg = e instanceof Pop3Error ? e.message : 'Removing deleted messages failed';
+      const msg = e instanceof MailError ? e.message : 'Removing deleted messages failed';
       await state.maildrop.release().catch(() => undefined);
       this.close('QUIT (update failed)', `-ERR [SYS/TEMP] ${msg}; logging out.\r\n`);
     }

@@ -37,7 +37,7 @@ export interface Maildrop {
 }
 
 export interface MailStore {
-  /** Takes the exclusive lock or throws Pop3Error('...', 'IN-USE'). */
+  /** Takes the exclusive lock or throws InUseError; TemporaryFailure when the maildrop cannot be opened now (src/errors.ts). */
   open(user: Principal, signal?: AbortSignal): Promise<Maildrop>;
   /** Atomic: the message is either fully delivered and durable, or not visible at all. */
   deliver(user: string, message: Readable | Buffer, signal?: AbortSignal): Promise<void>;

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { SignJWT, base64url, exportJWK, generateKeyPair } from 'jose';
 import type { CryptoKey, JWK, JWTPayload } from 'jose';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { Pop3Error } from '../../protocol/codes.js';
+import { TemporaryFailure } from '../../errors.js';
 import type { ConnectionInfo, Credentials } from '../types.js';
 import { OAuthAuthenticator } from './authenticator.js';
 import type { OAuthRuntimeOptions } from './authenticator.js';
@@ -150,8 +150,7 @@ async function expectSysTemp(p: Promise<unknown>): Promise<void> {
     () => undefined,
     (err: unknown) => err,
   );
-  expect(e).toBeInstanceOf(Pop3Error);
-  expect((e as Pop3Error).code).toBe('SYS/TEMP');
+  expect(e).toBeInstanceOf(TemporaryFailure);
 }
 
 // ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-import { Pop3Error } from '../../protocol/codes.js';
+import { TemporaryFailure } from '../../errors.js';
 import type { Authenticator, ConnectionInfo, Credentials, Principal } from '../types.js';
 import { raceAbort } from './abort.js';
 import { OAUTH_ALGORITHMS, OAUTH_DEFAULTS } from './config.js';
@@ -38,7 +38,7 @@ const TOKEN_RE = /^[\x21-\x7e]+$/;
  * mailbox. An empty login name (OAUTHBEARER without authzid) takes the claim.
  *
  * - Bad, expired, foreign or mismatched tokens → null.
- * - JWKS or introspection endpoint unavailable → Pop3Error('SYS/TEMP').
+ * - JWKS or introspection endpoint unavailable → TemporaryFailure.
  * - Password credentials → null (this backend knows no passwords).
  */
 export class OAuthAuthenticator implements Authenticator {
@@ -153,9 +153,9 @@ export class OAuthAuthenticator implements Authenticator {
     if (e instanceof BackendUnavailable || e instanceof IntrospectionUnavailable) {
       const cause = e.cause instanceof Error ? `: ${e.cause.message}` : '';
       this.#logger?.(`oauth: ${e.message}${cause}`);
-      return new Pop3Error('authentication backend unavailable', 'SYS/TEMP', { cause: e });
+      return new TemporaryFailure('authentication backend unavailable', { cause: e });
     }
     this.#logger?.(`oauth: unexpected error: ${e instanceof Error ? e.message : String(e)}`);
-    return new Pop3Error('authentication backend unavailable', 'SYS/TEMP', { cause: e });
+    return new TemporaryFailure('authentication backend unavailable', { cause: e });
   }
 }

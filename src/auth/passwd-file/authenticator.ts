@@ -1,4 +1,4 @@
-import { Pop3Error } from '../../protocol/codes.js';
+import { TemporaryFailure } from '../../errors.js';
 import { PasswordChecker, passwordRequest, usableName } from '../password-check.js';
 import type { Authenticator, ConnectionInfo, Credentials, Principal } from '../types.js';
 import { PasswdFile } from './passwd-file.js';
@@ -18,7 +18,7 @@ const FORBIDDEN = /[\r\n\0]/;
  * - Unknown user, unusable stored secret and wrong password all yield null;
  *   the first two still spend one dummyVerify() so timing is alike.
  * - An authzid different from the user name is refused (no proxy logins).
- * - A file that has never been readable → Pop3Error('SYS/TEMP').
+ * - A file that has never been readable → TemporaryFailure.
  * - Extra fields (nopassword, allow_nets, ...) are not interpreted.
  */
 export class PasswdFileAuthenticator implements Authenticator {
@@ -60,7 +60,7 @@ export class PasswdFileAuthenticator implements Authenticator {
     try {
       return await this.file.lookup(username);
     } catch (e) {
-      throw new Pop3Error('authentication backend unavailable', 'SYS/TEMP', { cause: e });
+      throw new TemporaryFailure('authentication backend unavailable', { cause: e });
     }
   }
 }

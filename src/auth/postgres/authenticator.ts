@@ -1,5 +1,5 @@
 import type { Pool } from 'pg';
-import { Pop3Error } from '../../protocol/codes.js';
+import { TemporaryFailure } from '../../errors.js';
 import { PasswordChecker, passwordRequest, usableName } from '../password-check.js';
 import type { Authenticator, ConnectionInfo, Credentials, Principal } from '../types.js';
 import { createPostgresPool } from './config.js';
@@ -32,7 +32,7 @@ const LOOKUP = 'SELECT username, password, home, maildir, enabled FROM poplar_us
  * - Unknown user, disabled user and unusable stored secret yield null after
  *   one dummyVerify(), so they cost as much as a wrong password.
  * - Any database failure (refused connection, timeout, missing table) →
- *   Pop3Error('SYS/TEMP'); the cause is logged, the password never.
+ *   TemporaryFailure; the cause is logged, the password never.
  */
 export class PostgresAuthenticator implements Authenticator {
   readonly pool: Pool;
@@ -99,7 +99,7 @@ export class PostgresAuthenticator implements Authenticator {
       return rows[0];
     } catch (e) {
       this.#logger?.(`postgres: user lookup failed: ${e instanceof Error ? e.message : String(e)}`);
-      throw new Pop3Error('authentication backend unavailable', 'SYS/TEMP', { cause: e });
+      throw new TemporaryFailure('authentication backend unavailable', { cause: e });
     }
   }
 }

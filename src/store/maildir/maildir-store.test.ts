@@ -5,7 +5,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { Pop3Error } from '../../protocol/codes.js';
+import { InUseError, MessageUnavailable, PermanentFailure, TemporaryFailure } from '../../errors.js';
 import { crlfSize } from '../../protocol/message-size.js';
 import { silentLogger } from '../../observability/log.js';
 import type { Maildrop } from '../types.js';
@@ -283,12 +283,10 @@ describe('MaildirStore session lock', () => {
   it('a second open is refused with IN-USE, from this store and from another store instance', async () => {
     await openBox();
     const err = await store.open({ username: USER }).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(Pop3Error);
-    expect((err as Pop3Error).code).toBe('IN-USE');
+    expect(err).toBeInstanceOf(InUseError);
     const other = new MaildirStore({ root, logger: silentLogger() });
     const err2 = await other.open({ username: USER }).catch((e: unknown) => e);
-    expect(err2).toBeInstanceOf(Pop3Error);
-    expect((err2 as Pop3Error).code).toBe('IN-USE');
+    expect(err2).toBeInstanceOf(InUseError);
   });
 
   it('release unlocks (the lock file stays) and the maildrop can be opened again', async () => {
@@ -328,8 +326,7 @@ describe('MaildirStore session lock', () => {
     while (spawnSync('flock', ['--nonblock', lockFile, 'true']).status === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     expect(spawnSync('flock', ['--nonblock', lockFile, 'true']).status).not.toBe(0);
     const err = await store.open({ username: USER }).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(Pop3Error);
-    expect((err as Pop3Error).code).toBe('IN-USE');
+    expect(err).toBeInstanceOf(InUseError);
     holder.kill('SIGKILL');
     await once(holder, 'exit');
     await openBox();
@@ -338,19 +335,18 @@ describe('MaildirStore session lock', () => {
   it('rejects user names that would leave the maildir root', async () => {
     for (const username of ['', '.', '..', 'a/b', 'a\0b']) {
       const err = await store.open({ username }).catch((e: unknown) => e);
-      expect(err, username).toBeInstanceOf(Pop3Error);
-      expect((err as Pop3Error).code).toBe('SYS/PERM');
+      expect(err, username).toBeInstanceOf(PermanentFailure);
     }
   });
 });
 
 describe('Maildrop read / commit', () => {
-  it('read() of a file that vanished after open rejects with Pop3Error', async () => {
+  it('read() of a file that vanished after open rejects with MessageUnavailable', async () => {
     await put('new', '1700000001.M1P1.h', A);
     await put('new', '1700000002.M1P1.h', B);
     const m = await openBox();
     await fs.unlink(path.join(box, 'cur', '1700000001.M1P1.h:2,'));
-    await expect(m.read(0)).rejects.toBeInstanceOf(Pop3Error);
+    await expect(m.read(0)).rejects.toBeInstanceOf(MessageUnavailable);
     expect((await readAll(await m.read(1))).toString()).toBe(B);
   });
 
@@ -386,8 +382,7 @@ describe('Maildrop read / commit', () => {
     await fs.unlink(path.join(box, 'cur', '1700000001.M1P1.h:2,'));
     await fs.mkdir(path.join(box, 'cur', '1700000001.M1P1.h:2,'));
     const err = await m.commit([0, 1]).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(Pop3Error);
-    expect((err as Pop3Error).code).toBe('SYS/TEMP');
+    expect(err).toBeInstanceOf(TemporaryFailure);
     expect(await fs.readdir(path.join(box, 'cur'))).toEqual(['1700000001.M1P1.h:2,']);
   });
 });

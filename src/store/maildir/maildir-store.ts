@@ -4,7 +4,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Principal } from '../../auth/types.js';
-import { Pop3Error } from '../../protocol/codes.js';
+import { InUseError, MessageUnavailable, PermanentFailure, TemporaryFailure } from '../../errors.js';
 import { CrlfSizeCounter } from '../../protocol/message-size.js';
 import { native } from '../../protocol/native.js';
 import type { Logger } from '../../observability/log.js';
@@ -279,14 +279,14 @@ export class MaildirStore implements MailStore {
   maildropPath(username: string, maildir?: string): string {
     if (maildir !== undefined) return maildir;
     if (username === '' || username === '.' || username === '..' || /[/\0]/.test(username)) {
-      throw new Pop3Error('Invalid user name for a maildrop', 'SYS/PERM');
+      throw new PermanentFailure('Invalid user name for a maildrop');
     }
     return path.join(this.#root, username);
   }
 
   async open(user: Principal, signal?: AbortSignal): Promise<Maildrop> {
     const dir = this.maildropPath(user.username, user.maildir);
-    if (LOCKED.has(dir)) throw new Pop3Error('Maildrop is locked by another session', 'IN-USE');
+    if (LOCKED.has(dir)) throw new InUseError('Maildrop is locked by another session');
     LOCKED.add(dir);
     let lock: SessionLock | null = null;
     try {
@@ -300,7 +300,7 @@ export class MaildirStore implements MailStore {
         await this.#ensureMaildir(dir); // a new user: no maildrop yet
         lock = SessionLock.tryAcquire(lockFile);
       }
-      if (lock === null) throw new Pop3Error('Maildrop is locked by another session', 'IN-USE');
+      if (lock === null) throw new InUseError('Maildrop is locked by another session');
       // Under the lock, cur/ and new/ are stat'ed for the scan; only when they are missing (or not
       // directories) is there anything to create (or to refuse).
       const key = statScanKey(dir);
@@ -365,7 +365,7 @@ export class MaildirStore implements MailStore {
         ? 'maildrop refused: it is a symbolic link leading out of the Maildir root (set [store] allow_symlinked_maildrops = true to allow it)'
         : 'maildrop refused: its path goes through a symbolic link (set [store] allow_symlinked_maildrops = true to allow it)',
     );
-    throw new Pop3Error('Cannot open the maildrop, try again later.', 'SYS/TEMP');
+    throw new TemporaryFailure('Cannot open the maildrop, try again later.');
   }
 
   /** cur/, new/ and tmp/ (created when missing), which must be directories, not links. */
@@ -375,7 +375,7 @@ export class MaildirStore implements MailStore {
     } catch (e) {
       if (!(e instanceof UnsafeMaildrop)) throw e;
       this.#log.error({ dir }, `maildrop refused: ${e.message}`);
-      throw new Pop3Error('Cannot open the maildrop, try again later.', 'SYS/TEMP');
+      throw new TemporaryFailure('Cannot open the maildrop, try again later.');
     }
   }
 
@@ -859,7 +859,7 @@ class MaildirMaildrop implements Maildrop {
       return `/proc/self/fd/${(await this.#cur).fd}`;
     } catch (e) {
       this.#cur = undefined;
-      throw new Pop3Error('The maildrop cannot be read, try again later.', 'SYS/TEMP', { cause: e });
+      throw new TemporaryFailure('The maildrop cannot be read, try again later.', { cause: e });
     }
   }
 
@@ -894,11 +894,11 @@ class MaildirMaildrop implements Maildrop {
         return await openRegular(path.join(cur, this.#filename(index)));
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
-        if (code !== 'ENOENT') throw new Pop3Error('Message cannot be read.', undefined, { cause: err });
+        if (code !== 'ENOENT') throw new MessageUnavailable('Message cannot be read.', { cause: err });
         if (attempt > 0 || !(await this.#relocate(index))) break;
       }
     }
-    throw new Pop3Error('Message was removed by another process');
+    throw new MessageUnavailable('Message was removed by another process');
   }
 
   async commit(deleted: readonly number[], options: CommitOptions = {}): Promise<void> {
@@ -934,7 +934,7 @@ class MaildirMaildrop implements Maildrop {
       }
     }
     if (changed && this.#store.fsyncEnabled) await fsyncDir(cur);
-    if (failed > 0) throw new Pop3Error(`${failed} of ${deleted.length} messages could not be deleted`, 'SYS/TEMP');
+    if (failed > 0) throw new TemporaryFailure(`${failed} of ${deleted.length} messages could not be deleted`);
   }
 
   /** Unlink message `index` from `cur`; true when it is gone (also when someone else removed it first). */
