@@ -902,6 +902,8 @@ class MaildirMaildrop implements Maildrop {
   }
 
   async commit(deleted: readonly number[], options: CommitOptions = {}): Promise<void> {
+    // Nothing to remove, flag or expire (a session that only looked): no directory to open.
+    if (deleted.length === 0 && (options.retrieved?.length ?? 0) === 0 && options.expireDays === undefined) return;
     const cur = await this.#curPath();
     const n = this.#entries.length;
     let failed = 0;
