@@ -98,6 +98,9 @@ export class MaildirSink implements Sink {
     this.#mode = opts.fileMode ?? 0o600;
   }
 
+  /** One file per message: deliveries may overlap (the fetcher writes small messages in parallel). */
+  readonly concurrentDeliveries = true;
+
   /** Files delivered in group mode and not yet made durable by `flush`. */
   get pending(): number {
     return this.#pendingFiles.size;

@@ -50,6 +50,15 @@ export interface Sink {
    */
   deliverBuffer?(message: Buffer, info: DeliveryInfo, signal?: AbortSignal): Promise<void>;
   /**
+   * Optional capability, false when absent: deliveries may overlap (a call
+   * may start before earlier ones resolve, each with the same guarantees,
+   * and `flush` covers every call that resolved before it). The fetcher then
+   * reads messages of up to 256 KiB whole and hands up to `parallel` of them
+   * to the sink at once (`deliverBuffer` when implemented) while the next
+   * ones download. Otherwise it delivers one message at a time, in order.
+   */
+  readonly concurrentDeliveries?: boolean;
+  /**
    * Optional group commit: `deliver` may return before the data is durable
    * when `flush` is implemented; the fetcher then calls `flush()` and only
    * after it resolves records the UIDLs and sends DELE for that group.
