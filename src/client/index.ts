@@ -1,4 +1,4 @@
-/** The POP3 client: see docs/client.md. */
+/** The POP3 client, published as `poplar/client`: see docs/client.md. */
 export {
   Pop3Client,
   type ConnectOptions,
@@ -24,3 +24,5 @@ export { DEFAULT_MAX_LINES, DEFAULT_MAX_OCTETS, PIPELINE_WINDOW } from './connec
 export { LOGIN_PREFERENCE, chooseLoginMethod, cleartextAllowed, isLoopback, sendsCleartextSecret, type CleartextContext, type MechanismChoice, type MechanismChoiceInput } from './policy.js';
 export { isValidUid, knownRespCode, parseStatusLine, type ListEntry, type MaildropStat, type StatusLine, type UidlEntry } from './reply.js';
 export { normalizeFingerprint } from './tls.js';
+export { CLIENT_MECHANISMS, clientMechanism, type ClientMechanismOptions } from '../protocol/sasl/index.js';
+export type { ClientMechanism } from '../protocol/sasl/mechanism.js';
