@@ -14,10 +14,14 @@
  * a matching `+` is pending: the crash came between the intent and the
  * record, and the fetcher settles it before fetching (see reconcile.ts).
  */
-import { constants, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { fsyncDir } from '../platform/fsync.js';
+import { LOCK_FORMATS, LockBusyError, LockFile } from '../platform/lock-file.js';
 
 const HEADER = 'poplar-ledger 1';
+/** A ledger lock not touched for this long is stale even if its pid runs (its holder touches it while it lives). */
+const LOCK_STALE_MS = 300_000;
 const UIDL_RE = /^[\x21-\x7e]{1,70}$/;
 
 export interface LedgerEntry {
@@ -59,7 +63,7 @@ export class Ledger {
   /** Appends made, and how many of them a finished fdatasync covers (appends and syncs may overlap). */
   #written = 0;
   #synced = 0;
-  #lock: string | undefined;
+  #lock: LockFile | undefined;
 
   private constructor(file: string, fsync: boolean) {
     this.file = file;
@@ -183,7 +187,7 @@ export class Ledger {
       await fh.close();
     }
     await fs.rename(tmp, this.file);
-    if (this.#fsync) await syncDir(path.dirname(this.file));
+    if (this.#fsync) await fsyncDir(path.dirname(this.file));
     this.#lines = lines.length - 1;
     if (this.#fh !== undefined) {
       // The old descriptor points at the replaced inode.
@@ -238,40 +242,23 @@ export class Ledger {
     return { torn };
   }
 
+  /**
+   * `<ledger>.lock` holding our pid (a lock file, see platform/lock-file.ts):
+   * a second fetch of the account is refused at once, not waited for.
+   */
   async #takeLock(): Promise<void> {
-    const lock = `${this.file}.lock`;
-    for (let attempt = 0; attempt < 3; attempt++) {
-      try {
-        const fh = await fs.open(lock, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-        await fh.writeFile(String(process.pid));
-        await fh.close();
-        this.#lock = lock;
-        return;
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      }
-      const holder = Number((await fs.readFile(lock, 'utf8').catch(() => '')).trim());
-      if (Number.isInteger(holder) && holder > 0 && holder !== process.pid && alive(holder)) {
-        throw new LedgerBusyError(`${this.file} is in use by process ${holder}`);
-      }
-      // Stale: the holder died (a crash or kill -9). Remove and try again.
-      await fs.rm(lock, { force: true });
+    try {
+      this.#lock = await LockFile.acquire(`${this.file}.lock`, { format: LOCK_FORMATS.pid, mode: 0o600, staleMs: LOCK_STALE_MS, waitMs: 0 });
+    } catch (e) {
+      if (!(e instanceof LockBusyError)) throw e;
+      throw new LedgerBusyError(e.owner !== null ? `${this.file} is in use by process ${e.owner.pid}` : `cannot lock ${this.file}`, { cause: e });
     }
-    throw new LedgerBusyError(`cannot lock ${this.file}`);
   }
 
   async #releaseLock(): Promise<void> {
-    if (this.#lock !== undefined) await fs.rm(this.#lock, { force: true });
+    const lock = this.#lock;
     this.#lock = undefined;
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
+    await lock?.release();
   }
 }
 
@@ -283,13 +270,4 @@ function countLines(s: string): number {
   let n = 0;
   for (let i = s.indexOf('\n'); i >= 0; i = s.indexOf('\n', i + 1)) n++;
   return n;
-}
-
-export async function syncDir(dir: string): Promise<void> {
-  const fh = await fs.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }

@@ -14,6 +14,8 @@ import { constants as fsc } from 'node:fs';
 import { mkdir, open, readFile, realpath, rename, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { fsyncDir } from '../../platform/fsync.js';
+import { LOCK_FORMATS, LockBusyError, LockFile } from '../../platform/lock-file.js';
 import { usernameSyntaxProblem } from '../username.js';
 
 export interface PasswdEntry {
@@ -305,38 +307,20 @@ async function readOrEmpty(path: string): Promise<{ text: string; mode: number |
   }
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
+/** `<file>.lock` holding our pid (a lock file, see platform/lock-file.ts for when one is stale). */
 async function withLock<T>(target: string, fn: () => Promise<T>): Promise<T> {
   const lockPath = `${target}.lock`;
-  const deadline = Date.now() + LOCK_WAIT_MS;
-  let fh: FileHandle | undefined;
-  for (;;) {
-    try {
-      fh = await open(lockPath, 'wx', 0o600);
-      break;
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code !== 'EEXIST') throw new PasswdFileError('WRITE_FAILED', `cannot create lock file ${lockPath}: ${(e as Error).message}`, { cause: e });
-      try {
-        const st = await stat(lockPath);
-        if (Date.now() - st.mtimeMs > LOCK_STALE_MS) {
-          await unlink(lockPath).catch(() => undefined);
-          continue;
-        }
-      } catch {
-        continue; // vanished between open and stat
-      }
-      if (Date.now() > deadline) throw new PasswdFileError('LOCKED', `${target} is locked by another process (lock file ${lockPath})`);
-      await sleep(50);
-    }
+  let lock: LockFile;
+  try {
+    lock = await LockFile.acquire(lockPath, { format: LOCK_FORMATS.pidLine, mode: 0o600, staleMs: LOCK_STALE_MS, waitMs: LOCK_WAIT_MS });
+  } catch (e) {
+    if (e instanceof LockBusyError) throw new PasswdFileError('LOCKED', `${target} is locked by another process (lock file ${lockPath})`, { cause: e });
+    throw new PasswdFileError('WRITE_FAILED', `cannot create lock file ${lockPath}: ${(e as Error).message}`, { cause: e });
   }
   try {
-    await fh.writeFile(`${process.pid}\n`);
     return await fn();
   } finally {
-    await fh.close().catch(() => undefined);
-    await unlink(lockPath).catch(() => undefined);
+    await lock.release();
   }
 }
 
@@ -364,13 +348,8 @@ export async function writeFileAtomic(path: string, content: string, keep?: { mo
     await unlink(tmp).catch(() => undefined);
     throw new PasswdFileError('WRITE_FAILED', `cannot write ${path}: ${(e as Error).message}`, { cause: e });
   }
-  try {
-    const d = await open(dir, 'r');
-    await d.sync().catch(() => undefined);
-    await d.close();
-  } catch {
-    // directory fsync is best effort (not supported everywhere)
-  }
+  // Directory fsync is best effort (not supported everywhere).
+  await fsyncDir(dir).catch(() => undefined);
 }
 
 /** Edits the file line by line, preserving comments and untouched lines byte for byte. */

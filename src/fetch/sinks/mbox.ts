@@ -56,7 +56,8 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fsyncDir } from '../../store/maildir/maildir-store.js';
+import { fsyncDir } from '../../platform/fsync.js';
+import { LOCK_FORMATS, LockBusyError, LockFile, removeDeadLinkTemps } from '../../platform/lock-file.js';
 import { tryLockExclusive, unlock } from './fcntl-lock.js';
 import type { DeliveryInfo, PendingMessage, Sink } from './types.js';
 import { chunksOf, destroyOnAbort, digestOf, EMPTY, fileRange, KeyedMutex, lfOf, SinkError, toError } from './util.js';
@@ -273,9 +274,9 @@ export class MboxSink implements Sink {
   async #lock(fh: FileHandle, signal: AbortSignal | undefined): Promise<() => Promise<void>> {
     const deadline = Date.now() + this.#lockTimeoutMs;
     if (this.#fcntl) await this.#lockFcntl(fh, deadline, signal);
-    let dotlock: Dotlock | undefined;
+    let dotlock: LockFile | undefined;
     try {
-      if (this.#dotlock) dotlock = await Dotlock.acquire(`${this.#path}.lock`, deadline, this.#staleMs, signal);
+      if (this.#dotlock) dotlock = await acquireDotlock(`${this.#path}.lock`, deadline, this.#staleMs, signal);
     } catch (e) {
       if (this.#fcntl) await unlock(fh.fd).catch(() => undefined);
       throw e;
@@ -300,7 +301,7 @@ export class MboxSink implements Sink {
     try {
       if (!(await fh.stat()).isFile()) throw new SinkError(`${this.#path} is not a regular file`, { temporary: false });
       release = await this.#lock(fh, undefined);
-      if (this.#dotlock) await removeDeadTemps(`${this.#path}.lock`);
+      if (this.#dotlock) await removeDeadLinkTemps(`${this.#path}.lock`);
       let size = (await fh.stat()).size;
       const messages = await scanMbox(fh, size);
       // Each pending message is read as a stream (it may be of any size): its From_ prefix, and the length and digest of what would follow its From_ line.
@@ -449,120 +450,19 @@ export class MboxSink implements Sink {
   }
 }
 
-/** A dotlock file held by this process, kept fresh while held. */
-class Dotlock {
-  readonly #file: string;
-  readonly #timer: NodeJS.Timeout;
-
-  private constructor(file: string, refreshMs: number) {
-    this.#file = file;
-    this.#timer = setInterval(() => {
-      const now = new Date();
-      fs.utimes(file, now, now).catch(() => undefined);
-    }, refreshMs);
-    this.#timer.unref();
-  }
-
-  static async acquire(file: string, deadline: number, staleMs: number, signal: AbortSignal | undefined): Promise<Dotlock> {
-    let delay = 10;
-    for (;;) {
-      signal?.throwIfAborted();
-      try {
-        await createWhole(file, `${process.pid} ${os.hostname()}\n`);
-        return new Dotlock(file, Math.max(1000, Math.floor(staleMs / 3)));
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code !== 'EEXIST') {
-          throw new SinkError(`cannot create the dotlock ${file}: ${(e as Error).message}`, { temporary: true, cause: e });
-        }
-      }
-      const st = await fs.stat(file).catch(() => null);
-      if (st !== null && (Date.now() - st.mtimeMs > staleMs || (await heldByDeadProcess(file)))) {
-        // Left over by a crash. Removing it can race with another remover; the fcntl lock still excludes.
-        await fs.unlink(file).catch(() => undefined);
-        continue;
-      }
-      if (st === null) continue; // released meanwhile
-      if (Date.now() >= deadline) throw new SinkError(`timed out waiting for the dotlock ${file}`, { temporary: true });
-      await sleep(jitter(delay), undefined, signal ? { signal } : undefined);
-      delay = Math.min(delay * 2, 1000);
-    }
-  }
-
-  async release(): Promise<void> {
-    clearInterval(this.#timer);
-    await fs.unlink(this.#file).catch(() => undefined);
-  }
-}
-
-/** errno codes of file systems without hard links. */
-const NO_LINK = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
-
-/** The name under which this process writes a dotlock before linking it into place. */
-function dotlockTemp(file: string): string {
-  return `${file}.poplar.${os.hostname()}.${process.pid}`;
-}
-
 /**
- * Create `file` holding `text`, failing with EEXIST when it exists. The file
- * is never seen without its text (a process killed between creating and
- * writing a lock would leave one that nothing tells apart from another
- * program's): it is written under a name of its own and hard-linked into
- * place, link(2) being as exclusive as O_EXCL. Where hard links are not
- * supported, O_EXCL and a write.
+ * The dotlock `<mbox>.lock`, "<pid> <host>\n", made as MTAs make it (linked
+ * into place from a file already holding its content); a lock file, see
+ * platform/lock-file.ts for when one is stale and how it is kept fresh.
  */
-async function createWhole(file: string, text: string): Promise<void> {
-  const tmp = dotlockTemp(file);
-  await fs.writeFile(tmp, text, { mode: 0o644 });
+async function acquireDotlock(file: string, deadline: number, staleMs: number, signal: AbortSignal | undefined): Promise<LockFile> {
   try {
-    await fs.link(tmp, file);
-    return;
+    return await LockFile.acquire(file, { format: LOCK_FORMATS.mbox, mode: 0o644, staleMs, waitMs: Math.max(0, deadline - Date.now()), signal, viaLink: true });
   } catch (e) {
-    if (!NO_LINK.has((e as NodeJS.ErrnoException).code ?? '')) throw e;
-  } finally {
-    await fs.unlink(tmp).catch(() => undefined);
+    if (e instanceof LockBusyError) throw new SinkError(`timed out waiting for the dotlock ${file}`, { temporary: true, cause: e });
+    if ((e as Error).name === 'AbortError') throw e;
+    throw new SinkError(`cannot create the dotlock ${file}: ${(e as Error).message}`, { temporary: true, cause: e });
   }
-  const fh = await fs.open(file, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o644);
-  try {
-    await fh.writeFile(text);
-  } finally {
-    await fh.close();
-  }
-}
-
-/**
- * Remove the names under which processes of this host that no longer run
- * were writing a dotlock of `file` (see createWhole): one killed at that
- * moment leaves its own behind.
- */
-async function removeDeadTemps(file: string): Promise<void> {
-  const dir = path.dirname(file);
-  const prefix = path.basename(dotlockTemp(file)).replace(/\d+$/, '');
-  const names = await fs.readdir(dir).catch(() => [] as string[]);
-  for (const n of names) {
-    if (!n.startsWith(prefix) || !/^\d+$/.test(n.slice(prefix.length))) continue;
-    if (!alive(Number(n.slice(prefix.length)))) await fs.unlink(path.join(dir, n)).catch(() => undefined);
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code !== 'ESRCH';
-  }
-}
-
-/**
- * Whether a dotlock was written by a process of this host (in our "<pid>
- * <host>" form) that no longer runs: one killed while it held the lock. A
- * lock in any other form is left to the age rule.
- */
-async function heldByDeadProcess(file: string): Promise<boolean> {
-  const text = await fs.readFile(file, 'latin1').catch(() => '');
-  const m = /^(\d+) (\S+)\n$/.exec(text);
-  return m !== null && m[2] === os.hostname() && !alive(Number(m[1]));
 }
 
 function jitter(ms: number): number {

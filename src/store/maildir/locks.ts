@@ -1,20 +1,8 @@
 import { closeSync, openSync, promises as fs, constants as C, type Stats } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fsExt } from '../../platform/fs-ext.js';
-import { readRegular, writeExclusive } from './safe-fs.js';
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-const HOST = os.hostname();
+import { LOCK_FORMATS, LockFile } from '../../platform/lock-file.js';
+import { writeExclusive } from './safe-fs.js';
 
 /**
  * The POP3 maildrop lock (RFC 1939 §8): flock(2), exclusive and
@@ -57,46 +45,29 @@ export class SessionLock {
 }
 
 /**
- * Dovecot's dotlock on dovecot-uidlist: `dovecot-uidlist.lock` created
- * exclusively holding "pid:host". A new list is written to
- * `dovecot-uidlist.tmp`, made durable and renamed over the original while the
- * lock is held; then the lock file is removed. A lock whose owner on this host
- * is dead, or older than `staleSeconds`, belongs to nobody.
+ * Dovecot's dotlock on dovecot-uidlist: `dovecot-uidlist.lock` holding
+ * "pid:host" (a lock file, see platform/lock-file.ts for when one is stale).
+ * A new list is written to `dovecot-uidlist.tmp`, made durable and renamed
+ * over the original while the lock is held; then the lock file is removed.
  */
 export class UidlistLock {
   readonly #dir: string;
-  readonly #lockPath: string;
-  #held = true;
+  readonly #lock: LockFile;
 
-  private constructor(dir: string, lockPath: string) {
+  private constructor(dir: string, lock: LockFile) {
     this.#dir = dir;
-    this.#lockPath = lockPath;
+    this.#lock = lock;
   }
 
   static async acquire(dir: string, opts: { staleSeconds: number; waitMs?: number; signal?: AbortSignal }): Promise<UidlistLock> {
-    const lockPath = path.join(dir, 'dovecot-uidlist.lock');
-    const deadline = Date.now() + (opts.waitMs ?? 15_000);
-    let delay = 5;
-    for (;;) {
-      opts.signal?.throwIfAborted();
-      try {
-        // A lock this process fails to write (disk full) is removed at once: an empty lock
-        // would hold off every other login until it is stale.
-        await writeExclusive(lockPath, `${process.pid}:${HOST}`, { mode: 0o644 });
-        return new UidlistLock(dir, lockPath);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      }
-      const state = await dotlockState(lockPath, opts.staleSeconds);
-      if (state === 'gone') continue;
-      if (state === 'stale') {
-        await fs.unlink(lockPath).catch(() => undefined);
-        continue;
-      }
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${lockPath}`);
-      await sleep(delay);
-      delay = Math.min(delay * 2, 200);
-    }
+    const lock = await LockFile.acquire(path.join(dir, 'dovecot-uidlist.lock'), {
+      format: LOCK_FORMATS.dovecot,
+      mode: 0o644,
+      staleMs: opts.staleSeconds * 1000,
+      waitMs: opts.waitMs ?? 15_000,
+      signal: opts.signal,
+    });
+    return new UidlistLock(dir, lock);
   }
 
   /**
@@ -117,23 +88,7 @@ export class UidlistLock {
     }
   }
 
-  async release(): Promise<void> {
-    if (!this.#held) return;
-    this.#held = false;
-    await fs.unlink(this.#lockPath).catch(() => undefined);
-  }
-}
-
-async function dotlockState(lockPath: string, staleSeconds: number): Promise<'held' | 'stale' | 'gone'> {
-  try {
-    const st = await fs.lstat(lockPath);
-    // Something else than a file (a link, a FIFO) tells no owner: only its age counts.
-    const content = st.isFile() ? (await readRegular(lockPath)).text : '';
-    const [pidText, host] = content.split(':');
-    const pid = Number(pidText);
-    if (host === HOST && Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid)) return 'stale';
-    return Date.now() - st.mtimeMs > staleSeconds * 1000 ? 'stale' : 'held';
-  } catch {
-    return 'gone'; // released between our open and stat: try again at once
+  release(): Promise<void> {
+    return this.#lock.release();
   }
 }
