@@ -1,5 +1,6 @@
 import type net from 'node:net';
-import tls from 'node:tls';
+import type tls from 'node:tls';
+import { handshake, peerAuthorized, serverTlsSocket } from './tls-accept.js';
 import { LineReader, type LineEvent } from '../protocol/line-reader.js';
 
 /** Lines queued beyond this pause reading from the socket (input backpressure for pipelining). */
@@ -14,8 +15,6 @@ const CLOSED = Object.freeze(new Error('the connection is closed'));
  * It knows nothing about POP3 commands.
  */
 export class Connection {
-  readonly remoteAddress: string;
-  readonly remotePort: number;
   /** Made on first use: most sessions never ask for it, and an abort with a ready reason costs no DOMException. */
   #abort: AbortController | undefined;
   readonly #reader: LineReader;
@@ -33,16 +32,21 @@ export class Connection {
   #inputEnded = false;
   #onTimeout: (() => void) | null = null;
   #tlsInfo: { protocol: string; cipher: string } | null = null;
-  #stlsPeerAuthorized = false;
+  #peerAuthorized = false;
+  /** Bytes handed to the socket so far (the observer's per-command figure). */
+  #bytesOut = 0;
   readonly #onData = (chunk: Buffer): void => this.#ingest(chunk);
 
-  constructor(socket: net.Socket, secure: boolean, maxLineLength: number) {
+  /**
+   * `socket` is a plain socket, or a TLS socket whose handshake is done
+   * (implicit TLS: `peerAuthorized` tells whether its client certificate verified).
+   */
+  constructor(socket: net.Socket, secure: boolean, maxLineLength: number, peerAuthorized = false) {
     this.#raw = socket;
     this.#sock = socket;
     this.#secure = secure;
+    this.#peerAuthorized = peerAuthorized;
     this.#reader = new LineReader(maxLineLength);
-    this.remoteAddress = normalizeAddress(socket.remoteAddress ?? '');
-    this.remotePort = socket.remotePort ?? 0;
     if (secure) this.#noteTls(socket as tls.TLSSocket);
     this.#attach(socket);
     socket.setNoDelay(true);
@@ -62,7 +66,7 @@ export class Connection {
   /** The identity of a verified client certificate (SASL EXTERNAL), if the listener asked for one. */
   get certificateIdentity(): string | undefined {
     const s = this.tlsSocket;
-    if (!s || !(s.authorized || this.#stlsPeerAuthorized)) return undefined;
+    if (!s || !(s.authorized || this.#peerAuthorized)) return undefined;
     const cert = s.getPeerCertificate();
     if (!cert || Object.keys(cert).length === 0) return undefined;
     const cn = cert.subject?.CN;
@@ -71,12 +75,8 @@ export class Connection {
   get closed(): boolean {
     return this.#closed;
   }
-  /** The local end (a getsockname call, so only when asked). */
-  get localAddress(): string {
-    return normalizeAddress(this.#raw.localAddress ?? '');
-  }
-  get localPort(): number {
-    return this.#raw.localPort ?? 0;
+  get bytesOut(): number {
+    return this.#bytesOut;
   }
   /** Aborted when the connection is gone: cancels pending storage and auth work. */
   get signal(): AbortSignal {
@@ -151,6 +151,7 @@ export class Connection {
       written?.();
       return;
     }
+    this.#bytesOut += typeof data === 'string' ? Buffer.byteLength(data) : data.length;
     if (!this.#corked) {
       this.#corked = true;
       this.#sock.cork();
@@ -209,33 +210,16 @@ export class Connection {
     this.#uncork();
     const raw = this.#sock;
     raw.removeListener('data', this.#onData);
-    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: context, requestCert, rejectUnauthorized: false });
+    const secure = serverTlsSocket(raw, context, requestCert);
     this.#sock = secure;
     this.#paused = false;
     this.#attach(secure);
     // Done when the handshake completes, fails, times out, or either socket closes (the abort).
-    const handshaken = await new Promise<boolean>((resolve) => {
-      const signal = this.signal;
-      const finish = (ok: boolean): void => {
-        clearTimeout(timer);
-        secure.off('secure', onSecure);
-        secure.off('error', onFail);
-        signal.removeEventListener('abort', onFail);
-        resolve(ok);
-      };
-      const onSecure = (): void => finish(true);
-      const onFail = (): void => finish(false);
-      const timer = setTimeout(onFail, handshakeTimeoutMs);
-      secure.once('secure', onSecure);
-      secure.once('error', onFail);
-      signal.addEventListener('abort', onFail, { once: true });
-    });
-    if (!handshaken) this.destroy();
+    const failed = await handshake(secure, handshakeTimeoutMs, this.signal);
+    if (failed !== null) this.destroy();
     if (this.#closed) return false;
     this.#secure = true;
-    // Node sets `authorized` only for sockets a tls.Server made; for this one ask the handle directly.
-    const handle = (secure as unknown as { _handle?: { verifyError?: () => Error | null } })._handle;
-    this.#stlsPeerAuthorized = requestCert && handle?.verifyError?.() === null;
+    this.#peerAuthorized = peerAuthorized(secure, requestCert);
     this.#noteTls(secure);
     return true;
   }
@@ -279,12 +263,4 @@ export class Connection {
     this.#waiter = null;
     w?.(null);
   }
-}
-
-export function normalizeAddress(a: string): string {
-  return a.startsWith('::ffff:') && a.includes('.') ? a.slice(7) : a;
-}
-
-export function isLoopback(address: string): boolean {
-  return address === '::1' || address.startsWith('127.');
 }

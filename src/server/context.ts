@@ -2,7 +2,6 @@ import type tls from 'node:tls';
 import type { Authenticator } from '../auth/types.js';
 import type { ResolvedConfig } from '../config/load.js';
 import type { Logger } from '../observability/log.js';
-import type { MailStore } from '../store/types.js';
 import type { LoginDelayPolicy } from './login-delay.js';
 import type { LoginThrottle, RecentMaximum } from '../auth/throttle.js';
 import type { MechanismInfo } from '../protocol/sasl/index.js';
@@ -10,11 +9,14 @@ import type { MechanismInfo } from '../protocol/sasl/index.js';
 /** The settings a session reads; a subset of the config so tests can build one directly. */
 export type ServerSettings = ResolvedConfig['server'];
 
-/** Everything a session needs from the server around it. */
-export interface ServerContext {
+/**
+ * Everything the login half of a session needs from the server around it.
+ * There is no store here: before the hand-off (handoff.ts) no code can reach a maildrop.
+ */
+export interface LoginContext {
   readonly settings: ServerSettings;
   readonly authenticator: Authenticator;
-  readonly store: MailStore;
+  /** For internal errors only; what a session does is told to its observer. */
   readonly logger: Logger;
   /** SASL mechanisms on offer, in CAPA order. */
   readonly mechanisms: readonly MechanismInfo[];

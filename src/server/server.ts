@@ -5,9 +5,13 @@ import { once } from 'node:events';
 import type { Authenticator } from '../auth/types.js';
 import type { Logger } from '../observability/log.js';
 import type { MailStore } from '../store/types.js';
-import { Connection, normalizeAddress } from './connection.js';
-import type { ServerContext, ServerSettings } from './context.js';
+import { clientInfoOf, type ClientInfo } from './client-info.js';
+import { Connection } from './connection.js';
+import type { LoginContext, ServerSettings } from './context.js';
+import { logObserver } from './log-observer.js';
 import { LoginDelayPolicy } from './login-delay.js';
+import { fanOut, type ServerObserver } from './observer.js';
+import { handshake, peerAuthorized, serverTlsSocket } from './tls-accept.js';
 import { dummyVerify } from '../auth/schemes.js';
 import { LoginThrottle, RecentMaximum, normalizeAddress as addressKey } from '../auth/throttle.js';
 import { DEFAULT_ENABLED_MECHANISMS, serverMechanisms, type MechanismInfo } from '../protocol/sasl/index.js';
@@ -31,6 +35,8 @@ export interface Pop3ServerOptions {
   oauth?: boolean;
   /** Shared failure counters (default: in memory, from the settings). */
   throttle?: LoginThrottle;
+  /** Observers of every session besides the log (metrics, tests); each gets every event. */
+  observers?: readonly ServerObserver[];
 }
 
 /**
@@ -65,9 +71,14 @@ function tlsOptions(m: TlsMaterial): tls.SecureContextOptions {
     key: m.key,
     ...(m.clientCa !== undefined ? { ca: m.clientCa } : {}),
     minVersion: m.minVersion ?? 'TLSv1.2',
-    // No renegotiation at all (checklist 23): TLS 1.3 has none, and TLS 1.2's is refused.
+    // No renegotiation at all: TLS 1.3 has none, and TLS 1.2's is refused.
     secureOptions: cryptoConstants.SSL_OP_NO_RENEGOTIATION,
   };
+}
+
+/** The implicit-TLS context also names the session cache (needed to resume a session that sent a client certificate). */
+function implicitTlsOptions(m: TlsMaterial): tls.SecureContextOptions {
+  return { ...tlsOptions(m), sessionIdContext: 'poplar-pop3s' };
 }
 
 /**
@@ -76,25 +87,33 @@ function tlsOptions(m: TlsMaterial): tls.SecureContextOptions {
  */
 export class Pop3Server {
   readonly #opts: Pop3ServerOptions;
-  readonly #ctx: ServerContext;
-  readonly #servers: (net.Server | tls.Server)[] = [];
-  readonly #tlsServers: tls.Server[] = [];
+  readonly #ctx: LoginContext;
+  readonly #store: MailStore;
+  readonly #observer: ServerObserver;
+  readonly #servers: net.Server[] = [];
   readonly #connections = new Set<Connection>();
   readonly #sockets = new Set<net.Socket>();
   readonly #perIp = new Map<string, number>();
   readonly #sessions = new Set<Promise<void>>();
   readonly #running = new Set<Session>();
+  /** For STLS. */
   #secureContext: tls.SecureContext | null = null;
+  /** For implicit-TLS listeners. */
+  #implicitContext: tls.SecureContext | null = null;
   #tlsMaterial: TlsMaterial | undefined;
 
   constructor(opts: Pop3ServerOptions) {
     this.#opts = opts;
     this.#tlsMaterial = opts.tls;
-    if (opts.tls) this.#secureContext = tls.createSecureContext(tlsOptions(opts.tls));
+    if (opts.tls) {
+      this.#secureContext = tls.createSecureContext(tlsOptions(opts.tls));
+      this.#implicitContext = tls.createSecureContext(implicitTlsOptions(opts.tls));
+    }
+    this.#store = opts.store;
+    this.#observer = fanOut([logObserver(opts.logger), ...(opts.observers ?? [])]);
     this.#ctx = {
       settings: opts.settings,
       authenticator: opts.authenticator,
-      store: opts.store,
       logger: opts.logger,
       mechanisms: selectMechanisms(opts.settings, opts.oauth ?? false),
       throttle:
@@ -125,9 +144,10 @@ export class Pop3Server {
   /** Replace the certificate and key; sessions already running keep theirs. */
   reloadTls(material: TlsMaterial): void {
     const ctx = tls.createSecureContext(tlsOptions(material));
+    const implicit = tls.createSecureContext(implicitTlsOptions(material));
     this.#tlsMaterial = material;
     this.#secureContext = ctx;
-    for (const s of this.#tlsServers) s.setSecureContext(tlsOptions(material));
+    this.#implicitContext = implicit;
   }
 
   async listen(specs: ListenSpec[]): Promise<BoundListener[]> {
@@ -138,32 +158,19 @@ export class Pop3Server {
     this.#ctx.decisionTimes.note(performance.now() - t0);
     const bound: BoundListener[] = [];
     for (const spec of specs) {
-      let server: net.Server | tls.Server;
+      if (spec.tls && !this.#tlsMaterial) throw new Error('implicit TLS listener without a certificate');
+      // Plain TCP for both kinds: on an implicit-TLS port the handshake is ours to start (#acceptTls).
+      const server = net.createServer({ allowHalfOpen: true, noDelay: true });
       if (spec.tls) {
-        if (!this.#tlsMaterial) throw new Error('implicit TLS listener without a certificate');
-        const s = tls.createServer({
-          ...tlsOptions(this.#tlsMaterial),
-          allowHalfOpen: true,
-          // A client certificate is asked for, never required: without one the client logs in otherwise.
-          requestCert: this.#tlsMaterial.clientCa !== undefined,
-          rejectUnauthorized: false,
-          handshakeTimeout: Math.max(1, this.#opts.settings.login_timeout) * 1000,
+        server.on('connection', (raw: net.Socket) => {
+          const client = clientInfoOf(raw, true);
+          if (this.#admit(raw, client)) this.#acceptTls(raw, client);
         });
-        s.on('connection', (raw: net.Socket) => this.#admit(raw, true));
-        s.on('secureConnection', (sock: tls.TLSSocket) => this.#start(sock, true));
-        s.on('tlsClientError', (err, sock) => {
-          this.#opts.logger.debug({ rip: normalizeAddress(sock.remoteAddress ?? ''), err: err.message }, 'TLS handshake failed');
-          // Node only reports a handshake timeout here; without this a client that never sends a ClientHello holds its slot forever.
-          sock.destroy();
-        });
-        this.#tlsServers.push(s);
-        server = s;
       } else {
-        const s = net.createServer({ allowHalfOpen: true, noDelay: true });
-        s.on('connection', (sock: net.Socket) => {
-          if (this.#admit(sock, false)) this.#start(sock, false);
+        server.on('connection', (sock: net.Socket) => {
+          const client = clientInfoOf(sock, false);
+          if (this.#admit(sock, client)) this.#start(new Connection(sock, false, this.#maxLine()), client);
         });
-        server = s;
       }
       server.maxConnections = this.#opts.settings.max_connections + 64; // our own check answers first
       server.listen({ host: spec.host, port: spec.port, backlog: 1024 });
@@ -175,17 +182,17 @@ export class Pop3Server {
     return bound;
   }
 
-  /** Connection limits, checked before any protocol work. */
-  #admit(sock: net.Socket, implicitTls: boolean): boolean {
+  /** Connection limits, checked before any protocol work (before the TLS handshake on an implicit-TLS port). */
+  #admit(sock: net.Socket, client: ClientInfo): boolean {
     const s = this.#opts.settings;
-    const rip = normalizeAddress(sock.remoteAddress ?? '');
+    const rip = client.remoteAddress;
     // One prefix (by default an IPv4 address, an IPv6 /64) is one client for this limit.
     const ip = addressKey(rip, s.ipv6_prefix, s.ipv4_prefix);
     const n = this.#perIp.get(ip) ?? 0;
     const over = this.#sockets.size >= s.max_connections ? 'total' : n >= s.max_connections_per_ip ? 'per-ip' : null;
     if (over !== null) {
       this.#opts.logger.warn({ rip, limit: over }, 'connection refused: limit reached');
-      if (implicitTls) sock.destroy();
+      if (client.tls) sock.destroy();
       else sock.end('-ERR [SYS/TEMP] Too many connections, try again later.\r\n');
       sock.on('error', () => undefined);
       return false;
@@ -201,11 +208,35 @@ export class Pop3Server {
     return true;
   }
 
-  #start(sock: net.Socket, secure: boolean): void {
+  #maxLine(): number {
     const s = this.#opts.settings;
-    const conn = new Connection(sock, secure, Math.max(s.max_line_length, s.max_auth_line_length));
+    return Math.max(s.max_line_length, s.max_auth_line_length);
+  }
+
+  /**
+   * Implicit TLS (RFC 8314): the handshake, then the session. A PROXY
+   * protocol header would be read from `raw` here, before the handshake.
+   */
+  #acceptTls(raw: net.Socket, client: ClientInfo): void {
+    const requestCert = this.#tlsMaterial?.clientCa !== undefined;
+    const secure = serverTlsSocket(raw, this.#implicitContext!, requestCert);
+    // Kept for the socket's life: an error between the handshake and the session must not go unheard.
+    secure.on('error', () => secure.destroy());
+    void handshake(secure, Math.max(1, this.#opts.settings.login_timeout) * 1000).then((failed) => {
+      if (failed !== null) {
+        this.#opts.logger.debug({ rip: client.remoteAddress, err: failed.message }, 'TLS handshake failed');
+        // Without this a client that never sends a ClientHello would hold its slot.
+        secure.destroy();
+        raw.destroy();
+        return;
+      }
+      this.#start(new Connection(secure, true, this.#maxLine(), peerAuthorized(secure, requestCert)), client);
+    });
+  }
+
+  #start(conn: Connection, client: ClientInfo): void {
     this.#connections.add(conn);
-    const session = new Session(conn, this.#ctx);
+    const session = new Session(conn, client, this.#ctx, this.#store, this.#observer.connected(client));
     this.#running.add(session);
     const p = session.run().finally(() => {
       this.#running.delete(session);

@@ -2,8 +2,33 @@ import type { Principal } from '../auth/types.js';
 import { DotStuffer } from '../protocol/dot-stuff.js';
 import { Pop3Error } from '../protocol/codes.js';
 import type { Maildrop } from '../store/types.js';
-import type { Handler, Session } from './session.js';
-import { fileCodec, sendStuffedFile } from './retr-file.js';
+import type { Reply } from './channel.js';
+import { fileCodec, sendStuffedFile, type WireOut } from './retr-file.js';
+
+/**
+ * What a TRANSACTION command handler may use: replies, the connection's
+ * output, and the session around it. The mail half (mail.ts) provides it.
+ */
+export interface MailPort extends Reply {
+  /** The connection's output, for message bodies (with backpressure). */
+  readonly wire: Wire;
+  /** Aborted when the client is gone. */
+  readonly signal: AbortSignal;
+  capabilities(): string[];
+  /** QUIT: the UPDATE state. */
+  update(): Promise<void>;
+  /** A message body is out (the counters are the observer's). */
+  messageSent(command: 'RETR' | 'TOP', bytes: number): void;
+  deletionsMarked(count: number): void;
+  /** A message could not be read after its +OK went out: logged, and the client dropped. */
+  readFailed(index: number, e: unknown): void;
+}
+
+export interface Wire extends WireOut {
+  write(data: string | Buffer, written?: () => void): void;
+}
+
+export type MailHandler = (s: MailPort, state: TransactionState, args: string) => Promise<void>;
 
 /** TRANSACTION state (RFC 1939 §5): the locked maildrop, fixed message numbers, deletion marks. */
 export class TransactionState {
@@ -31,6 +56,10 @@ export class TransactionState {
   }
   get octets(): number {
     return this.#octets;
+  }
+  /** Messages marked for deletion now. */
+  get marked(): number {
+    return this.maildrop.messages.length - this.#count;
   }
   isDeleted(i: number): boolean {
     return this.#deleted[i] === 1;
@@ -82,12 +111,12 @@ function noArgs(args: string, name: string): void {
   if (args.trim() !== '') throw new Pop3Error(`${name} takes no arguments.`);
 }
 
-async function stat(s: Session, st: TransactionState, args: string): Promise<void> {
+async function stat(s: MailPort, st: TransactionState, args: string): Promise<void> {
   noArgs(args, 'STAT');
   s.ok(`${st.count} ${st.octets}`);
 }
 
-async function list(s: Session, st: TransactionState, args: string): Promise<void> {
+async function list(s: MailPort, st: TransactionState, args: string): Promise<void> {
   const a = splitArgs(args);
   if (a.length > 1) throw new Pop3Error('Noise after message number.');
   const msgs = st.maildrop.messages;
@@ -98,7 +127,7 @@ async function list(s: Session, st: TransactionState, args: string): Promise<voi
   await s.multiline(`${st.count} messages (${st.octets} octets)`, liveLines(st, (i) => `${i + 1} ${msgs[i]!.size}`));
 }
 
-async function uidl(s: Session, st: TransactionState, args: string): Promise<void> {
+async function uidl(s: MailPort, st: TransactionState, args: string): Promise<void> {
   const a = splitArgs(args);
   if (a.length > 1) throw new Pop3Error('Noise after message number.');
   const msgs = st.maildrop.messages;
@@ -115,52 +144,45 @@ function* liveLines(st: TransactionState, line: (i: number) => string): Generato
 }
 
 /** Stream a message through the dot-stuffing codec with output backpressure. */
-async function sendMessage(s: Session, st: TransactionState, index: number, bodyLines: number | undefined): Promise<number> {
+async function sendMessage(s: MailPort, st: TransactionState, index: number, bodyLines: number | undefined): Promise<number> {
   if (bodyLines === undefined && fileCodec !== undefined && st.maildrop.openFile !== undefined) return sendFile(s, st, index, fileCodec);
-  const stream = await st.maildrop.read(index, s.conn.signal);
+  const stream = await st.maildrop.read(index, s.signal);
   const stuffer = new DotStuffer(bodyLines === undefined ? {} : { bodyLines });
   const size = st.maildrop.messages[index]!.size;
-  s.conn.write(bodyLines === undefined ? `+OK ${size} octets\r\n` : '+OK Top of message follows\r\n');
+  s.wire.write(bodyLines === undefined ? `+OK ${size} octets\r\n` : '+OK Top of message follows\r\n');
   let sent = 0;
   try {
     for await (const chunk of stream) {
       // One write per chunk: push() gives a piece per line, and a socket write per short line is very slow.
       const out = stuffer.pushJoined(chunk as Buffer);
       if (out !== null) {
-        s.conn.write(out);
+        s.wire.write(out);
         sent += out.length;
       }
       if (stuffer.done) break;
-      if (s.conn.needsDrain && !(await s.conn.drain())) return sent;
+      if (s.wire.needsDrain && !(await s.wire.drain())) return sent;
     }
   } catch (e) {
-    dropAfterReadError(s, st, index, e);
+    s.readFailed(index, e);
     return sent;
   } finally {
     stream.destroy();
   }
   for (const piece of stuffer.end()) {
-    s.conn.write(piece);
+    s.wire.write(piece);
     sent += piece.length;
   }
   return sent;
 }
 
-/** The +OK is out: a truncated body must never look complete, so no terminator; the client is dropped. */
-function dropAfterReadError(s: Session, st: TransactionState, index: number, e: unknown): void {
-  if (!s.conn.closed) s.ctx.logger.error({ err: e, user: st.principal.username, msg: index + 1 }, 'reading message failed');
-  s.close('message read failed');
-  s.conn.destroy();
-}
-
 /** RETR of a message stored as a file, with the native encoder (retr-file.ts). */
-async function sendFile(s: Session, st: TransactionState, index: number, codec: NonNullable<typeof fileCodec>): Promise<number> {
+async function sendFile(s: MailPort, st: TransactionState, index: number, codec: NonNullable<typeof fileCodec>): Promise<number> {
   const fh = await st.maildrop.openFile!(index);
-  s.conn.write(`+OK ${st.maildrop.messages[index]!.size} octets\r\n`);
+  s.wire.write(`+OK ${st.maildrop.messages[index]!.size} octets\r\n`);
   try {
-    return await sendStuffedFile(codec, fh, s.conn);
+    return await sendStuffedFile(codec, fh, s.wire);
   } catch (e) {
-    dropAfterReadError(s, st, index, e);
+    s.readFailed(index, e);
     return 0;
   } finally {
     // Nothing waits for the close: the next command may start now.
@@ -168,56 +190,54 @@ async function sendFile(s: Session, st: TransactionState, index: number, codec: 
   }
 }
 
-async function retr(s: Session, st: TransactionState, args: string): Promise<void> {
+async function retr(s: MailPort, st: TransactionState, args: string): Promise<void> {
   const a = splitArgs(args);
   if (a.length > 1) throw new Pop3Error('Noise after message number.');
   const i = messageIndex(st, a[0]);
   const sent = await sendMessage(s, st, i, undefined);
-  if (!s.conn.closed) st.markRetrieved(i);
-  s.stats.retr++;
-  s.stats.retrBytes += sent;
+  if (!s.wire.closed) st.markRetrieved(i);
+  s.messageSent('RETR', sent);
 }
 
-async function top(s: Session, st: TransactionState, args: string): Promise<void> {
+async function top(s: MailPort, st: TransactionState, args: string): Promise<void> {
   const a = splitArgs(args);
   if (a.length !== 2) throw new Pop3Error('TOP needs a message number and a line count.');
   const i = messageIndex(st, a[0]);
   if (!DIGITS.test(a[1]!)) throw new Pop3Error('Invalid number of lines.');
   const sent = await sendMessage(s, st, i, Number(a[1]));
-  s.stats.top++;
-  s.stats.topBytes += sent;
+  s.messageSent('TOP', sent);
 }
 
-async function dele(s: Session, st: TransactionState, args: string): Promise<void> {
+async function dele(s: MailPort, st: TransactionState, args: string): Promise<void> {
   const a = splitArgs(args);
   if (a.length > 1) throw new Pop3Error('Noise after message number.');
   const i = messageIndex(st, a[0]);
   st.markDeleted(i);
-  s.stats.dele++;
+  s.deletionsMarked(st.marked);
   s.ok('Marked to be deleted.');
 }
 
-async function noop(s: Session, _st: TransactionState, args: string): Promise<void> {
+async function noop(s: MailPort, _st: TransactionState, args: string): Promise<void> {
   noArgs(args, 'NOOP');
   s.ok();
 }
 
-async function rset(s: Session, st: TransactionState, args: string): Promise<void> {
+async function rset(s: MailPort, st: TransactionState, args: string): Promise<void> {
   noArgs(args, 'RSET');
   st.reset();
-  s.stats.dele = 0;
+  s.deletionsMarked(0);
   s.ok(`${st.count} messages (${st.octets} octets)`);
 }
 
-async function capa(s: Session): Promise<void> {
+async function capa(s: MailPort): Promise<void> {
   await s.multiline('Capability list follows', s.capabilities());
 }
 
-async function quit(s: Session, st: TransactionState): Promise<void> {
-  await s.update(st);
+async function quit(s: MailPort): Promise<void> {
+  await s.update();
 }
 
-export const TRANSACTION_COMMANDS: ReadonlyMap<string, Handler<TransactionState>> = new Map<string, Handler<TransactionState>>([
+export const TRANSACTION_COMMANDS: ReadonlyMap<string, MailHandler> = new Map<string, MailHandler>([
   ['STAT', stat],
   ['LIST', list],
   ['UIDL', uidl],
