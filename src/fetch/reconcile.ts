@@ -15,7 +15,7 @@
  *   would write it; a torn last message is cut off (see mbox.ts).
  * - MDA and LMTP cannot be asked: their pending messages are delivered
  *   again. To keep that to at most one message per crash, the fetcher
- *   records deliveries to such sinks one at a time (see session.ts).
+ *   records deliveries to such sinks one at a time (see deliver.ts).
  *
  * Byte-identical messages are matched as a multiset: two pending copies and
  * one stored copy mean one delivered and one not.

@@ -9,7 +9,7 @@
  *   chose one, POPLAR_FOLDER. Account and UIDL identify the message: this
  *   sink cannot be asked after a crash whether a message arrived, so the
  *   fetcher delivers an interrupted one again (at most one per crash, see
- *   session.ts), and an MDA that must store each message once can remember
+ *   deliver.ts), and an MDA that must store each message once can remember
  *   the pairs it has stored.
  * - Exit status 0 means delivered. Anything else rejects with a SinkError
  *   that carries the exit status (or signal) and the last lines of stderr.
