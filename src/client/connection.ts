@@ -313,7 +313,7 @@ export class Pop3Connection {
         const status = parseStatusLine(l);
         if (status.ok) {
           this.#upgrading = true;
-          this.#buf = EMPTY; // checklist 21/24: bytes after +OK are not the server's TLS, whatever they are
+          this.#buf = EMPTY; // RFC 2595 §4: bytes after +OK are not the server's TLS, whatever they are
           this.#detach(this.#socket);
           this.#socket.on('error', () => undefined); // the handshake reports failures
         }

@@ -486,7 +486,7 @@ export class Pop3Client {
   async #starttls(opts: CallOptions): Promise<void> {
     const st = await this.#conn.stls(opts);
     if (!st.ok) throw new Pop3TlsError('the server refused STLS', { cause: new Pop3ServerError('STLS', st) });
-    this.#caps = undefined; // checklist 24: nothing learnt before TLS is trusted after it
+    this.#caps = undefined; // RFC 2595 §4: nothing learnt before TLS is trusted after it
     let secure: tls.TLSSocket | undefined;
     const giveUp = (): void => {
       secure?.destroy();
@@ -519,7 +519,7 @@ export class Pop3Client {
 
   #loggedIn(): void {
     this.#authenticated = true;
-    // RFC 2449 §5: capabilities may differ after login (PIPELINING may not go away: checklist 15).
+    // RFC 2449 §5: capabilities may differ after login (PIPELINING may not go away).
     this.#caps = undefined;
   }
 

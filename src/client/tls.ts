@@ -1,7 +1,7 @@
 /**
  * TLS for the client: implicit TLS and the STLS upgrade share one handshake
- * routine with one verification policy (checklist item 24: verify the
- * certificate and host name before anything else is sent).
+ * routine with one verification policy: the certificate and host name are
+ * verified before anything else is sent (RFC 2595 §2.4).
  */
 import net from 'node:net';
 import tls from 'node:tls';

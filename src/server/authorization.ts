@@ -59,7 +59,7 @@ async function capa(s: LoginPort): Promise<void> {
 
 async function user(s: LoginPort, st: AuthorizationState, args: string): Promise<void> {
   st.pendingUser = undefined;
-  // No [AUTH] here: USER checks no credential (RFC 3206, checklist 28).
+  // No [AUTH] here: USER checks no credential (RFC 3206 §5).
   if (!s.plaintextAllowed) return s.err(PLAINTEXT_REFUSED);
   if (usernameSyntaxProblem(args) !== undefined) return s.badCommand('Invalid user name.');
   st.pendingUser = args;

@@ -49,7 +49,7 @@ export interface ClientMechanism {
   respond(challenge: Buffer): Buffer;
 }
 
-/** CR, LF and NUL never belong in an identity or a password (checklist: CR/LF/NUL in user names). */
+/** CR, LF and NUL never belong in an identity or a password: on a command line they would end it or cut it short. */
 export function hasForbiddenControl(s: string): boolean {
   return /[\r\n\0]/.test(s);
 }
