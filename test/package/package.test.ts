@@ -126,8 +126,8 @@ console.log(JSON.stringify(out));
 
 /** Type-checked in the installed project: the contracts implemented, the errors and the client used with their declared types. */
 const CHECK = `
-import type { Authenticator, Credentials, Maildrop, MailStore, Principal, ServerSettings } from 'poplar';
-import { defaultServerSettings, InUseError, NotFoundError, type FailureKind } from 'poplar';
+import type { Authenticator, Credentials, Logger, Maildrop, MailStore, Principal, ServerSettings } from 'poplar';
+import { defaultServerSettings, InUseError, NotFoundError, PostgresAuthenticator, type FailureKind } from 'poplar';
 import { Pop3Client, Pop3ServerError, type ConnectOptions, type ListEntry } from 'poplar/client';
 // @ts-expect-error: only the entry points of the exports map can be imported
 import type { Session } from 'poplar/dist/server/session.js';
@@ -162,6 +162,13 @@ export async function sizes(): Promise<number[]> {
   return list.map((e) => e.octets);
 }
 export const facts = [kind, settings.login_delay, Pop3ServerError.name];
+
+// Types that come from Poplar's dependencies are there for an application too, not \`any\`
+// (the check skips declaration files, as most projects do, so a missing package would pass silently).
+// @ts-expect-error: a number is no pg Pool
+export const notAPool: ConstructorParameters<typeof PostgresAuthenticator>[0] = 42;
+// @ts-expect-error: a number is no pino Logger
+export const notALogger: Logger = 42;
 // @ts-expect-error: a Maildrop must be able to commit and release
 export const broken: Maildrop = { messages: [], read: async () => { throw new Error('x'); } };
 `;
@@ -243,6 +250,7 @@ describe('the npm package', () => {
         moduleResolution: 'NodeNext',
         strict: true,
         noEmit: true,
+        skipLibCheck: true,
         types: ['node'],
         typeRoots: [path.join(ROOT, 'node_modules/@types')],
       },
