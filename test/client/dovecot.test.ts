@@ -70,7 +70,7 @@ describe.skipIf(lacks('dovecot'))('against Dovecot', () => {
         async (_n, stream) => void bodies.push(await readAll(stream)),
       );
       // LIST sizes match exactly, except that the CRLF a server adds to a message without a final
-      // line end (RFC 1939 §3) is on the wire but not in the size (checklist items 5 and 8).
+      // line end (RFC 1939 §3) is on the wire but not in the size.
       const added = MESSAGES.map((m) => (/\n$/.test(m) ? 0 : 2));
       expect(bodies.map((b) => b.length)).toEqual(list.map((e, i) => e.octets + added[i]!));
       // Dovecot serves CRLF line ends and adds one to a message without a final line end.

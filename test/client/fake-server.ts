@@ -69,7 +69,7 @@ export async function startFake(opts: FakeOptions): Promise<FakeServer> {
       startTls: async () => {
         await chain;
         sock.removeListener('data', onData);
-        // Checklist 24: a client sends nothing between STLS and the end of the handshake.
+        // RFC 2595 §4: a client sends nothing between STLS and the end of the handshake.
         if (buf !== '') received.push(`LEAKED BEFORE TLS: ${buf}`);
         buf = '';
         const secure = new tls.TLSSocket(sock, { isServer: true, cert, key });

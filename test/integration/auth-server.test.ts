@@ -3,7 +3,7 @@
  * through the real `poplar serve` with a TOML config), brute-force
  * resistance (growing delays, address blocks, resets), mechanisms a stored
  * secret cannot serve, the RFC 5034 wire rules of the challenge-response
- * mechanisms (checklist 25–29), and SASL EXTERNAL with TLS client
+ * mechanisms, and SASL EXTERNAL with TLS client
  * certificates.
  */
 import { randomBytes } from 'node:crypto';
@@ -532,7 +532,7 @@ describe('RFC 5034 wire rules for the challenge-response mechanisms', () => {
   });
   afterAll(() => srv?.stop());
 
-  it('item 27: SCRAM\'s v= goes out as a "+ " challenge, the client answers an empty line, then +OK', async () => {
+  it('SCRAM\'s v= goes out as a "+ " challenge, the client answers an empty line, then +OK', async () => {
     const c = await connect(srv.port);
     const r = await scram(c, { user: 'alice', password: 'secret' });
     expect(r.serverFirst).toMatch(/^r=[!-+\--~]+,s=[A-Za-z0-9+/=]+,i=(\d+)$/);
@@ -643,7 +643,7 @@ describe('RFC 5034 wire rules for the challenge-response mechanisms', () => {
     await c.quit();
   });
 
-  it('item 26: the SASL list stays the same after login', async () => {
+  it('the SASL list stays the same after login', async () => {
     const c = await connect(srv.port);
     const before = await c.saslMechanisms();
     expect(before).toEqual(ALL_PASSWORD_MECHS); // no -PLUS without TLS
@@ -652,7 +652,7 @@ describe('RFC 5034 wire rules for the challenge-response mechanisms', () => {
     await c.quit();
   });
 
-  it('item 29: SCRAM-SHA-256-PLUS over TLS 1.2 binds to tls-unique; a wrong binding and a "y" downgrade are refused', async () => {
+  it('SCRAM-SHA-256-PLUS over TLS 1.2 binds to tls-unique; a wrong binding and a "y" downgrade are refused', async () => {
     const c = await greet(await LineClient.connectTls(srv.tlsPort, { maxVersion: 'TLSv1.2' }));
     const sock = c.socket as TLSSocket;
     expect(sock.getProtocol()).toBe('TLSv1.2');

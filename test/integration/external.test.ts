@@ -14,7 +14,7 @@ import { MaildirStore } from '../../src/store/maildir/maildir-store.js';
 import { lacks } from '../helpers/peers.js';
 import { testCertificate, testSettings } from '../helpers/server.js';
 
-/** SASL EXTERNAL with a client certificate, on a listener configured to ask for one (checklist 23). */
+/** SASL EXTERNAL with a client certificate, on a listener configured to ask for one. */
 describe.skipIf(lacks('openssl'))('client certificates and SASL EXTERNAL', () => {
   let dir: string;
   let server: Pop3Server;

@@ -1,6 +1,7 @@
 /**
- * RFC 1939 base protocol over real sockets: checklist items 1–13 (USER/PASS
- * only) and the edge cases about arguments.
+ * RFC 1939 base protocol over real sockets (USER/PASS logins only): replies
+ * and states, the maildrop lock, numbering and sizes, every command, the
+ * inactivity timer, TOP and UIDL, and the edge cases about arguments.
  */
 import { spawnSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -88,7 +89,7 @@ async function loginEventually(srv: TestServer, user = 'alice', password = 'secr
   }
 }
 
-describe('item 1: replies, keywords, states', () => {
+describe('replies, keywords, states', () => {
   it('keywords are case-insensitive; STAT before login and unknown commands get -ERR', async () => {
     const srv = await server();
     await seed(srv, 'alice', [M1, M2]);
@@ -126,7 +127,7 @@ describe('item 1: replies, keywords, states', () => {
   });
 });
 
-describe('item 2: USER and PASS', () => {
+describe('USER and PASS', () => {
   it('PASS first gets -ERR; PASS needs a USER right before it', async () => {
     const srv = await server();
     const w = await connect(srv);
@@ -178,7 +179,7 @@ describe('item 2: USER and PASS', () => {
   });
 });
 
-describe('item 3: the maildrop lock', () => {
+describe('the maildrop lock', () => {
   it('a second concurrent login gets -ERR [IN-USE], stays in AUTHORIZATION and can log in after QUIT', async () => {
     const srv = await server();
     await seed(srv, 'alice', [M1]);
@@ -251,7 +252,7 @@ describe('item 3: the maildrop lock', () => {
   });
 });
 
-describe('items 4–10: numbering, sizes, STAT/LIST/UIDL, DELE/RSET/NOOP, QUIT', () => {
+describe('numbering, sizes, STAT/LIST/UIDL, DELE/RSET/NOOP, QUIT', () => {
   it('sizes are exact octets as sent, and STAT/LIST add up', async () => {
     const srv = await server();
     await seed(srv, 'alice', [M1, M2, M3]);
@@ -401,7 +402,7 @@ describe('items 4–10: numbering, sizes, STAT/LIST/UIDL, DELE/RSET/NOOP, QUIT',
   });
 });
 
-describe('item 11: inactivity timers close without UPDATE', () => {
+describe('inactivity timers close without UPDATE', () => {
   it('idle timeout in TRANSACTION: -ERR, close, marked messages kept', async () => {
     const srv = await server({ idle_timeout: 0.4 });
     await seed(srv, 'alice', [M1, M2]);
@@ -436,7 +437,7 @@ describe('item 11: inactivity timers close without UPDATE', () => {
   });
 });
 
-describe('item 12: TOP', () => {
+describe('TOP', () => {
   const MSG = 'H1: a\nH2: b\n\nl1\nl2\n.l3\n';
   const NOBLANK = 'H1: a\nH2: b\n';
 
@@ -475,7 +476,7 @@ describe('item 12: TOP', () => {
   });
 });
 
-describe('item 13: UIDL', () => {
+describe('UIDL', () => {
   it('n uid lines; uids printable, unique, stable across sessions; UIDL n; never reused', async () => {
     const srv = await server();
     await seed(srv, 'alice', [M1, M2, M3]);

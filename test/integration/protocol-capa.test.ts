@@ -1,6 +1,6 @@
 /**
- * RFC 2449 over real sockets: CAPA (items 15, 17, 26), line lengths (16),
- * PIPELINING and output backpressure (18), response codes (19).
+ * RFC 2449 over real sockets: CAPA, line lengths, PIPELINING and output
+ * backpressure, response codes.
  */
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -76,7 +76,7 @@ function capaShape(lines: string[], plaintext = true): string[] {
 }
 
 
-describe('items 15, 17, 26: CAPA', () => {
+describe('CAPA', () => {
   it('before login: the full list; after login: the same minus STLS (RFC 2595 §4), USER and SASL kept', async () => {
     const w = await connect();
     const before = await w.cmdLines('CAPA');
@@ -87,7 +87,7 @@ describe('items 15, 17, 26: CAPA', () => {
     const after = await w.cmdLines('capa');
     expect(after.status).toMatch(/^\+OK/);
     expect(capaShape(after.lines)).toEqual(CAPA_BEFORE.filter((l) => l !== 'STLS'));
-    // Item 26: the same SASL list after login.
+    // The same SASL list after login.
     expect(after.lines.find((l) => l.startsWith('SASL '))).toBe(before.lines.find((l) => l.startsWith('SASL ')));
     for (const l of [before.status, after.status, ...before.lines, ...after.lines]) expect(Buffer.byteLength(l) + 2).toBeLessThan(512);
     expect(await w.cmd('QUIT')).toMatch(/^\+OK/);
@@ -112,7 +112,7 @@ describe('items 15, 17, 26: CAPA', () => {
   });
 });
 
-describe('item 16: line lengths', () => {
+describe('line lengths', () => {
   it('accepts a 255-octet command line (CRLF included)', async () => {
     const w = await connect();
     const line = `USER ${'x'.repeat(248)}`;
@@ -175,7 +175,7 @@ describe('item 16: line lengths', () => {
   });
 });
 
-describe('item 18: PIPELINING', () => {
+describe('PIPELINING', () => {
   it('STAT LIST UIDL RETR QUIT in one write: five complete replies, in order', async () => {
     const w = await session();
     w.sendRaw('STAT\r\nLIST\r\nUIDL\r\nRETR 1\r\nQUIT\r\n');
@@ -288,7 +288,7 @@ describe('item 18: PIPELINING', () => {
   });
 });
 
-describe('item 19: response codes come first', () => {
+describe('response codes come first', () => {
   it('-ERR [AUTH] on PASS, never on USER; [IN-USE] for a locked maildrop', async () => {
     const a = await session();
     const b = await connect();

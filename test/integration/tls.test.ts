@@ -1,7 +1,7 @@
 /**
  * RFC 2595 / RFC 8314 over real sockets: STLS, implicit TLS, protocol
- * versions, renegotiation, cleartext refusal, certificate reload
- * (checklist items 20–23, 26).
+ * versions, renegotiation, cleartext refusal, certificate reload, and the
+ * capabilities after STLS.
  */
 import { spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
@@ -108,7 +108,7 @@ async function renegotiation(s: tls.TLSSocket): Promise<string> {
   });
 }
 
-describe('item 20: STLS', () => {
+describe('STLS', () => {
   it('advertised on the plain port before login only; never on the implicit-TLS port; gone after STLS', async () => {
     const w = await plain();
     expect(capaShape((await w.cmdLines('CAPA')).lines)).toEqual(CAPA_PLAIN);
@@ -160,7 +160,7 @@ describe('item 20: STLS', () => {
   });
 });
 
-describe('item 21: plaintext after STLS is thrown away', () => {
+describe('plaintext after STLS is thrown away', () => {
   it('STLS\\r\\nCAPA\\r\\n in one write: CAPA is never answered, not before and not after the handshake', async () => {
     const w = await plain();
     w.sendRaw('STLS\r\nCAPA\r\n');
@@ -219,7 +219,7 @@ describe('item 21: plaintext after STLS is thrown away', () => {
   });
 });
 
-describe('item 22: refusing cleartext logins (plaintext_auth = never)', () => {
+describe('refusing cleartext logins (plaintext_auth = never)', () => {
   let strict: TestServer;
   beforeAll(async () => {
     strict = await startTestServer({ settings: { plaintext_auth: 'never', max_bad_commands: 1000 } });
@@ -275,7 +275,7 @@ describe('item 22: refusing cleartext logins (plaintext_auth = never)', () => {
   });
 });
 
-describe('item 23: implicit TLS', () => {
+describe('implicit TLS', () => {
   it('handshake first, then the greeting; TLS 1.2 or later', async () => {
     const s = tls.connect({ host: '127.0.0.1', port: srv.tlsPort, rejectUnauthorized: false, servername: 'localhost' });
     let early = '';

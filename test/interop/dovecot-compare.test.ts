@@ -170,7 +170,7 @@ async function specialMessages(dcPort: number, placed: Placed[]): Promise<Specia
   return out;
 }
 
-/** Every query the brief lists, message by message, on both servers. */
+/** Every query of the comparison (STAT, LIST, UIDL, RETR, TOP), message by message, on both servers. */
 async function compareEverything(ports: Servers, count: number, special: Special): Promise<void> {
   const d = await loggedIn(ports.dc);
   const p = await loggedIn(ports.pop);

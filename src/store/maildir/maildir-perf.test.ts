@@ -1,6 +1,6 @@
 /**
- * Spec: "STAT/LIST/UIDL on 100 000 messages read no message file after the
- * first login". 100 000 small files without `,W=` in their names: the first
+ * STAT/LIST/UIDL on 100 000 messages read no message file after the first
+ * login (docs/architecture.md, "Maildir store"). 100 000 small files without `,W=` in their names: the first
  * open measures every file and writes the sizes back to dovecot-uidlist as W;
  * the second open (and STAT/LIST/UIDL over the wire) must not open any
  * message file. Proven three ways: every fs entry point that opens a file is
@@ -16,7 +16,7 @@ import { Wire } from '../../../test/helpers/wire.js';
 import { crlfSize } from '../../protocol/message-size.js';
 import { extValue, parseUidlist } from './uidlist.js';
 
-// The spec's figure; POPLAR_PERF_MESSAGES=5000 makes a quick local run.
+// 100 000 by default; POPLAR_PERF_MESSAGES=5000 makes a quick local run.
 const N = Number(process.env['POPLAR_PERF_MESSAGES'] ?? 100_000);
 const IN_NEW = Math.floor(N / 10); // these also take the new/ -> cur/ rename on the first open
 
