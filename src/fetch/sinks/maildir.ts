@@ -28,9 +28,8 @@
 import fsSync, { promises as fs, constants as C } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { CrlfSizeCounter } from '../../protocol/message-size.js';
-import { fsyncDir } from '../../store/maildir/maildir-store.js';
-import { uniqueName } from '../../store/maildir/names.js';
+import { fsyncDir, fsyncFd } from '../../platform/fsync.js';
+import { discardTmpSync, publish, publishSync, writeTmp, writeTmpSync } from '../../store/maildir/writer.js';
 import { findInMaildirs } from '../reconcile.js';
 import type { DeliveryInfo, PendingMessage, Sink } from './types.js';
 import { chunksOf, CrlfToLf, crlfToLf, destroyOnAbort, SinkError } from './util.js';
@@ -56,9 +55,6 @@ export interface MaildirSinkOptions {
 const FLUSH_CONCURRENCY = 32;
 /** Group mode keeps up to this many written files open until `flush` (so it need not open them again). */
 const MAX_OPEN_PENDING = 128;
-
-/** errno codes of file systems without hard links, where rename is used instead. */
-const NO_LINK = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EMLINK']);
 
 /**
  * The directory of a Maildir++ folder name such as ".Lists.node" (a leading
@@ -111,51 +107,16 @@ export class MaildirSink implements Sink {
     signal?.throwIfAborted();
     const dir = maildirFolderPath(this.#root, info.folder);
     const newDirs = await this.#ensureFolder(dir);
-    const syncNow = this.#fsync === true;
-
-    const base = uniqueName();
-    const tmp = path.join(dir, 'tmp', base);
-    const fh = await fs.open(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, this.#mode);
-    const counter = new CrlfSizeCounter();
-    const conv = this.#lf ? new CrlfToLf() : null;
-    let physical = 0;
-    const write = async (b: Buffer): Promise<void> => {
-      if (b.length === 0) return;
-      counter.push(b);
-      physical += b.length;
-      await fh.write(b);
-    };
+    // The file steps are the Maildir writer's (store/maildir/writer.ts); the fsync of new/ is #linked's.
     const stopWatching = destroyOnAbort(message, signal);
+    let tmp;
     try {
-      for await (const chunk of chunksOf(message)) {
-        signal?.throwIfAborted();
-        await write(conv ? conv.push(chunk) : chunk);
-      }
-      if (conv) await write(conv.end());
-      signal?.throwIfAborted();
-      if (syncNow) await fh.sync();
-      await fh.close();
-    } catch (e) {
-      await fh.close().catch(() => undefined);
-      await fs.unlink(tmp).catch(() => undefined);
-      throw e;
+      tmp = await writeTmp(dir, chunksOf(message), { mode: this.#mode, fsync: this.#fsync === true, convert: this.#lf ? new CrlfToLf() : null, signal });
     } finally {
       stopWatching();
     }
-
     // Last chance to give up cleanly; from the link on the message is delivered.
-    if (signal?.aborted) {
-      await fs.unlink(tmp).catch(() => undefined);
-      signal.throwIfAborted();
-    }
-    const final = path.join(dir, 'new', `${base},S=${physical},W=${counter.size}`);
-    try {
-      await linkOrRename(tmp, final);
-    } catch (e) {
-      await fs.unlink(tmp).catch(() => undefined);
-      throw e;
-    }
-    await fs.unlink(tmp).catch(() => undefined);
+    const final = await publish(tmp, signal);
     await this.#linked(dir, final, undefined, newDirs);
   }
 
@@ -195,34 +156,21 @@ export class MaildirSink implements Sink {
     const dir = maildirFolderPath(this.#root, info.folder);
     const newDirs = await this.#ensureFolder(dir);
     const data = this.#lf ? crlfToLf(message) : message;
-    const counter = new CrlfSizeCounter();
-    counter.push(data);
-    const base = uniqueName();
-    const tmp = path.join(dir, 'tmp', base);
-    const final = path.join(dir, 'new', `${base},S=${data.length},W=${counter.size}`);
-    let fd: number | undefined = fsSync.openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL, this.#mode);
+    const tmp = writeTmpSync(dir, data, this.#mode);
+    let fd: number | undefined = tmp.fd;
+    let final: string;
     try {
-      for (let off = 0; off < data.length; ) off += fsSync.writeSync(fd, data, off);
       if (this.#fsync === true) await fsyncFd(fd);
       if (this.#fsync !== 'group' || this.#pendingFiles.size >= MAX_OPEN_PENDING) {
         fsSync.closeSync(fd);
         fd = undefined;
       }
       signal?.throwIfAborted(); // last chance to give up cleanly; from the link on the message is delivered
-      linkOrRenameSync(tmp, final);
+      final = publishSync(tmp);
     } catch (e) {
       if (fd !== undefined) fsSync.closeSync(fd);
-      try {
-        fsSync.unlinkSync(tmp);
-      } catch {
-        // already gone (renamed)
-      }
+      discardTmpSync(tmp.tmp);
       throw e;
-    }
-    try {
-      fsSync.unlinkSync(tmp);
-    } catch {
-      // renamed rather than linked
     }
     await this.#linked(dir, final, fd, newDirs);
   }
@@ -381,30 +329,6 @@ async function mkdirTracked(dir: string, parents: boolean): Promise<string[]> {
     if ((e as NodeJS.ErrnoException).code === 'EEXIST') return [];
     throw e;
   }
-}
-
-async function linkOrRename(from: string, to: string): Promise<void> {
-  try {
-    await fs.link(from, to);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code ?? '';
-    if (!NO_LINK.has(code)) throw e;
-    // The name is unique, so rename cannot replace another message.
-    await fs.rename(from, to);
-  }
-}
-
-function linkOrRenameSync(from: string, to: string): void {
-  try {
-    fsSync.linkSync(from, to);
-  } catch (e) {
-    if (!NO_LINK.has((e as NodeJS.ErrnoException).code ?? '')) throw e;
-    fsSync.renameSync(from, to);
-  }
-}
-
-function fsyncFd(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fsSync.fsync(fd, (e) => (e ? reject(e) : resolve())));
 }
 
 async function fsyncFile(file: string): Promise<void> {

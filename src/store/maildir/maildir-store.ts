@@ -9,7 +9,9 @@ import { CrlfSizeCounter } from '../../protocol/message-size.js';
 import { native } from '../../protocol/native.js';
 import type { Logger } from '../../observability/log.js';
 import type { CommitOptions, MailStore, Maildrop, MessageInfo } from '../types.js';
+import { fsyncDir } from '../../platform/fsync.js';
 import { SessionLock, UidlistLock } from './locks.js';
+import { publish, writeTmp } from './writer.js';
 import { baseName, compareMaildirNames, sizeFromName, uniqueName } from './names.js';
 import { extValue, formatUidlist, parseUidlist, setExt, UidlistFormatError, type Uidlist, type UidlistRecord } from './uidlist.js';
 import { createExclusive, isPlainBaseName, isPlainFileName, openRegular, parseSize, readRegular, writeExclusive } from './safe-fs.js';
@@ -562,32 +564,8 @@ export class MaildirStore implements MailStore {
     const dir = this.maildropPath(user);
     this.#checkMaildrop(dir);
     if (!isDirectory(path.join(dir, 'tmp')) || !isDirectory(path.join(dir, 'new'))) await this.#ensureMaildir(dir);
-    const base = uniqueName();
-    const tmp = path.join(dir, 'tmp', base);
-    const fh = await createExclusive(tmp, 0o600);
-    const counter = new CrlfSizeCounter();
-    let physical = 0;
-    try {
-      const source = Buffer.isBuffer(message) ? [message] : message;
-      for await (const chunk of source as AsyncIterable<Buffer>) {
-        signal?.throwIfAborted();
-        counter.push(chunk);
-        physical += chunk.length;
-        await fh.write(chunk);
-      }
-      if (this.#fsync) await fh.sync();
-      await fh.close();
-    } catch (e) {
-      await fh.close().catch(() => undefined);
-      await fs.unlink(tmp).catch(() => undefined);
-      throw e;
-    }
-    const final = path.join(dir, 'new', `${base},S=${physical},W=${counter.size}`);
-    try {
-      await fs.link(tmp, final);
-    } finally {
-      await fs.unlink(tmp).catch(() => undefined);
-    }
+    const source = Buffer.isBuffer(message) ? [message] : (message as AsyncIterable<Buffer>);
+    await publish(await writeTmp(dir, source, { mode: 0o600, fsync: this.#fsync, signal }));
     if (this.#fsync) await fsyncDir(path.join(dir, 'new'));
   }
 }
@@ -809,15 +787,6 @@ export async function fileCrlfSize(file: string): Promise<number> {
     await fh.close();
   }
   return counter.size;
-}
-
-export async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fs.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 class MaildirMaildrop implements Maildrop {
