@@ -7,6 +7,7 @@ import { ConfigSchema } from '../../src/config/schema.js';
 import { ensureSelfSignedCertificate, readTlsFiles } from '../../src/config/tls-material.js';
 import { silentLogger, type Logger } from '../../src/observability/log.js';
 import type { ServerSettings } from '../../src/server/context.js';
+import type { ServerObserver } from '../../src/server/observer.js';
 import { Pop3Server } from '../../src/server/server.js';
 import { MaildirStore } from '../../src/store/maildir/maildir-store.js';
 
@@ -49,7 +50,7 @@ export function testSettings(overrides: Partial<ServerSettings> = {}): ServerSet
 
 /** An in-process Poplar on 127.0.0.1 port 0 (plain+STLS) and port 0 (implicit TLS), over a temp Maildir root. */
 export async function startTestServer(
-  opts: { users?: TestUser[]; settings?: Partial<ServerSettings>; logger?: Logger; dir?: string; authenticator?: Authenticator; oauth?: boolean; now?: () => number } = {},
+  opts: { users?: TestUser[]; settings?: Partial<ServerSettings>; logger?: Logger; dir?: string; authenticator?: Authenticator; oauth?: boolean; now?: () => number; observers?: ServerObserver[] } = {},
 ): Promise<TestServer> {
   const dir = opts.dir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-test-')));
   const maildirRoot = path.join(dir, 'mail');
@@ -68,6 +69,7 @@ export async function startTestServer(
     store,
     logger,
     tls: material,
+    ...(opts.observers ? { observers: opts.observers } : {}),
   });
   const bound = await server.listen([
     { host: '127.0.0.1', port: 0, tls: false },
