@@ -2,7 +2,7 @@
  * What a fetch shows: a progress bar on a terminal (messages, octets, rate),
  * a one-line summary otherwise, or a JSON summary for scripts.
  */
-import type { AccountReport, ProgressListener } from './session.js';
+import type { AccountReport, ProgressListener } from './report.js';
 
 export interface RunSummary {
   ok: boolean;
