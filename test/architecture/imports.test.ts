@@ -10,6 +10,9 @@
  * below, exactly (all of its files); anything else, a new circle or a known
  * one that has grown, fails the run. A listed circle that is gone fails too,
  * so the list only shrinks.
+ *
+ * The same graph shows what `poplar/client` loads: the client alone, never
+ * the server, a store or an authenticator (docs/client.md).
  */
 import path from 'node:path';
 import { parseDependencyTree, type DependencyTree } from 'dpdm';
@@ -88,9 +91,35 @@ async function sourceTree(): Promise<DependencyTree> {
   return parseDependencyTree('src/**/*.ts', { cwd: ROOT, context: ROOT, tsconfig: path.join(ROOT, 'tsconfig.json'), transform: false });
 }
 
+/** Every file `entry` reaches through its imports (type-only ones included), and every package it names. */
+function reach(tree: DependencyTree, entry: string): { files: string[]; packages: string[] } {
+  const files = new Set([entry]);
+  const packages = new Set<string>();
+  for (const file of files) {
+    for (const d of tree[file] ?? []) {
+      if (d.request.startsWith('.')) {
+        if (d.id !== null) files.add(d.id);
+      } else packages.add(d.request);
+    }
+  }
+  return { files: [...files].sort(), packages: [...packages].sort() };
+}
+
+let parsed: Promise<DependencyTree> | undefined;
+const sourceTreeOnce = (): Promise<DependencyTree> => (parsed ??= sourceTree());
+
+describe('poplar/client', () => {
+  it('reaches only the client, the wire code and the protocol-neutral contracts, and no package but those of Node', async () => {
+    const { files, packages } = reach(await sourceTreeOnce(), 'src/client/index.ts');
+    expect(files).toContain('src/client/pop3-client.ts');
+    expect(files.filter((f) => !/^src\/(client|protocol)\//.test(f) && f !== 'src/errors.ts' && f !== 'src/auth/types.ts')).toEqual([]);
+    expect(packages.filter((p) => !p.startsWith('node:'))).toEqual([]);
+  });
+});
+
 describe('import circles in src/', () => {
   it('are none but the known ones', async () => {
-    const tree = await sourceTree();
+    const tree = await sourceTreeOnce();
     // The check sees the whole source tree, and every relative import resolves: an import it could
     // not follow would hide a circle.
     expect(Object.keys(tree)).toContain('src/index.ts');
