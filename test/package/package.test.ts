@@ -85,14 +85,15 @@ await fs.writeFile(users, 'alice:{PLAIN}secret::::::\\n', { mode: 0o600 });
 const logger = silentLogger();
 const store = new MaildirStore({ root: path.join(dir, 'mail'), logger });
 await store.deliver('alice', Buffer.from('Subject: from the package\\r\\n\\r\\nHello.\\r\\n'));
+const out = { exports: Object.keys(poplar).sort(), observed: [] };
 const server = new Pop3Server({
   settings: defaultServerSettings({ auth_failure_delay: 0.05, auth_failure_max_delay: 0.1 }),
   authenticator: new ChainAuthenticator([new PasswdFileAuthenticator(users)]),
   store,
   logger,
+  observers: [{ connected: (client) => ({ loginSucceeded: (user, mechanism) => out.observed.push([client.remoteAddress, user, mechanism]) }) }],
 });
 const [bound] = await server.listen([{ host: '127.0.0.1', port: 0, tls: false }]);
-const out = { exports: Object.keys(poplar).sort() };
 const client = await Pop3Client.connect({ host: '127.0.0.1', port: bound.port, tls: 'none' });
 await client.login('alice', 'secret');
 out.list = await client.list();
@@ -126,7 +127,7 @@ console.log(JSON.stringify(out));
 
 /** Type-checked in the installed project: the contracts implemented, the errors and the client used with their declared types. */
 const CHECK = `
-import type { Authenticator, Credentials, Logger, Maildrop, MailStore, Principal, ServerSettings } from 'poplar';
+import type { Authenticator, ClientInfo, Credentials, Logger, Maildrop, MailStore, Principal, ServerObserver, ServerSettings } from 'poplar';
 import { defaultServerSettings, InUseError, NotFoundError, PostgresAuthenticator, type FailureKind } from 'poplar';
 import { Pop3Client, Pop3ServerError, type ConnectOptions, type ListEntry } from 'poplar/client';
 // @ts-expect-error: only the entry points of the exports map can be imported
@@ -152,6 +153,14 @@ export class EmptyStore implements MailStore {
   }
   async deliver(): Promise<void> {}
 }
+
+// A second observer, as metrics would be: counts logins per client address.
+export const logins = new Map<string, number>();
+export const counting: ServerObserver = {
+  connected: (client: ClientInfo) => ({
+    loginSucceeded: () => void logins.set(client.remoteAddress, (logins.get(client.remoteAddress) ?? 0) + 1),
+  }),
+};
 
 const kind: FailureKind = new InUseError('x').kind;
 const settings: ServerSettings = defaultServerSettings({ login_delay: 60 });
@@ -236,6 +245,8 @@ describe('the npm package', () => {
     // The session holds the maildrop: the store says so with the package's own error class.
     expect(out['secondOpen']).toEqual({ inUse: true, mailError: true, kind: 'in-use' });
     expect(out['wrongPassword']).toEqual({ serverError: true, code: 'AUTH' });
+    // An observer given to the server sees the login, with the client's address from the listener.
+    expect(out['observed']).toEqual([['127.0.0.1', 'alice', expect.any(String)]]);
     // Only the exports map's entry points can be imported.
     expect(out['poplar/dist/server/session.js']).toBe('ERR_PACKAGE_PATH_NOT_EXPORTED');
     expect(out['poplar/src/index.ts']).toBe('ERR_PACKAGE_PATH_NOT_EXPORTED');
