@@ -92,3 +92,22 @@ export class UidlistLock {
     return this.#lock.release();
   }
 }
+
+/**
+ * Maildrops open anywhere in this process, by any store instance: a second
+ * session of one maildrop is refused here before any system call (the flock
+ * on poplar-pop3.lock covers other processes).
+ */
+const OPEN_HERE = new Set<string>();
+
+export const processLocks = {
+  /** Claim `dir` for a session of this process; false when one already has it. */
+  claim(dir: string): boolean {
+    if (OPEN_HERE.has(dir)) return false;
+    OPEN_HERE.add(dir);
+    return true;
+  },
+  drop(dir: string): void {
+    OPEN_HERE.delete(dir);
+  },
+};
