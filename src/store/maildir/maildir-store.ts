@@ -186,9 +186,13 @@ export class MaildirStore implements MailStore, MaildropOwner {
     return this.#fsync;
   }
 
-  /** The maildrop's messages: a remembered scan while the maildrop did not change (scan-cache.ts), else a full scan. */
+  /**
+   * The maildrop's messages: a remembered scan while the maildrop did not
+   * change (scan-cache.ts), else a full scan. `key`: taken at login, or null
+   * when cur/ or new/ had to be created first (then taken now).
+   */
   #scan(dir: string, signal: AbortSignal | undefined, key: ScanKey | null): Promise<Entry[]> {
-    return scanWithCache(dir, key, { log: this.#log, scanFiles: this.#scanFiles, fullScan: () => this.#fullScan(dir, signal) });
+    return scanWithCache(dir, key ?? statScanKey(dir), { log: this.#log, scanFiles: this.#scanFiles, fullScan: () => this.#fullScan(dir, signal) });
   }
 
   /** List the maildrop and match it with the uidlist; `wrote`: the key of the uidlist it wrote, if it did. */
