@@ -26,7 +26,7 @@ const CODES: Readonly<Record<FailureKind, RespCode | undefined>> = {
   'auth-failed': 'AUTH',
   'not-found': undefined,
   'message-unavailable': undefined,
-  // RFC 3206 §5: SYS/PERM is "a permanent problem"; a full mailbox stays full until the user acts.
+  // RFC 3206 §4: SYS/PERM is a permanent problem of the system; a full mailbox stays full until the user acts.
   quota: 'SYS/PERM',
 };
 
