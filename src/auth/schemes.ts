@@ -19,8 +19,8 @@ import { createHash, randomBytes, randomInt, timingSafeEqual } from 'node:crypto
 import * as argon2 from 'argon2';
 import bcrypt from 'bcryptjs';
 import { encrypt as unixEncrypt } from 'unixcrypt';
-import { formatCramMd5Secret, hmacMd5States, parseCramMd5Secret } from '../protocol/sasl/md5-state.js';
-import { saslPrep } from '../protocol/sasl/saslprep.js';
+import { formatCramMd5Secret, hmacMd5States, parseCramMd5Secret } from '../secrets/md5-state.js';
+import { saslPrep } from '../secrets/saslprep.js';
 import {
   SCRAM_DEFAULT_ITERATIONS,
   SCRAM_MAX_ITERATIONS,
@@ -29,7 +29,7 @@ import {
   formatScramSecret,
   parseScramSecret,
   type ScramHash,
-} from '../protocol/sasl/scram-keys.js';
+} from '../secrets/scram-keys.js';
 
 /** Schemes that verifyPassword() understands (canonical names). */
 export const KNOWN_SCHEMES: readonly string[] = Object.freeze([
@@ -381,7 +381,7 @@ async function verifyScram(hash: ScramHash, secret: { iterations: number; salt: 
  * CLEARTEXT, with an optional .B64/.HEX suffix), for mechanisms that need it
  * (CRAM-MD5, SCRAM, APOP). Undefined for any other scheme. Never throws.
  */
-export { plaintextSecret } from '../protocol/sasl/plaintext-secret.js';
+export { plaintextSecret } from '../secrets/plaintext-secret.js';
 
 /**
  * Which scheme a stored secret uses and, when it cannot be verified, why.

@@ -112,8 +112,18 @@ describe('poplar/client', () => {
   it('reaches only the client, the wire code and the protocol-neutral contracts, and no package but those of Node', async () => {
     const { files, packages } = reach(await sourceTreeOnce(), 'src/client/index.ts');
     expect(files).toContain('src/client/pop3-client.ts');
-    expect(files.filter((f) => !/^src\/(client|protocol)\//.test(f) && f !== 'src/errors.ts' && f !== 'src/auth/types.ts')).toEqual([]);
+    expect(files.filter((f) => !/^src\/(client|protocol|secrets)\//.test(f) && f !== 'src/errors.ts' && f !== 'src/auth/types.ts')).toEqual([]);
     expect(packages.filter((p) => !p.startsWith('node:'))).toEqual([]);
+  });
+});
+
+describe('the authentication contracts', () => {
+  it('src/auth imports nothing of the POP3 wire code (src/protocol); stored-secret formats live in src/secrets', async () => {
+    const tree = await sourceTreeOnce();
+    const crossing = Object.entries(tree)
+      .filter(([file]) => file.startsWith('src/auth/') && !file.endsWith('.test.ts'))
+      .flatMap(([file, deps]) => (deps ?? []).filter((d) => d.id?.startsWith('src/protocol/')).map((d) => `${file} -> ${d.id}`));
+    expect(crossing).toEqual([]);
   });
 });
 

@@ -6,7 +6,7 @@
  * weak (MD5; CVE-2007-1558): keep it off unless something needs it.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { plaintextSecret } from './plaintext-secret.js';
+import { plaintextSecret } from '../../secrets/plaintext-secret.js';
 import { msgIdHost, safeEqual } from './syntax.js';
 
 /** A fresh `<pid.random.seconds@host>` timestamp for the greeting, unique per connection. */

@@ -12,8 +12,8 @@
  * when something needs it.
  */
 import { createHmac, randomBytes } from 'node:crypto';
-import { plaintextSecret } from './plaintext-secret.js';
-import { hmacMd5FromStates, hmacMd5States, parseCramMd5Secret, type HmacMd5States } from './md5-state.js';
+import { plaintextSecret } from '../../secrets/plaintext-secret.js';
+import { hmacMd5FromStates, hmacMd5States, parseCramMd5Secret, type HmacMd5States } from '../../secrets/md5-state.js';
 import { hasForbiddenControl, type ClientMechanism, type SaslServerContext, type ServerMechanism, type ServerStep } from './mechanism.js';
 import { decodeUtf8Strict, msgIdHost, safeEqual } from './syntax.js';
 

@@ -5,7 +5,7 @@ import type { ClientMechanism, SaslServerContext, ServerMechanism } from './mech
 import { OAuthBearerClient, OAuthBearerServer, oauthBearerFailureChallenge } from './oauthbearer.js';
 import { PlainClient, PlainServer } from './plain.js';
 import { ScramClient, ScramServer, scramPlusAvailable, type ChannelBindingType, type ScramAlgorithm } from './scram.js';
-import { SCRAM_MAX_ITERATIONS, SCRAM_MIN_ITERATIONS } from './scram-keys.js';
+import { SCRAM_MAX_ITERATIONS, SCRAM_MIN_ITERATIONS } from '../../secrets/scram-keys.js';
 import { XOAuth2Client, XOAuth2Server, xoauth2FailureChallenge } from './xoauth2.js';
 
 export * from './mechanism.js';
@@ -18,7 +18,7 @@ export * from './xoauth2.js';
 export * from './oauthbearer.js';
 export * from './external.js';
 export * from './apop.js';
-export { saslPrep } from './saslprep.js';
+export { saslPrep } from '../../secrets/saslprep.js';
 
 export interface MechanismInfo {
   readonly name: string;

@@ -3,7 +3,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { hashPassword } from '../../auth/schemes.js';
 import type { SaslServerContext, ServerStep } from './mechanism.js';
 import { ScramClient, ScramServer, scramPlusAvailable, type ScramAlgorithm, type ScramClientOptions, type ScramServerOptions } from './scram.js';
-import { deriveScramSecret, formatScramSecret } from './scram-keys.js';
+import { deriveScramSecret, formatScramSecret } from '../../secrets/scram-keys.js';
 import { lacks } from '../../../test/helpers/peers.js';
 
 const RFC5802 = {

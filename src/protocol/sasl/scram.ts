@@ -14,10 +14,10 @@
  * only be followed by -ERR anyway.
  */
 import { createHmac, randomBytes } from 'node:crypto';
-import { plaintextSecret } from './plaintext-secret.js';
+import { plaintextSecret } from '../../secrets/plaintext-secret.js';
 import { decodeBase64Strict } from './base64.js';
 import { hasForbiddenControl, type ClientMechanism, type SaslServerContext, type ServerMechanism, type ServerStep } from './mechanism.js';
-import { saslPrep } from './saslprep.js';
+import { saslPrep } from '../../secrets/saslprep.js';
 import {
   SCRAM_DEFAULT_ITERATIONS,
   SCRAM_HASH_LEN,
@@ -31,7 +31,7 @@ import {
   saltedPasswordSync,
   type ScramHash,
   type ScramSecret,
-} from './scram-keys.js';
+} from '../../secrets/scram-keys.js';
 import { decodeSaslname, decodeUtf8Strict, encodeSaslname, parseGs2Header, safeEqual } from './syntax.js';
 
 export type ScramAlgorithm = 'SHA-1' | 'SHA-256';

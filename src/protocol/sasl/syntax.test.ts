@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { saslPrep } from './saslprep.js';
+import { saslPrep } from '../../secrets/saslprep.js';
 import { decodeSaslname, encodeSaslname, parseBearerAuth, parseGs2Header, parseKvPairs } from './syntax.js';
 
 describe('SASLprep (RFC 4013 §3 examples)', () => {

@@ -2,7 +2,7 @@
  * The cleartext of a `{PLAIN}`-family stored secret (PLAIN, CLEAR,
  * CLEARTEXT, with Dovecot's optional .B64/.BASE64/.HEX suffix), for the
  * mechanisms that need it (CRAM-MD5, SCRAM, APOP). Re-exported by
- * ../../auth/schemes.ts; kept here so the SASL code (and the client library
+ * ../auth/schemes.ts; kept here so the SASL code (and the client library
  * that imports it) does not load the password-hashing modules.
  */
 
