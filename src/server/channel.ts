@@ -14,6 +14,29 @@ export interface Reply {
   close(reason: string, last?: string): void;
 }
 
+/** Both halves of a session answer their handlers' replies straight on the channel they share. */
+export class ChannelReplies implements Reply {
+  readonly #channel: Channel;
+  constructor(channel: Channel) {
+    this.#channel = channel;
+  }
+  ok(text?: string): void {
+    this.#channel.ok(text);
+  }
+  err(text: string, code?: RespCode): void {
+    this.#channel.err(text, code);
+  }
+  multiline(first: string, lines: Iterable<string>): Promise<void> {
+    return this.#channel.multiline(first, lines);
+  }
+  badCommand(text: string): void {
+    this.#channel.badCommand(text);
+  }
+  close(reason: string, last?: string): void {
+    this.#channel.close(reason, last);
+  }
+}
+
 /**
  * The POP3 side of one connection that both halves of a session share:
  * replies, the bad-command count, how the session ended, and its timeout.

@@ -3,12 +3,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ConnectionInfo, Credentials } from '../auth/types.js';
 import { usernameSyntaxProblem } from '../auth/username.js';
 import { InUseError, MailError } from '../errors.js';
-import { respCodeFor, type RespCode } from '../protocol/codes.js';
+import { respCodeFor } from '../protocol/codes.js';
 import { encodeBase64, decodeBase64Strict } from '../protocol/sasl/base64.js';
 import { apopTimestamp, type MechanismInfo, type SaslServerContext } from '../protocol/sasl/index.js';
 import { AuthorizationState, type LoginPort } from './authorization.js';
 import { capabilityLines } from './capabilities.js';
-import type { Channel } from './channel.js';
+import { ChannelReplies, type Channel } from './channel.js';
 import { isLoopback, type ClientInfo } from './client-info.js';
 import type { LoginContext, ServerSettings } from './context.js';
 import type { MailHalf } from './mail.js';
@@ -23,7 +23,7 @@ export type EnterMail = (user: Verified) => Promise<MailHalf>;
  * the failure throttle, LOGIN-DELAY and the login timeouts. It holds no store;
  * its one way to a maildrop is `enter`, the hand-off, with a verified user.
  */
-export class LoginHalf implements LoginPort {
+export class LoginHalf extends ChannelReplies implements LoginPort {
   readonly state = new AuthorizationState();
   readonly #ch: Channel;
   readonly #ctx: LoginContext;
@@ -44,6 +44,7 @@ export class LoginHalf implements LoginPort {
   #inputAt = 0;
 
   constructor(channel: Channel, ctx: LoginContext, client: ClientInfo, observer: SessionObserver, enter: EnterMail) {
+    super(channel);
     this.#ch = channel;
     this.#ctx = ctx;
     this.#client = client;
@@ -154,21 +155,6 @@ export class LoginHalf implements LoginPort {
     });
   }
 
-  ok(text?: string): void {
-    this.#ch.ok(text);
-  }
-  err(text: string, code?: RespCode): void {
-    this.#ch.err(text, code);
-  }
-  multiline(first: string, lines: Iterable<string>): Promise<void> {
-    return this.#ch.multiline(first, lines);
-  }
-  badCommand(text: string): void {
-    this.#ch.badCommand(text);
-  }
-  close(reason: string, last?: string): void {
-    this.#ch.close(reason, last);
-  }
 
   async startTls(): Promise<boolean> {
     const ctx = this.#ctx.tlsContext();

@@ -1,9 +1,8 @@
 import type { Principal } from '../auth/types.js';
 import { MailError } from '../errors.js';
 import type { Logger } from '../observability/log.js';
-import type { RespCode } from '../protocol/codes.js';
 import type { Maildrop } from '../store/types.js';
-import type { Channel } from './channel.js';
+import { ChannelReplies, type Channel } from './channel.js';
 import type { ServerSettings } from './context.js';
 import type { SessionObserver } from './observer.js';
 import { TransactionState, type MailPort, type Wire } from './transaction.js';
@@ -23,13 +22,14 @@ export interface MailDeps {
  * one authenticated principal over its opened, locked maildrop. Made only by
  * the hand-off (handoff.ts).
  */
-export class MailHalf implements MailPort {
+export class MailHalf extends ChannelReplies implements MailPort {
   readonly state: TransactionState;
   readonly wire: Wire;
   readonly #ch: Channel;
   readonly #deps: MailDeps;
 
   constructor(deps: MailDeps, principal: Principal, maildrop: Maildrop) {
+    super(deps.channel);
     this.#deps = deps;
     this.#ch = deps.channel;
     this.wire = deps.channel.conn;
@@ -45,21 +45,6 @@ export class MailHalf implements MailPort {
     this.#ch.setTimeout(this.#deps.settings.idle_timeout * 1000);
   }
 
-  ok(text?: string): void {
-    this.#ch.ok(text);
-  }
-  err(text: string, code?: RespCode): void {
-    this.#ch.err(text, code);
-  }
-  multiline(first: string, lines: Iterable<string>): Promise<void> {
-    return this.#ch.multiline(first, lines);
-  }
-  badCommand(text: string): void {
-    this.#ch.badCommand(text);
-  }
-  close(reason: string, last?: string): void {
-    this.#ch.close(reason, last);
-  }
   capabilities(): string[] {
     return this.#deps.capabilities();
   }
