@@ -18,6 +18,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fsyncDir } from '../platform/fsync.js';
 import { LOCK_FORMATS, LockBusyError, LockFile } from '../platform/lock-file.js';
+import { writeExclusive } from '../platform/safe-file.js';
 
 const HEADER = 'poplar-ledger 1';
 /** A ledger lock not touched for this long is stale even if its pid runs (its holder touches it while it lives). */
@@ -179,14 +180,14 @@ export class Ledger {
     const lines = [HEADER];
     for (const [u, e] of this.#entries) lines.push(`+ ${e.firstSeen} ${e.discarded ? 'x' : 'd'} ${u}`);
     for (const p of this.#pending.values()) lines.push(`? ${p.since} ${p.uidl} ${p.target}`);
-    const fh = await fs.open(tmp, 'w', 0o600);
+    // Created exclusively, never through a link; one left by a crash is replaced (unlinked, not followed).
+    await writeExclusive(tmp, lines.join('\n') + '\n', { mode: 0o600, fsync: this.#fsync, replaceStale: true });
     try {
-      await fh.writeFile(lines.join('\n') + '\n');
-      if (this.#fsync) await fh.sync();
-    } finally {
-      await fh.close();
+      await fs.rename(tmp, this.file);
+    } catch (e) {
+      await fs.unlink(tmp).catch(() => undefined);
+      throw e;
     }
-    await fs.rename(tmp, this.file);
     if (this.#fsync) await fsyncDir(path.dirname(this.file));
     this.#lines = lines.length - 1;
     if (this.#fh !== undefined) {

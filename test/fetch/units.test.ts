@@ -36,6 +36,26 @@ describe('ledger', () => {
     await r.close();
   });
 
+  it('compaction never writes through a link planted at its temporary name', async () => {
+    const dir = path.join(tmp, 'l-link');
+    await fs.mkdir(dir);
+    const file = path.join(dir, 'a.ledger');
+    const victim = path.join(tmp, 'l-link-victim.txt');
+    await fs.writeFile(victim, 'precious\n');
+    await fs.symlink(victim, `${file}.tmp${process.pid}`);
+    const l = await Ledger.open(file);
+    await l.record([{ uidl: 'u1' }, { uidl: 'u2' }], 1000);
+    await l.retainOnly(new Set(['u2'])); // drops u1: the journal is compacted
+    await l.close();
+    expect(await fs.readFile(victim, 'utf8')).toBe('precious\n');
+    expect((await fs.lstat(file)).isFile()).toBe(true);
+    const r = await Ledger.open(file);
+    expect(r.get('u1')).toBeUndefined();
+    expect(r.get('u2')).toEqual({ firstSeen: 1000, discarded: false });
+    await r.close();
+    expect((await fs.readdir(dir)).filter((f) => f.includes('.tmp'))).toEqual([]);
+  });
+
   it('a record appended while an fdatasync is under way gets an fdatasync of its own', async () => {
     // intend() (next window) and record() (last batch) run at the same time in a fetch.
     const probe = await fs.open(path.join(tmp, 'probe'), 'w');
