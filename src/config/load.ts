@@ -6,6 +6,7 @@ import { ConfigSchema, type Config } from './schema.js';
 import { SERVER_MECHANISM_NAMES } from '../protocol/sasl/index.js';
 
 import { ConfigError } from './errors.js';
+import { parseCidr } from './cidr.js';
 
 export { ConfigError };
 
@@ -106,6 +107,12 @@ export function loadConfig(flags: ServeFlags, cwd = process.cwd()): ResolvedConf
   }
   if (c.auth.type === 'postgres' && c.auth.postgres === undefined) {
     throw new ConfigError('invalid configuration: auth.type = "postgres" needs an [auth.postgres] section');
+  }
+  for (const cidr of c.server.trusted_proxies) {
+    if (parseCidr(cidr) === null) throw new ConfigError(`invalid configuration: server.trusted_proxies: ${JSON.stringify(cidr)} is not an address or CIDR`);
+  }
+  if (c.server.proxy_protocol && c.server.trusted_proxies.length === 0) {
+    throw new ConfigError('invalid configuration: server.proxy_protocol = true needs server.trusted_proxies (the load balancers\' addresses)');
   }
   const dataDir = path.resolve(base, c.data_dir);
   const generateCertificate = c.tls.cert === undefined;

@@ -29,6 +29,10 @@ export const ConfigSchema = z
         max_connections: z.number().int().min(1).default(20_000),
         max_connections_per_ip: z.number().int().min(1).default(100),
         login_timeout: seconds.default(60),
+        /** Read a PROXY protocol header (v1 or v2) before anything else on every listener. */
+        proxy_protocol: z.boolean().default(false),
+        /** The only peers a PROXY protocol header is taken from (CIDRs); every other connection is closed. */
+        trusted_proxies: z.array(z.string()).default([]),
         /** Total seconds from the greeting to a successful login, whatever the client sends meanwhile; 0 = no limit. */
         login_deadline: seconds.default(120),
         /** Client addresses are counted per prefix of this many bits (connection limit per address, login throttle). */

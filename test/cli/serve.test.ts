@@ -123,6 +123,8 @@ describe('poplar serve: bad configuration', () => {
     ['an unknown SASL mechanism', ['--config', 'mech.toml'], /unknown mechanism DIGEST-MD5/, '[server]\nsasl_mechanisms = ["PLAIN", "DIGEST-MD5"]\n'],
     ['OAuth mechanisms without OAuth', ['--config', 'oauth.toml'], /no \[auth\.oauth\] section/, '[server]\nsasl_mechanisms = ["XOAUTH2"]\n'],
     ['postgres without its section', ['--config', 'pg.toml'], /needs an \[auth\.postgres\] section/, '[auth]\ntype = "postgres"\n'],
+    ['a bad trusted proxy CIDR', ['--config', 'cidr.toml'], /server\.trusted_proxies: "10\.0\.0\.0\/33" is not an address or CIDR/, '[server]\nproxy_protocol = true\ntrusted_proxies = ["10.0.0.0/8", "10.0.0.0/33"]\n'],
+    ['PROXY protocol without trusted proxies', ['--config', 'proxy.toml'], /proxy_protocol = true needs server\.trusted_proxies/, '[server]\nproxy_protocol = true\n'],
     ['an unreachable user database', ['--config', 'pgdown.toml'], /cannot use the PostgreSQL user database/, '[auth]\ntype = "postgres"\n[auth.postgres]\nurl = "postgres://postgres@127.0.0.1:1/test"\nconnect_timeout = 1\n'],
   ];
   for (const [what, args, msg, file] of cases) {
