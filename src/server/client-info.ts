@@ -55,3 +55,15 @@ export function normalizeAddress(a: string): string {
 export function isLoopback(address: string): boolean {
   return address === '::1' || address.startsWith('127.');
 }
+
+/** The client info of a connection a trusted proxy passed on: the addresses its PROXY header gave. */
+export function proxiedClientInfo(a: { sourceAddress: string; sourcePort: number; destinationAddress: string; destinationPort: number }, tls: boolean): ClientInfo {
+  return {
+    remoteAddress: normalizeAddress(a.sourceAddress),
+    remotePort: a.sourcePort,
+    localAddress: normalizeAddress(a.destinationAddress),
+    localPort: a.destinationPort,
+    tls,
+    viaProxy: true,
+  };
+}

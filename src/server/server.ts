@@ -5,7 +5,9 @@ import { once } from 'node:events';
 import type { Authenticator } from '../auth/types.js';
 import type { Logger } from '../observability/log.js';
 import type { MailStore } from '../store/types.js';
-import { clientInfoOf, type ClientInfo } from './client-info.js';
+import { clientInfoOf, proxiedClientInfo, type ClientInfo } from './client-info.js';
+import { blockListOf, inList } from '../config/cidr.js';
+import { readProxyHeader } from './proxy-accept.js';
 import { Connection } from './connection.js';
 import type { LoginContext, ServerSettings } from './context.js';
 import { logObserver } from './log-observer.js';
@@ -16,6 +18,9 @@ import { dummyVerify } from '../auth/schemes.js';
 import { LoginThrottle, RecentMaximum, normalizeAddress as addressKey } from '../auth/throttle.js';
 import { DEFAULT_ENABLED_MECHANISMS, serverMechanisms, type MechanismInfo } from '../protocol/sasl/index.js';
 import { Session } from './session.js';
+
+/** A trusted proxy gets at most this long (or login_timeout, if shorter) to send its header. */
+const PROXY_HEADER_TIMEOUT_S = 5;
 
 export interface TlsMaterial {
   cert: string | Buffer;
@@ -101,10 +106,13 @@ export class Pop3Server {
   /** For implicit-TLS listeners. */
   #implicitContext: tls.SecureContext | null = null;
   #tlsMaterial: TlsMaterial | undefined;
+  /** Peers whose PROXY header is believed; null when the listeners take no header. */
+  readonly #trustedProxies: net.BlockList | null;
 
   constructor(opts: Pop3ServerOptions) {
     this.#opts = opts;
     this.#tlsMaterial = opts.tls;
+    this.#trustedProxies = opts.settings.proxy_protocol ? blockListOf(opts.settings.trusted_proxies) : null;
     if (opts.tls) {
       this.#secureContext = tls.createSecureContext(tlsOptions(opts.tls));
       this.#implicitContext = tls.createSecureContext(implicitTlsOptions(opts.tls));
@@ -161,7 +169,10 @@ export class Pop3Server {
       if (spec.tls && !this.#tlsMaterial) throw new Error('implicit TLS listener without a certificate');
       // Plain TCP for both kinds: on an implicit-TLS port the handshake is ours to start (#acceptTls).
       const server = net.createServer({ allowHalfOpen: true, noDelay: true });
-      if (spec.tls) {
+      if (this.#trustedProxies !== null) {
+        const trusted = this.#trustedProxies;
+        server.on('connection', (sock: net.Socket) => this.#acceptProxied(sock, spec.tls, trusted));
+      } else if (spec.tls) {
         server.on('connection', (raw: net.Socket) => {
           const client = clientInfoOf(raw, true);
           if (this.#admit(raw, client)) this.#acceptTls(raw, client);
@@ -182,14 +193,17 @@ export class Pop3Server {
     return bound;
   }
 
-  /** Connection limits, checked before any protocol work (before the TLS handshake on an implicit-TLS port). */
-  #admit(sock: net.Socket, client: ClientInfo): boolean {
+  /**
+   * Connection limits, checked before any protocol work (before the TLS handshake on an implicit-TLS port).
+   * `counted`: the socket is already in the total (a proxied one, counted before its header was read).
+   */
+  #admit(sock: net.Socket, client: ClientInfo, counted = false): boolean {
     const s = this.#opts.settings;
     const rip = client.remoteAddress;
     // One prefix (by default an IPv4 address, an IPv6 /64) is one client for this limit.
     const ip = addressKey(rip, s.ipv6_prefix, s.ipv4_prefix);
     const n = this.#perIp.get(ip) ?? 0;
-    const over = this.#sockets.size >= s.max_connections ? 'total' : n >= s.max_connections_per_ip ? 'per-ip' : null;
+    const over = !counted && this.#sockets.size >= s.max_connections ? 'total' : n >= s.max_connections_per_ip ? 'per-ip' : null;
     if (over !== null) {
       this.#opts.logger.warn({ rip, limit: over }, 'connection refused: limit reached');
       if (client.tls) sock.destroy();
@@ -197,15 +211,57 @@ export class Pop3Server {
       sock.on('error', () => undefined);
       return false;
     }
-    this.#sockets.add(sock);
+    if (!counted) this.#countSocket(sock);
     this.#perIp.set(ip, n + 1);
     sock.once('close', () => {
-      this.#sockets.delete(sock);
       const left = (this.#perIp.get(ip) ?? 1) - 1;
       if (left <= 0) this.#perIp.delete(ip);
       else this.#perIp.set(ip, left);
     });
     return true;
+  }
+
+  #countSocket(sock: net.Socket): void {
+    this.#sockets.add(sock);
+    sock.once('close', () => this.#sockets.delete(sock));
+  }
+
+  /**
+   * A listener behind a load balancer: only a trusted proxy may connect, and
+   * its PROXY header comes first (before the greeting, before TLS). The total
+   * limit counts sockets; the per-address limit, the log, the throttle and the
+   * loopback rule use the address from the header.
+   */
+  #acceptProxied(sock: net.Socket, tls: boolean, trusted: net.BlockList): void {
+    sock.on('error', () => undefined);
+    const peer = clientInfoOf(sock, tls);
+    if (!inList(trusted, peer.remoteAddress)) {
+      this.#opts.logger.warn({ rip: peer.remoteAddress }, 'connection refused: not a trusted proxy');
+      sock.destroy();
+      return;
+    }
+    if (this.#sockets.size >= this.#opts.settings.max_connections) {
+      this.#opts.logger.warn({ rip: peer.remoteAddress, limit: 'total' }, 'connection refused: limit reached');
+      sock.destroy();
+      return;
+    }
+    this.#countSocket(sock);
+    const timeoutMs = Math.min(Math.max(1, this.#opts.settings.login_timeout), PROXY_HEADER_TIMEOUT_S) * 1000;
+    void readProxyHeader(sock, timeoutMs).then((r) => {
+      if (r instanceof Error) {
+        this.#opts.logger.warn({ rip: peer.remoteAddress, err: r.message }, 'trusted proxy sent no valid PROXY header');
+        sock.destroy();
+        return;
+      }
+      if (sock.destroyed) return;
+      const client = r.addresses ? proxiedClientInfo(r.addresses, tls) : peer;
+      if (!this.#admit(sock, client, true)) return;
+      if (tls) this.#acceptTls(sock, client);
+      else {
+        this.#start(new Connection(sock, false, this.#maxLine()), client);
+        sock.resume();
+      }
+    });
   }
 
   #maxLine(): number {
@@ -214,8 +270,8 @@ export class Pop3Server {
   }
 
   /**
-   * Implicit TLS (RFC 8314): the handshake, then the session. A PROXY
-   * protocol header would be read from `raw` here, before the handshake.
+   * Implicit TLS (RFC 8314): the handshake, then the session. Behind a
+   * proxy, its header has been read from `raw` before this.
    */
   #acceptTls(raw: net.Socket, client: ClientInfo): void {
     const requestCert = this.#tlsMaterial?.clientCa !== undefined;

@@ -50,6 +50,11 @@ export class Wire {
     return new Wire(sock);
   }
 
+  /** A wire over a socket the test connected (and maybe wrote to) itself. */
+  static over(sock: net.Socket): Wire {
+    return new Wire(sock);
+  }
+
   get socket(): net.Socket {
     return this.#sock;
   }
