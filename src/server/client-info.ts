@@ -3,8 +3,8 @@ import type net from 'node:net';
 /**
  * Who is on the other end of a session, as the listener saw it when it
  * accepted the connection. A PROXY protocol header, read by the listener
- * before anything else (before TLS on an implicit-TLS port too), would give
- * the addresses instead and set `viaProxy`.
+ * before anything else (before TLS on an implicit-TLS port too), gives the
+ * addresses instead and sets `viaProxy`.
  */
 export interface ClientInfo {
   readonly remoteAddress: string;
