@@ -91,6 +91,33 @@ describe('PROXY protocol', () => {
     expect(clients.map((c) => [c.remoteAddress, c.tls, c.viaProxy])).toEqual([['192.0.2.44', true, true]]);
   });
 
+  it('implicit TLS: a ClientHello in the same write as the header is not lost', async () => {
+    const { s, clients } = await server();
+    // A tiny proxy that sends the header glued to the client's first bytes (the ClientHello).
+    const relay = net.createServer((client) => {
+      const up = net.connect({ host: '127.0.0.1', port: s.tlsPort });
+      up.on('error', () => client.destroy());
+      client.on('error', () => up.destroy());
+      client.once('data', (first: Buffer) => {
+        up.write(Buffer.concat([encodeProxyHeader(1, from('192.0.2.45', 50001)), first]));
+        client.pipe(up);
+        up.pipe(client);
+      });
+    });
+    relay.listen(0, '127.0.0.1');
+    await once(relay, 'listening');
+    try {
+      const w = await Wire.connect((relay.address() as net.AddressInfo).port, { tls: true });
+      wires.push(w);
+      expect(await w.line()).toBe('+OK Poplar ready.');
+      await w.login('alice', 'secret');
+      expect(clients.map((c) => [c.remoteAddress, c.tls, c.viaProxy])).toEqual([['192.0.2.45', true, true]]);
+    } finally {
+      for (const w of wires) w.close();
+      relay.close();
+    }
+  });
+
   it('closes a connection from a peer that is not a trusted proxy', async () => {
     const { s, clients } = await server({ trusted_proxies: ['10.0.0.0/8'] });
     const w = await viaProxy(s.port, encodeProxyHeader(2, from('203.0.113.9')));
