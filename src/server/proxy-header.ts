@@ -86,26 +86,21 @@ function parseV2(buf: Buffer): ProxyParse {
   if (command === 0) return { kind: 'header', version: 2, addresses: null, length };
   const body = buf.subarray(16, length);
   if (fam === 0x00) return { kind: 'header', version: 2, addresses: null, length };
-  if (fam === 0x11) {
-    if (body.length < 12) return invalid('v2 header too short for IPv4 addresses');
-    return {
-      kind: 'header',
-      version: 2,
-      addresses: { sourceAddress: ipv4(body, 0), destinationAddress: ipv4(body, 4), sourcePort: body.readUInt16BE(8), destinationPort: body.readUInt16BE(10) },
-      length,
-    };
-  }
-  if (fam === 0x21) {
-    if (body.length < 36) return invalid('v2 header too short for IPv6 addresses');
-    return {
-      kind: 'header',
-      version: 2,
-      addresses: { sourceAddress: ipv6(body, 0), destinationAddress: ipv6(body, 16), sourcePort: body.readUInt16BE(32), destinationPort: body.readUInt16BE(34) },
-      length,
-    };
-  }
-  return invalid('v2 header with an unsupported address family');
+  const family = fam === 0x11 ? V2_TCP4 : fam === 0x21 ? V2_TCP6 : undefined;
+  if (family === undefined) return invalid('v2 header with an unsupported address family');
+  const n = family.octets;
+  if (body.length < 2 * n + 4) return invalid(`v2 header too short for ${family.name} addresses`);
+  return {
+    kind: 'header',
+    version: 2,
+    addresses: { sourceAddress: family.read(body, 0), destinationAddress: family.read(body, n), sourcePort: body.readUInt16BE(2 * n), destinationPort: body.readUInt16BE(2 * n + 2) },
+    length,
+  };
 }
+
+/** The two v2 TCP families: address size and how an address is written. */
+const V2_TCP4 = { name: 'IPv4', octets: 4, read: (b: Buffer, at: number): string => ipv4(b, at) };
+const V2_TCP6 = { name: 'IPv6', octets: 16, read: (b: Buffer, at: number): string => ipv6(b, at) };
 
 function ipv4(b: Buffer, at: number): string {
   return `${b[at]}.${b[at + 1]}.${b[at + 2]}.${b[at + 3]}`;
