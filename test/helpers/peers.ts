@@ -42,6 +42,7 @@ const BINARIES = {
   python3: { install: 'apt-get install python3' },
   openssl: { install: 'apt-get install openssl' },
   ip: { install: 'apt-get install iproute2' },
+  haproxy: { install: 'apt-get install haproxy' },
 } satisfies Record<string, { path?: string; install: string }>;
 
 export type BinaryPeer = keyof typeof BINARIES;
