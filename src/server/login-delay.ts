@@ -1,43 +1,31 @@
 /**
  * RFC 2449 §6.5 LOGIN-DELAY: the minimum time between two logins of one
- * user. Kept in memory on this node (a later shared store can replace it);
- * entries older than the delay are useless and are pruned, so memory stays
- * proportional to the users who logged in within the last `delaySeconds`.
+ * user. The times live in a LoginDelayStore: in this process by default,
+ * shared by all nodes (PostgreSQL) or all --workers (the primary process)
+ * when the server is given such a store (src/cli/shared-limits.ts).
  */
-export class LoginDelayPolicy {
-  readonly #delayMs: number;
-  readonly #last = new Map<string, number>();
-  readonly #now: () => number;
-  #lastPrune = 0;
+import { MemoryLoginDelayStore, type LoginDelayStore } from '../auth/throttle-login-delay.js';
 
-  constructor(delaySeconds: number, now: () => number = Date.now) {
-    this.#delayMs = delaySeconds * 1000;
+export class LoginDelayPolicy {
+  readonly delaySeconds: number;
+  readonly store: LoginDelayStore;
+  readonly #now: () => number;
+
+  constructor(delaySeconds: number, store: LoginDelayStore = new MemoryLoginDelayStore(), now: () => number = Date.now) {
+    this.delaySeconds = delaySeconds;
+    this.store = store;
     this.#now = now;
   }
 
   /** Seconds the user must still wait, or 0 when a login is allowed now. */
-  waitSeconds(username: string): number {
-    const last = this.#last.get(username);
-    if (last === undefined) return 0;
-    const left = last + this.#delayMs - this.#now();
+  async waitSeconds(username: string): Promise<number> {
+    if (this.delaySeconds <= 0) return 0;
+    const left = await this.store.waitMs(username, this.#now(), this.delaySeconds * 1000);
     return left > 0 ? Math.ceil(left / 1000) : 0;
   }
 
-  recordLogin(username: string): void {
-    const now = this.#now();
-    // Re-insert so the map stays ordered by time: pruning can stop at the first fresh entry.
-    this.#last.delete(username);
-    this.#last.set(username, now);
-    if (now - this.#lastPrune > Math.min(this.#delayMs, 60_000)) {
-      this.#lastPrune = now;
-      for (const [u, t] of this.#last) {
-        if (now - t < this.#delayMs) break;
-        this.#last.delete(u);
-      }
-    }
-  }
-
-  get tracked(): number {
-    return this.#last.size;
+  async recordLogin(username: string): Promise<void> {
+    if (this.delaySeconds <= 0) return;
+    await this.store.recordLogin(username, this.#now(), this.delaySeconds * 1000);
   }
 }

@@ -261,7 +261,8 @@ export class LoginHalf extends ChannelReplies implements LoginPort {
     const { settings, loginDelay } = this.#ctx;
     const name = user.username;
     this.#ctx.decisionTimes.note(performance.now() - this.#inputAt);
-    const wait = loginDelay?.waitSeconds(name) ?? 0;
+    // A store that cannot answer (it falls back to this node's memory first) lets the login through: LOGIN-DELAY spreads load, it guards nothing.
+    const wait = loginDelay === undefined ? 0 : await loginDelay.waitSeconds(name).catch(() => 0);
     if (wait > 0) {
       this.#obs.loginFailed?.(name, mechanism, { reason: 'login-delay', wait });
       this.err(`Minimum time between logins is ${settings.login_delay} seconds; try again in ${wait} seconds.`, 'LOGIN-DELAY');
@@ -296,8 +297,10 @@ export class LoginHalf extends ChannelReplies implements LoginPort {
       await mail.release();
       return;
     }
-    loginDelay?.recordLogin(name);
-    await this.#ctx.throttle.recordSuccess(this.#client.remoteAddress, name).catch(() => undefined);
+    await Promise.all([
+      loginDelay?.recordLogin(name).catch(() => undefined),
+      this.#ctx.throttle.recordSuccess(this.#client.remoteAddress, name).catch(() => undefined),
+    ]);
     this.#mail = mail;
     this.#handedOff = true;
     mail.begin();

@@ -15,7 +15,8 @@ import { LoginDelayPolicy } from './login-delay.js';
 import { fanOut, type ServerObserver } from './observer.js';
 import { handshake, peerAuthorized, serverTlsSocket } from './tls-accept.js';
 import { dummyVerify } from '../auth/schemes.js';
-import { LoginThrottle, RecentMaximum, normalizeAddress as addressKey } from '../auth/throttle.js';
+import { LoginThrottle, RecentMaximum, normalizeAddress as addressKey, type ThrottleStore } from '../auth/throttle.js';
+import type { LoginDelayStore } from '../auth/throttle-login-delay.js';
 import { DEFAULT_ENABLED_MECHANISMS, serverMechanisms, type MechanismInfo } from '../protocol/sasl/index.js';
 import { Session } from './session.js';
 
@@ -38,8 +39,12 @@ export interface Pop3ServerOptions {
   tls?: TlsMaterial | undefined;
   /** Whether a bearer-token backend is configured: XOAUTH2 and OAUTHBEARER are offered only then. */
   oauth?: boolean;
-  /** Shared failure counters (default: in memory, from the settings). */
+  /** Failure counters and delays (default: from the settings, counted in `throttleStore`). */
   throttle?: LoginThrottle;
+  /** Where failures are counted when `throttle` is not given (default: this process's memory). */
+  throttleStore?: ThrottleStore | undefined;
+  /** Where LOGIN-DELAY times are kept (default: this process's memory). */
+  loginDelayStore?: LoginDelayStore | undefined;
   /** Observers of every session besides the log (metrics, tests); each gets every event. */
   observers?: readonly ServerObserver[];
 }
@@ -132,9 +137,10 @@ export class Pop3Server {
           ipBlockAfter: opts.settings.auth_block_after,
           ipv4PrefixLength: opts.settings.ipv4_prefix,
           ipv6PrefixLength: opts.settings.ipv6_prefix,
+          store: opts.throttleStore,
         }),
       decisionTimes: new RecentMaximum(),
-      loginDelay: opts.settings.login_delay !== undefined ? new LoginDelayPolicy(opts.settings.login_delay) : undefined,
+      loginDelay: opts.settings.login_delay !== undefined ? new LoginDelayPolicy(opts.settings.login_delay, opts.loginDelayStore) : undefined,
       tlsContext: () => this.#secureContext,
       requestClientCertificate: () => this.#tlsMaterial?.clientCa !== undefined,
     };

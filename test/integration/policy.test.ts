@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MemoryLoginDelayStore } from '../../src/auth/throttle-login-delay.js';
 import { LoginDelayPolicy } from '../../src/server/login-delay.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { Wire } from '../helpers/wire.js';
@@ -36,15 +37,16 @@ describe('LOGIN-DELAY (RFC 2449 §6.5)', () => {
     await b.cmd('QUIT');
   });
 
-  it('keeps memory proportional to recent logins', () => {
+  it('keeps memory proportional to recent logins', async () => {
     let now = 0;
-    const p = new LoginDelayPolicy(10, () => now);
-    for (let i = 0; i < 1000; i++) p.recordLogin(`u${i}`);
-    expect(p.waitSeconds('u1')).toBe(10);
+    const store = new MemoryLoginDelayStore();
+    const p = new LoginDelayPolicy(10, store, () => now);
+    for (let i = 0; i < 1000; i++) await p.recordLogin(`u${i}`);
+    expect(await p.waitSeconds('u1')).toBe(10);
     now = 11_000;
-    expect(p.waitSeconds('u1')).toBe(0);
-    p.recordLogin('late');
-    expect(p.tracked).toBe(1);
+    expect(await p.waitSeconds('u1')).toBe(0);
+    await p.recordLogin('late');
+    expect(store.tracked).toBe(1);
   });
 });
 
