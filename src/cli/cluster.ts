@@ -3,6 +3,7 @@ import { once } from 'node:events';
 import { createLogger } from '../observability/log.js';
 import { loadConfig, type ServeFlags } from '../config/load.js';
 import { dropPrivileges, resolveServiceIdentity } from './privileges.js';
+import { PrimaryLimits } from '../auth/throttle-cluster.js';
 
 /**
  * `poplar serve --workers N`: N worker processes share the listening sockets
@@ -28,9 +29,11 @@ import { dropPrivileges, resolveServiceIdentity } from './privileges.js';
  * place of one that died, is forked by the switched primary and never was
  * root; it receives the sockets the primary already holds.
  *
- * Per-process state stays per worker: connection limits, login throttling
- * counters and LOGIN-DELAY times apply to each worker separately (the maildrop
- * lock is a flock and covers them all).
+ * Login failure counters, blocks and LOGIN-DELAY times are shared: without a
+ * database the primary holds them and the workers ask it over the IPC
+ * channel (src/auth/throttle-cluster.ts); with one, every worker uses the
+ * database (src/cli/shared-limits.ts). Connection limits stay per worker (the
+ * maildrop lock is a flock and covers them all).
  */
 export async function runPrimary(flags: ServeFlags, workers: number): Promise<void> {
   const config = loadConfig(flags); // a bad configuration fails here, once, with exit 78
@@ -43,10 +46,20 @@ export async function runPrimary(flags: ServeFlags, workers: number): Promise<vo
   /** Replacements that failed to start in a row: the delay before the next one doubles. */
   let failures = 0;
   const live = new Set<Worker>();
+  let badLimitsLogged = 0;
+  const limits = new PrimaryLimits({
+    onBadRequest: (why) => {
+      // Only our own workers talk here; one line a minute at most if one ever misbehaves.
+      if (Date.now() - badLimitsLogged < 60_000) return;
+      badLimitsLogged = Date.now();
+      logger.warn({ why }, 'refused a malformed login-counter request from a worker');
+    },
+  });
 
   const fork = async (index: number): Promise<void> => {
     const w = cluster.fork({ POPLAR_WORKER: String(index), UV_TCP_SINGLE_ACCEPT: process.env['UV_TCP_SINGLE_ACCEPT'] ?? '1' });
     live.add(w);
+    limits.serve(w);
     w.on('exit', (code, signal) => {
       live.delete(w);
       if (stopping) {
