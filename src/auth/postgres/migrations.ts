@@ -1,5 +1,7 @@
 /**
- * Schema migrations for the PostgreSQL user database.
+ * Schema migrations for the PostgreSQL user database, and the migrate()
+ * that applies them (the mail store applies its own list with it, under its
+ * own history table).
  *
  * The SQL lives here as string constants (tsc does not copy .sql files into
  * dist/). Migrations are append-only: never edit a shipped one, add the next
@@ -39,7 +41,17 @@ CREATE TABLE poplar_users (
 /** The schema version this code expects. */
 export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);
 
-const BOOTSTRAP = `CREATE TABLE IF NOT EXISTS poplar_schema_migrations (version int PRIMARY KEY, applied_at timestamptz)`;
+/** The users backend's history table; other components (the mail store) name their own. */
+export const DEFAULT_HISTORY_TABLE = 'poplar_schema_migrations';
+
+const IDENTIFIER = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/** A history table name, checked: it is put into SQL text. */
+function historyTable(name: string | undefined): string {
+  const t = name ?? DEFAULT_HISTORY_TABLE;
+  if (!IDENTIFIER.test(t)) throw new Error(`invalid migration history table name: ${JSON.stringify(t)}`);
+  return t;
+}
 
 /**
  * Two-key advisory lock: one constant for "poplar migrations", one for the
@@ -51,6 +63,12 @@ export interface MigrateOptions {
   readonly logger?: ((message: string) => void) | undefined;
   /** Defaults to MIGRATIONS; replaceable for tests. */
   readonly migrations?: readonly Migration[] | undefined;
+  /**
+   * Where applied versions are recorded (default poplar_schema_migrations).
+   * Each component sharing a schema keeps its own, so their version numbers
+   * never collide.
+   */
+  readonly historyTable?: string | undefined;
 }
 
 /**
@@ -62,12 +80,13 @@ export interface MigrateOptions {
  */
 export async function migrate(pool: Pool, options: MigrateOptions = {}): Promise<number[]> {
   const migrations = [...(options.migrations ?? MIGRATIONS)].sort((a, b) => a.version - b.version);
+  const table = historyTable(options.historyTable);
   const client = await pool.connect();
   let broken = false;
   try {
     await client.query('BEGIN');
     try {
-      const applied = await applyPending(client, migrations, options.logger);
+      const applied = await applyPending(client, table, migrations, options.logger);
       await client.query('COMMIT');
       return applied;
     } catch (e) {
@@ -81,10 +100,10 @@ export async function migrate(pool: Pool, options: MigrateOptions = {}): Promise
   }
 }
 
-async function applyPending(client: PoolClient, migrations: readonly Migration[], logger: MigrateOptions['logger']): Promise<number[]> {
+async function applyPending(client: PoolClient, table: string, migrations: readonly Migration[], logger: MigrateOptions['logger']): Promise<number[]> {
   await client.query(LOCK);
-  await client.query(BOOTSTRAP);
-  const { rows } = await client.query<{ version: number }>('SELECT version FROM poplar_schema_migrations');
+  await client.query(`CREATE TABLE IF NOT EXISTS ${table} (version int PRIMARY KEY, applied_at timestamptz)`);
+  const { rows } = await client.query<{ version: number }>(`SELECT version FROM ${table}`);
   const done = new Set(rows.map((r) => r.version));
   const known = new Set(migrations.map((m) => m.version));
   const unknown = [...done].filter((v) => !known.has(v));
@@ -95,7 +114,7 @@ async function applyPending(client: PoolClient, migrations: readonly Migration[]
   for (const m of migrations) {
     if (done.has(m.version)) continue;
     await client.query(m.sql);
-    await client.query('INSERT INTO poplar_schema_migrations (version, applied_at) VALUES ($1, now())', [m.version]);
+    await client.query(`INSERT INTO ${table} (version, applied_at) VALUES ($1, now())`, [m.version]);
     logger?.(`postgres: applied migration ${m.name}`);
     applied.push(m.version);
   }
@@ -103,9 +122,10 @@ async function applyPending(client: PoolClient, migrations: readonly Migration[]
 }
 
 /** Highest applied version, or 0 when the schema has never been migrated. */
-export async function schemaVersion(pool: Pool): Promise<number> {
-  const exists = await pool.query<{ t: string | null }>(`SELECT to_regclass('poplar_schema_migrations')::text AS t`);
+export async function schemaVersion(pool: Pool, table?: string): Promise<number> {
+  const t = historyTable(table);
+  const exists = await pool.query<{ t: string | null }>(`SELECT to_regclass($1)::text AS t`, [t]);
   if (exists.rows[0]?.t == null) return 0;
-  const { rows } = await pool.query<{ v: number }>('SELECT coalesce(max(version), 0) AS v FROM poplar_schema_migrations');
+  const { rows } = await pool.query<{ v: number }>(`SELECT coalesce(max(version), 0) AS v FROM ${t}`);
   return rows[0]?.v ?? 0;
 }

@@ -1,0 +1,161 @@
+/**
+ * The maildrop lease: the lock that keeps one POP3 session per maildrop
+ * across every node sharing the database (RFC 1939 §8).
+ *
+ * A lease is the mailbox row's lease_holder, lease_token and lease_expires.
+ * It is taken when free or expired (by the database clock, so nodes' clocks
+ * do not matter), and every acquisition adds one to lease_token: the fencing
+ * token that an UPDATE checks, under the row lock, before it removes
+ * anything. A node renews all its leases in one statement every third of the
+ * lease time; a lease the renewal does not find any more (expired and taken
+ * by another node, or released) is marked lost. A node that dies stops
+ * renewing, and its leases run out after lease_timeout.
+ *
+ * No pool client is held between queries: the renewal timer takes one for
+ * its statement only.
+ */
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import type { Pool } from 'pg';
+import { InUseError } from '../../errors.js';
+import type { Logger } from '../../observability/log.js';
+
+/** One held lease. */
+export class Lease {
+  readonly mailboxId: number;
+  readonly token: string;
+  #lost = false;
+  /** performance.now() at the start of the last renewal the database confirmed. */
+  confirmedAt: number;
+
+  constructor(mailboxId: number, token: string, at: number) {
+    this.mailboxId = mailboxId;
+    this.token = token;
+    this.confirmedAt = at;
+  }
+  get lost(): boolean {
+    return this.#lost;
+  }
+  markLost(): void {
+    this.#lost = true;
+  }
+}
+
+const ACQUIRE = `UPDATE poplar_mailboxes
+    SET lease_holder = $2, lease_token = lease_token + 1, lease_expires = now() + $3 * interval '1 millisecond'
+  WHERE mailbox_id = $1 AND (lease_expires IS NULL OR lease_expires <= now())
+  RETURNING lease_token`;
+
+const RENEW = `UPDATE poplar_mailboxes AS m
+    SET lease_expires = now() + $4 * interval '1 millisecond'
+   FROM unnest($1::bigint[], $2::bigint[]) AS l(mailbox_id, token)
+  WHERE m.mailbox_id = l.mailbox_id AND m.lease_token = l.token AND m.lease_holder = $3 AND m.lease_expires > now()
+  RETURNING m.mailbox_id`;
+
+const RELEASE = `UPDATE poplar_mailboxes SET lease_holder = NULL, lease_expires = NULL
+  WHERE mailbox_id = $1 AND lease_token = $2 AND lease_holder = $3`;
+
+/** At most this many leases per renewal statement. */
+const RENEW_BATCH = 5000;
+
+export class LeaseKeeper {
+  /** Identifies this store instance in lease_holder (host, process, random): for operators, and checked on renewal. */
+  readonly holder = `${hostname().slice(0, 64)}/${process.pid}/${randomBytes(6).toString('hex')}`;
+  readonly timeoutMs: number;
+  readonly #pool: Pool;
+  readonly #log: Logger;
+  readonly #held = new Map<number, Lease>();
+  #timer: NodeJS.Timeout | undefined;
+  #renewing: Promise<void> | undefined;
+  #closed = false;
+
+  constructor(pool: Pool, timeoutMs: number, log: Logger) {
+    this.#pool = pool;
+    this.timeoutMs = timeoutMs;
+    this.#log = log;
+  }
+
+  /** Leases this instance holds now. */
+  get size(): number {
+    return this.#held.size;
+  }
+
+  /**
+   * Takes the lease of a mailbox, or throws InUseError while someone holds
+   * it; null when the mailbox row does not exist.
+   */
+  async acquire(mailboxId: number): Promise<Lease | null> {
+    if (this.#closed) throw new Error('store is closed');
+    const t = performance.now();
+    const r = await this.#pool.query<{ lease_token: string }>(ACQUIRE, [mailboxId, this.holder, this.timeoutMs]);
+    const row = r.rows[0];
+    if (row === undefined) {
+      const exists = await this.#pool.query('SELECT 1 FROM poplar_mailboxes WHERE mailbox_id = $1', [mailboxId]);
+      if (exists.rowCount === 0) return null;
+      throw new InUseError('Maildrop is locked by another session');
+    }
+    const lease = new Lease(mailboxId, String(row.lease_token), t);
+    this.#held.set(mailboxId, lease);
+    this.#schedule();
+    return lease;
+  }
+
+  /** Gives the lease up (also when it was lost: then nothing changes in the database). */
+  async release(lease: Lease): Promise<void> {
+    if (this.#held.get(lease.mailboxId) === lease) this.#held.delete(lease.mailboxId);
+    if (this.#held.size === 0) this.#unschedule();
+    if (lease.lost) return;
+    lease.markLost();
+    await this.#pool.query(RELEASE, [lease.mailboxId, lease.token, this.holder]);
+  }
+
+  /** Renews every held lease now (the timer calls this; tests may too). */
+  renewAll(): Promise<void> {
+    this.#renewing ??= this.#renew().finally(() => (this.#renewing = undefined));
+    return this.#renewing;
+  }
+
+  async #renew(): Promise<void> {
+    const leases = [...this.#held.values()].filter((l) => !l.lost);
+    for (let i = 0; i < leases.length; i += RENEW_BATCH) {
+      const batch = leases.slice(i, i + RENEW_BATCH);
+      const t = performance.now();
+      try {
+        const r = await this.#pool.query<{ mailbox_id: string }>(RENEW, [batch.map((l) => l.mailboxId), batch.map((l) => l.token), this.holder, this.timeoutMs]);
+        const renewed = new Set(r.rows.map((row) => Number(row.mailbox_id)));
+        for (const l of batch) {
+          if (renewed.has(l.mailboxId)) l.confirmedAt = t;
+          else if (this.#held.get(l.mailboxId) === l) this.#lose(l, 'not renewed: expired or taken over');
+        }
+      } catch (e) {
+        // The database did not answer: a lease not confirmed within its lifetime is given up.
+        this.#log.warn({ err: e, leases: batch.length }, 'postgres store: renewing maildrop leases failed');
+        for (const l of batch) if (performance.now() - l.confirmedAt >= this.timeoutMs) this.#lose(l, 'not renewed in time');
+      }
+    }
+  }
+
+  #lose(lease: Lease, why: string): void {
+    if (lease.lost) return;
+    lease.markLost();
+    this.#log.warn({ mailbox: lease.mailboxId }, `postgres store: maildrop lease lost (${why})`);
+  }
+
+  #schedule(): void {
+    if (this.#timer !== undefined) return;
+    this.#timer = setInterval(() => void this.renewAll(), Math.max(100, Math.floor(this.timeoutMs / 3)));
+    this.#timer.unref();
+  }
+
+  #unschedule(): void {
+    if (this.#timer === undefined) return;
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** Stops renewing (the leases still held run out in the database). */
+  close(): void {
+    this.#closed = true;
+    this.#unschedule();
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * The PostgreSQL store as the source or the target of `poplar migrate`: a
+ * maildrop locked by its lease like a POP3 session, listed with everything
+ * a move keeps (UIDL, size, arrival, first retrieval, uid order), and an
+ * add() that is idempotent by UIDL.
+ */
+import type { Readable } from 'node:stream';
+import type { Pool } from 'pg';
+import { PermanentFailure, TemporaryFailure } from '../../errors.js';
+import type { MigratedMessage, MigrationSource, MigrationTarget } from '../migration.js';
+import { openBody, writeBody } from './bodies.js';
+import type { Lease, LeaseKeeper } from './lease.js';
+import type { PostgresStore } from './postgres-store.js';
+import { count, validUidl } from './rows.js';
+import { inTransaction } from './tx.js';
+
+const FULL_LISTING = `SELECT uid, uidl, size, body_id, arrived_at, first_retrieved_at
+  FROM poplar_messages WHERE mailbox_id = $1 ORDER BY uid`;
+
+const HOLDS_LEASE = `SELECT lease_token = $2 AND lease_holder = $3 AND lease_expires > now() AS held
+  FROM poplar_mailboxes WHERE mailbox_id = $1 FOR UPDATE`;
+
+interface SourceRow {
+  uid: string;
+  uidl: unknown;
+  size: string;
+  body_id: string;
+  arrived_at: Date;
+  first_retrieved_at: Date | null;
+}
+
+export async function openMigrationSource(pool: Pool, leases: LeaseKeeper, mailboxId: number, lease: Lease, signal?: AbortSignal): Promise<MigrationSource> {
+  signal?.throwIfAborted();
+  const { rows } = await pool.query<SourceRow>(FULL_LISTING, [mailboxId]);
+  const messages: MigratedMessage[] = [];
+  const bodies: { bodyId: number; size: number }[] = [];
+  for (const r of rows) {
+    const size = count(r.size);
+    const bodyId = count(r.body_id);
+    // A row POP3 could not serve cannot be moved either; the migration reports what it moved.
+    if (!validUidl(r.uidl) || size === null || bodyId === null || !(r.arrived_at instanceof Date)) continue;
+    messages.push({ uidl: r.uidl, size, arrived: r.arrived_at, firstRetrieved: r.first_retrieved_at instanceof Date ? r.first_retrieved_at : null });
+    bodies.push({ bodyId, size });
+  }
+  let closed = false;
+  return {
+    messages,
+    read(index: number, readSignal?: AbortSignal): Promise<Readable> {
+      const b = bodies[index];
+      if (b === undefined) return Promise.reject(new RangeError(`no message ${index}`));
+      return openBody(pool, mailboxId, b.bodyId, b.size, readSignal);
+    },
+    async close(): Promise<void> {
+      if (closed) return;
+      closed = true;
+      await leases.release(lease);
+    },
+  };
+}
+
+export function openMigrationTarget(store: PostgresStore, leases: LeaseKeeper, mailbox: { id: number; uidValidity: number }, lease: Lease): MigrationTarget {
+  let closed = false;
+  return {
+    async uidls(): Promise<ReadonlySet<string>> {
+      const { rows } = await store.pool.query<{ uidl: string }>('SELECT uidl FROM poplar_messages WHERE mailbox_id = $1', [mailbox.id]);
+      return new Set(rows.map((r) => r.uidl));
+    },
+    async add(message: MigratedMessage, body: Buffer): Promise<'added' | 'present'> {
+      if (!validUidl(message.uidl)) throw new PermanentFailure(`UIDL ${JSON.stringify(String(message.uidl).slice(0, 80))} is not 1 to 70 printable characters`);
+      if (lease.lost) throw new TemporaryFailure('The maildrop lock was lost');
+      return inTransaction(store.pool, async (c) => {
+        const held = await c.query<{ held: boolean | null }>(HOLDS_LEASE, [mailbox.id, lease.token, leases.holder]);
+        if (held.rows[0]?.held !== true) {
+          lease.markLost();
+          throw new TemporaryFailure('The maildrop lock was lost');
+        }
+        const present = await c.query('SELECT 1 FROM poplar_messages WHERE mailbox_id = $1 AND uidl = $2', [mailbox.id, message.uidl]);
+        if ((present.rowCount ?? 0) > 0) return 'present';
+        const written = await writeBody(c, mailbox.id, [body]);
+        const added = await store.insertMessage(c, mailbox, written, { uidl: message.uidl, arrived: message.arrived, firstRetrieved: message.firstRetrieved });
+        if (!added) throw new TemporaryFailure('The message appeared meanwhile');
+        return 'added';
+      });
+    },
+    async close(): Promise<void> {
+      if (closed) return;
+      closed = true;
+      await leases.release(lease);
+    },
+  };
+}

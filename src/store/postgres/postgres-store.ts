@@ -1,0 +1,243 @@
+/**
+ * The PostgreSQL mail store (`[store] type = "postgres"`): the composition
+ * of the lease (lease.ts), the chunked bodies and their sweep (bodies.ts),
+ * the open maildrop (maildrop.ts) and the migration side (migration.ts).
+ *
+ * open() takes the maildrop lease and reads the whole listing in one
+ * indexed query; deliver() writes the body in chunks and the message row in
+ * one transaction, durable at COMMIT. No pool client is kept between
+ * queries, so an idle session costs no database connection.
+ */
+import type { Readable } from 'node:stream';
+import type { Pool, PoolClient } from 'pg';
+import type { Principal } from '../../auth/types.js';
+import { MailError, PermanentFailure, TemporaryFailure } from '../../errors.js';
+import type { Logger } from '../../observability/log.js';
+import { dovecotUidl } from '../maildir/entry.js';
+import type { MigratableStore, MigrationSource, MigrationTarget } from '../migration.js';
+import type { MailStore, Maildrop } from '../types.js';
+import { shareBody, sweepBodies, writeBody, type WrittenBody } from './bodies.js';
+import { createStorePool, PostgresStoreConfigSchema, type PostgresStoreConfigInput } from './config.js';
+import { LeaseKeeper, type Lease } from './lease.js';
+import { PostgresMaildrop } from './maildrop.js';
+import { migrateStore } from './migrations.js';
+import { openMigrationSource, openMigrationTarget } from './migration.js';
+import { count, listedMessage, type ListedMessage } from './rows.js';
+import { inTransaction } from './tx.js';
+
+export interface PostgresStoreOptions {
+  readonly logger: Logger;
+  /** Seconds a lease lives without renewal (default 30). */
+  readonly leaseTimeout?: number;
+  /** close() ends the pool (set when the store created it). Default false. */
+  readonly ownsPool?: boolean;
+  /** Milliseconds between sweeps of unreferenced bodies; 0: only when sweep() is called. Default 60 000. */
+  readonly sweepIntervalMs?: number;
+}
+
+/** A mailbox row as the store caches it: the id and UIDVALIDITY never change. */
+interface Mailbox {
+  readonly id: number;
+  readonly uidValidity: number;
+}
+
+const LISTING = 'SELECT uid, uidl, size, body_id FROM poplar_messages WHERE mailbox_id = $1 ORDER BY uid';
+const MAILBOX = 'SELECT mailbox_id, uid_validity FROM poplar_mailboxes WHERE username = $1';
+const CREATE_MAILBOX = `INSERT INTO poplar_mailboxes (username, uid_validity) VALUES ($1, $2)
+  ON CONFLICT (username) DO NOTHING RETURNING mailbox_id, uid_validity`;
+const NEXT_UID = 'UPDATE poplar_mailboxes SET next_uid = next_uid + 1 WHERE mailbox_id = $1 RETURNING next_uid - 1 AS uid';
+const INSERT_MESSAGE = `INSERT INTO poplar_messages (mailbox_id, uid, uidl, size, body_id, arrived_at, first_retrieved_at)
+  VALUES ($1, $2, $3, $4, $5, coalesce($6, now()), $7) ON CONFLICT (mailbox_id, uidl) DO NOTHING`;
+
+/** Mailbox ids remembered per process; cleared when it grows past this. */
+const CACHE_LIMIT = 100_000;
+/** A generated UIDL taken by a migrated message: the next uid is tried, this many times. */
+const UIDL_ATTEMPTS = 100;
+
+export class PostgresStore implements MailStore, MigratableStore {
+  readonly pool: Pool;
+  readonly #log: Logger;
+  readonly #leases: LeaseKeeper;
+  readonly #ownsPool: boolean;
+  readonly #mailboxes = new Map<string, Mailbox>();
+  #sweepTimer: NodeJS.Timeout | undefined;
+  #sweeping: Promise<number> | undefined;
+
+  constructor(pool: Pool, options: PostgresStoreOptions) {
+    this.pool = pool;
+    this.#log = options.logger;
+    this.#ownsPool = options.ownsPool ?? false;
+    this.#leases = new LeaseKeeper(pool, Math.round((options.leaseTimeout ?? 30) * 1000), options.logger);
+    const every = options.sweepIntervalMs ?? 60_000;
+    if (every > 0) {
+      this.#sweepTimer = setInterval(() => void this.sweep().catch((e: unknown) => this.#log.warn({ err: e }, 'postgres store: sweeping unreferenced bodies failed')), every);
+      this.#sweepTimer.unref();
+    }
+  }
+
+  /**
+   * Creates the pool from a `[store.postgres]` section, applies pending
+   * migrations when `migrate` is true (the default) and returns a store that
+   * owns the pool. A database that cannot be reached rejects with the pg error.
+   */
+  static async open(config: PostgresStoreConfigInput, options: Omit<PostgresStoreOptions, 'ownsPool' | 'leaseTimeout'>): Promise<PostgresStore> {
+    const c = PostgresStoreConfigSchema.parse(config);
+    const warn = (m: string): void => options.logger.warn({ store: 'postgres' }, m);
+    const pool = createStorePool(c, warn);
+    try {
+      if (c.migrate) await migrateStore(pool, warn);
+      else await pool.query('SELECT 1 FROM poplar_mailboxes LIMIT 0');
+    } catch (e) {
+      await pool.end().catch(() => undefined);
+      throw e;
+    }
+    return new PostgresStore(pool, { ...options, leaseTimeout: c.lease_timeout, ownsPool: true });
+  }
+
+  /** The leases this store holds (tests and metrics). */
+  get leases(): LeaseKeeper {
+    return this.#leases;
+  }
+
+  async open(user: Principal, signal?: AbortSignal): Promise<Maildrop> {
+    const { mailbox, lease } = await this.#lock(user.username);
+    try {
+      signal?.throwIfAborted();
+      const listed = await this.#listing(mailbox.id);
+      return new PostgresMaildrop(this.pool, this.#leases, lease, listed, this.#log);
+    } catch (e) {
+      await this.#leases.release(lease).catch(() => undefined);
+      throw this.#failure(e, 'opening a maildrop failed', user.username);
+    }
+  }
+
+  /** The mailbox (created on first use) and its lease; InUseError while another session holds it. */
+  async #lock(username: string): Promise<{ mailbox: Mailbox; lease: Lease }> {
+    try {
+      for (let attempt = 0; ; attempt++) {
+        const mailbox = await this.mailbox(username);
+        const lease = await this.#leases.acquire(mailbox.id);
+        if (lease !== null) return { mailbox, lease };
+        // The row went away (removed by an operator): forget it and make it again, once.
+        this.#mailboxes.delete(username);
+        if (attempt > 0) throw new TemporaryFailure('Cannot open the maildrop, try again later.');
+      }
+    } catch (e) {
+      throw this.#failure(e, 'opening a maildrop failed', username);
+    }
+  }
+
+  /** One indexed read: uid, UIDL, size and body of every message, in uid order; rows POP3 cannot use are skipped and logged. */
+  async #listing(mailboxId: number): Promise<ListedMessage[]> {
+    const { rows } = await this.pool.query<unknown[]>({ text: LISTING, values: [mailboxId], rowMode: 'array' });
+    const out: ListedMessage[] = [];
+    for (const row of rows) {
+      const m = listedMessage(row);
+      if (typeof m === 'string') {
+        this.#log.error({ mailbox: mailboxId, uid: String(row[0]).slice(0, 24) }, `postgres store: message row skipped: ${m}`);
+        continue;
+      }
+      out.push(m);
+    }
+    return out;
+  }
+
+  /** The mailbox row of a user, created when missing (@internal: the migration side uses it). */
+  async mailbox(username: string): Promise<Mailbox> {
+    const known = this.#mailboxes.get(username);
+    if (known !== undefined) return known;
+    if (username === '' || username.length > 255 || username.includes('\0')) throw new PermanentFailure('Invalid user name for a maildrop');
+    let row = (await this.pool.query<{ mailbox_id: string; uid_validity: string }>(MAILBOX, [username])).rows[0];
+    // UIDVALIDITY as Dovecot makes it: the creation time in seconds.
+    row ??= (await this.pool.query<{ mailbox_id: string; uid_validity: string }>(CREATE_MAILBOX, [username, Math.floor(Date.now() / 1000)])).rows[0];
+    row ??= (await this.pool.query<{ mailbox_id: string; uid_validity: string }>(MAILBOX, [username])).rows[0];
+    const id = count(row?.mailbox_id);
+    const uidValidity = count(row?.uid_validity);
+    if (id === null || uidValidity === null) throw new TemporaryFailure('The maildrop record is damaged');
+    if (this.#mailboxes.size >= CACHE_LIMIT) this.#mailboxes.clear();
+    const mailbox = { id, uidValidity };
+    this.#mailboxes.set(username, mailbox);
+    return mailbox;
+  }
+
+  async deliver(user: string, message: Readable | Buffer, signal?: AbortSignal): Promise<void> {
+    let mailbox: Mailbox;
+    try {
+      mailbox = await this.mailbox(user);
+    } catch (e) {
+      throw this.#failure(e, 'delivery failed', user);
+    }
+    const source = Buffer.isBuffer(message) ? [message] : (message as AsyncIterable<Buffer>);
+    try {
+      await inTransaction(this.pool, async (c) => {
+        const body = await writeBody(c, mailbox.id, source, signal);
+        await this.insertMessage(c, mailbox, body, null);
+      });
+    } catch (e) {
+      throw this.#failure(e, 'delivery failed', user);
+    }
+  }
+
+  /**
+   * Inside a transaction that wrote `body`: takes the next uid (the mailbox
+   * row stays locked until COMMIT), shares an identical body, and inserts the
+   * message; with `kept` (a migration), under that UIDL, arrival and first
+   * retrieval, else under a new Dovecot-style UIDL. Returns false when `kept`
+   * names a UIDL the mailbox already has. (@internal: migration.ts.)
+   */
+  async insertMessage(c: PoolClient, mailbox: Mailbox, body: WrittenBody, kept: { uidl: string; arrived: Date; firstRetrieved: Date | null } | null): Promise<boolean> {
+    let bodyId: number | undefined;
+    for (let attempt = 0; attempt < UIDL_ATTEMPTS; attempt++) {
+      const uid = count((await c.query<{ uid: string }>(NEXT_UID, [mailbox.id])).rows[0]?.uid);
+      if (uid === null) throw new TemporaryFailure('The maildrop record is damaged');
+      bodyId ??= await shareBody(c, mailbox.id, body);
+      const uidl = kept?.uidl ?? dovecotUidl(uid, mailbox.uidValidity);
+      const r = await c.query(INSERT_MESSAGE, [mailbox.id, uid, uidl, body.crlfSize, bodyId, kept?.arrived ?? null, kept?.firstRetrieved ?? null]);
+      if ((r.rowCount ?? 0) > 0) return true;
+      if (kept !== null) return false;
+      // A migrated message holds this generated UIDL: the uid stays used, the next one is tried.
+    }
+    throw new TemporaryFailure('No free UIDL for a new message');
+  }
+
+  /** Removes bodies no message refers to any more (a periodic job; never part of a POP3 UPDATE). */
+  sweep(): Promise<number> {
+    this.#sweeping ??= sweepBodies(this.pool).finally(() => (this.#sweeping = undefined));
+    return this.#sweeping;
+  }
+
+  async users(): Promise<string[]> {
+    const { rows } = await this.pool.query<{ username: string }>('SELECT username FROM poplar_mailboxes');
+    return rows.map((r) => r.username).sort();
+  }
+
+  async openSource(user: string, signal?: AbortSignal): Promise<MigrationSource> {
+    const { mailbox, lease } = await this.#lock(user);
+    return openMigrationSource(this.pool, this.#leases, mailbox.id, lease, signal).catch(async (e: unknown) => {
+      await this.#leases.release(lease).catch(() => undefined);
+      throw this.#failure(e, 'opening a migration source failed', user);
+    });
+  }
+
+  async openTarget(user: string, signal?: AbortSignal): Promise<MigrationTarget> {
+    signal?.throwIfAborted();
+    const { mailbox, lease } = await this.#lock(user);
+    return openMigrationTarget(this, this.#leases, mailbox, lease);
+  }
+
+  /** A failure as the caller should see it: MailErrors as they are, anything else (the database) logged and SYS/TEMP. */
+  #failure(e: unknown, what: string, user: string): Error {
+    if (e instanceof MailError) return e;
+    if (e instanceof Error && e.name === 'AbortError') return e;
+    this.#log.error({ err: e, user }, `postgres store: ${what}`);
+    return new TemporaryFailure('The mail store is not available, try again later.', { cause: e });
+  }
+
+  async close(): Promise<void> {
+    if (this.#sweepTimer !== undefined) clearInterval(this.#sweepTimer);
+    this.#sweepTimer = undefined;
+    this.#leases.close();
+    await this.#sweeping?.catch(() => undefined);
+    if (this.#ownsPool) await this.pool.end();
+  }
+}
