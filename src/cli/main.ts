@@ -3,6 +3,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { ConfigError } from '../config/errors.js';
 import { EX_CONFIG, EX_SOFTWARE, EX_USAGE } from './exit-codes.js';
 import { registerFetchCommand } from './fetch.js';
+import { registerMigrateCommand } from './migrate.js';
 import { registerUserCommands } from './user.js';
 
 const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
@@ -59,6 +60,7 @@ export function buildProgram(): Command {
 
   registerUserCommands(program);
   registerFetchCommand(program);
+  registerMigrateCommand(program);
   return program;
 }
 
