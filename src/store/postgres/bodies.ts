@@ -17,7 +17,7 @@
  */
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
-import type { Pool, PoolClient, QueryConfig } from 'pg';
+import type { Pool, PoolClient } from 'pg';
 import { MessageUnavailable } from '../../errors.js';
 import { CrlfSizeCounter } from '../../protocol/message-size.js';
 import { inTransaction } from './tx.js';
@@ -95,10 +95,8 @@ export async function shareBody(client: PoolClient, mailboxId: number, body: Wri
 const CHUNKS = 'SELECT seq, data FROM poplar_body_chunks WHERE mailbox_id = $1 AND body_id = $2 AND seq >= $3 ORDER BY seq LIMIT $4';
 
 async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: number): Promise<{ seq: number; data: Buffer }[]> {
-  // Binary results: the bytes come as they are, not as hex text to decode.
-  // (pg takes `binary` in a query config; its type declarations leave it out.)
-  const query = { text: CHUNKS, values: [mailboxId, bodyId, from, CHUNKS_PER_QUERY], binary: true } as QueryConfig;
-  const { rows } = await pool.query<{ seq: number; data: Buffer }>(query);
+  // Text results (bytea as hex, decoded natively): node-postgres turns binary results into strings first, which garbles bytes.
+  const { rows } = await pool.query<{ seq: number; data: Buffer }>(CHUNKS, [mailboxId, bodyId, from, CHUNKS_PER_QUERY]);
   return rows;
 }
 
