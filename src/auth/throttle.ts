@@ -25,9 +25,11 @@
  * Memory: counters live in a ThrottleStore. MemoryThrottleStore keeps at most
  * `maxTracked` keys per kind (addresses, users), about 250 bytes each, and
  * evicts the key whose last failure is oldest, so spraying addresses or user
- * names cannot exhaust memory. A shared store (e.g. a PostgreSQL table with
- * `INSERT ... ON CONFLICT DO UPDATE`) can implement the same interface to let
- * several nodes share counters.
+ * names cannot exhaust memory. Shared stores implement the same interface:
+ * PostgresThrottleStore (throttle-postgres.ts) for all nodes on a database,
+ * ClusterThrottleStore (throttle-cluster.ts) for the --workers of one
+ * machine, each behind FallbackThrottleStore (throttle-fallback.ts) so that an
+ * outage falls back to this process's memory; src/cli/shared-limits.ts picks.
  */
 import { createHash } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
