@@ -258,19 +258,24 @@ class MaildirTarget implements MigrationTarget {
   /** Migrated files whose uidlist record lacks their UIDL (a kill before the record, or a login that gave them a UID): fixed now. */
   async recover(): Promise<void> {
     const entries = entriesOf(this.#drop);
-    for (const e of entries) this.#present.add(e.uidl);
+    const named = entries.map((e) => migratedUidl(e.basename));
+    // What the messages that are not ours report, then ours by the UIDL their names carry.
+    entries.forEach((e, i) => {
+      if (named[i] === undefined) this.#present.add(e.uidl);
+    });
     const fix: Pending[] = [];
-    for (const e of entries) {
-      const uidl = migratedUidl(e.basename);
-      if (uidl === undefined || uidl === e.uidl) continue;
+    entries.forEach((e, i) => {
+      const uidl = named[i];
+      if (uidl === undefined) return;
       if (this.#present.has(uidl)) {
         // Another message already reports this UIDL: two would be worse than one with its own.
+        this.#present.add(e.uidl);
         this.#log.warn({ dir: this.#dir, file: e.basename }, 'migrated message left with its own UIDL: another message reports the one its name carries');
-        continue;
+        return;
       }
       this.#present.add(uidl);
-      fix.push({ base: e.basename, uidl });
-    }
+      if (uidl !== e.uidl) fix.push({ base: e.basename, uidl });
+    });
     if (fix.length > 0) {
       this.#log.info({ dir: this.#dir, count: fix.length }, 'migrated messages without their UIDL in dovecot-uidlist: recorded now');
       this.#pending = fix;
@@ -342,6 +347,12 @@ class MaildirTarget implements MigrationTarget {
         const rec: UidlistRecord = { uid: list.nextUid++, ext: [['P', p.uidl]], basename: p.base };
         list.records.push(rec);
         byBase.set(p.base, rec);
+      }
+      // A kept UIDL in Dovecot's format for this maildrop's UIDVALIDITY names a UID: never given to a new message.
+      const validity = list.uidValidity.toString(16).padStart(8, '0');
+      for (const p of this.#pending) {
+        const m = /^([0-9a-f]{8})([0-9a-f]{8})$/.exec(p.uidl);
+        if (m !== null && m[2] === validity) list.nextUid = Math.max(list.nextUid, parseInt(m[1]!, 16) + 1);
       }
       await lock.replace(formatUidlist(list), this.#fsync);
     } catch (e) {
