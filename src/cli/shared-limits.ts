@@ -24,6 +24,9 @@ import { ConfigError } from '../config/errors.js';
 import type { ResolvedConfig } from '../config/load.js';
 import type { Logger } from '../observability/log.js';
 
+/** Connections per process for the counters, at most (fewer when the section's pool_size is smaller). */
+export const LIMITS_POOL_SIZE = 4;
+
 export interface SharedLimits {
   /** Where the counters live. */
   readonly where: 'postgres' | 'primary' | 'memory';
@@ -51,7 +54,8 @@ export async function sharedLimits(config: ResolvedConfig, logger: Logger, clust
   const info = (where: string) => (message: string) => logger.info({ limits: where }, message);
   if (db !== undefined) {
     const log = (m: string): void => logger.warn({ limits: 'postgres' }, m);
-    const pool: Pool = createPostgresPool(db, log);
+    // A pool of its own, small: each call is one short statement.
+    const pool: Pool = createPostgresPool({ ...db, pool_size: Math.min(db.pool_size ?? LIMITS_POOL_SIZE, LIMITS_POOL_SIZE) }, log);
     try {
       if (db.migrate ?? true) await migrateLimits(pool, (m) => logger.info({ limits: 'postgres' }, m));
     } catch (e) {
