@@ -50,7 +50,7 @@ export async function pgSchema(): Promise<PgSchema> {
     pool,
     store: (options = {}) => {
       const logger: Logger = options.logger ?? silentLogger();
-      const s = new PostgresStore(pool(options.max ?? 4), { sweepIntervalMs: 0, ...options, logger, ownsPool: true });
+      const s = new PostgresStore(pool(options.max ?? 4), { sweepIntervalMs: 0, leasePool: pool(1), ...options, logger, ownsPool: true });
       stores.push(s);
       return s;
     },

@@ -162,13 +162,25 @@ class BodyStream extends Readable {
 
 /**
  * Removes the bodies no message refers to, in mailboxes where messages were
- * removed since the last sweep (at most `limit` mailboxes per call). Each
+ * removed since the last sweep (at most about `limit` mailboxes per call). Each
  * mailbox is swept in a transaction holding its row lock; a mailbox locked by
  * a delivery or an UPDATE is skipped and swept next time. Returns how many
  * bodies were removed.
  */
-export async function sweepBodies(pool: Pool, limit = 100): Promise<number> {
-  const { rows } = await pool.query<{ mailbox_id: string }>('SELECT mailbox_id FROM poplar_mailboxes WHERE needs_sweep ORDER BY mailbox_id LIMIT $1', [limit]);
+export async function sweepBodies(pool: Pool, limit = 10_000): Promise<number> {
+  let removed = 0;
+  let after = 0;
+  for (let seen = 0; seen < limit; ) {
+    const batch = await pool.query<{ mailbox_id: string }>('SELECT mailbox_id FROM poplar_mailboxes WHERE needs_sweep AND mailbox_id > $1 ORDER BY mailbox_id LIMIT 100', [after]);
+    if (batch.rows.length === 0) break;
+    seen += batch.rows.length;
+    after = Number(batch.rows[batch.rows.length - 1]!.mailbox_id);
+    removed += await sweepMailboxes(pool, batch.rows);
+  }
+  return removed;
+}
+
+async function sweepMailboxes(pool: Pool, rows: readonly { mailbox_id: string }[]): Promise<number> {
   let removed = 0;
   for (const r of rows) {
     const mailboxId = Number(r.mailbox_id);

@@ -12,7 +12,9 @@
  * renewing, and its leases run out after lease_timeout.
  *
  * No pool client is held between queries: the renewal timer takes one for
- * its statement only.
+ * its statement only, from a pool of its own (one connection), so that
+ * renewals never queue behind sessions' queries on a busy pool and a lease
+ * is not lost because the node is merely loaded.
  */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -63,14 +65,17 @@ export class LeaseKeeper {
   readonly holder = `${hostname().slice(0, 64)}/${process.pid}/${randomBytes(6).toString('hex')}`;
   readonly timeoutMs: number;
   readonly #pool: Pool;
+  readonly #renewPool: Pool;
   readonly #log: Logger;
   readonly #held = new Map<number, Lease>();
   #timer: NodeJS.Timeout | undefined;
   #renewing: Promise<void> | undefined;
   #closed = false;
 
-  constructor(pool: Pool, timeoutMs: number, log: Logger) {
+  /** `renewPool`: where renewals run (a pool of their own; default `pool`). */
+  constructor(pool: Pool, timeoutMs: number, log: Logger, renewPool: Pool = pool) {
     this.#pool = pool;
+    this.#renewPool = renewPool;
     this.timeoutMs = timeoutMs;
     this.#log = log;
   }
@@ -121,7 +126,7 @@ export class LeaseKeeper {
       const batch = leases.slice(i, i + RENEW_BATCH);
       const t = performance.now();
       try {
-        const r = await this.#pool.query<{ mailbox_id: string }>(RENEW, [batch.map((l) => l.mailboxId), batch.map((l) => l.token), this.holder, this.timeoutMs]);
+        const r = await this.#renewPool.query<{ mailbox_id: string }>(RENEW, [batch.map((l) => l.mailboxId), batch.map((l) => l.token), this.holder, this.timeoutMs]);
         const renewed = new Set(r.rows.map((row) => Number(row.mailbox_id)));
         for (const l of batch) {
           if (renewed.has(l.mailboxId)) l.confirmedAt = t;

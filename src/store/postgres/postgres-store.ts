@@ -33,6 +33,8 @@ export interface PostgresStoreOptions {
   readonly ownsPool?: boolean;
   /** Milliseconds between sweeps of unreferenced bodies; 0: only when sweep() is called. Default 60 000. */
   readonly sweepIntervalMs?: number;
+  /** A pool (one connection is enough) for lease renewals only; default the main pool. Ended by close() with ownsPool. */
+  readonly leasePool?: Pool;
 }
 
 /** A mailbox row as the store caches it: the id and UIDVALIDITY never change. */
@@ -59,6 +61,7 @@ export class PostgresStore implements MailStore, MigratableStore {
   readonly #log: Logger;
   readonly #leases: LeaseKeeper;
   readonly #ownsPool: boolean;
+  readonly #leasePool: Pool | undefined;
   readonly #mailboxes = new Map<string, Mailbox>();
   #sweepTimer: NodeJS.Timeout | undefined;
   #sweeping: Promise<number> | undefined;
@@ -67,7 +70,8 @@ export class PostgresStore implements MailStore, MigratableStore {
     this.pool = pool;
     this.#log = options.logger;
     this.#ownsPool = options.ownsPool ?? false;
-    this.#leases = new LeaseKeeper(pool, Math.round((options.leaseTimeout ?? 30) * 1000), options.logger);
+    this.#leasePool = options.leasePool;
+    this.#leases = new LeaseKeeper(pool, Math.round((options.leaseTimeout ?? 30) * 1000), options.logger, options.leasePool);
     const every = options.sweepIntervalMs ?? 60_000;
     if (every > 0) {
       this.#sweepTimer = setInterval(() => void this.sweep().catch((e: unknown) => this.#log.warn({ err: e }, 'postgres store: sweeping unreferenced bodies failed')), every);
@@ -84,14 +88,16 @@ export class PostgresStore implements MailStore, MigratableStore {
     const c = PostgresStoreConfigSchema.parse(config);
     const warn = (m: string): void => options.logger.warn({ store: 'postgres' }, m);
     const pool = createStorePool(c, warn);
+    // Renewals get a connection of their own: they must not wait behind sessions on a busy pool.
+    const leasePool = createStorePool({ ...c, pool_size: 1 }, warn);
     try {
       if (c.migrate) await migrateStore(pool, warn);
       else await pool.query('SELECT 1 FROM poplar_mailboxes LIMIT 0');
     } catch (e) {
-      await pool.end().catch(() => undefined);
+      await Promise.allSettled([pool.end(), leasePool.end()]);
       throw e;
     }
-    return new PostgresStore(pool, { ...options, leaseTimeout: c.lease_timeout, ownsPool: true });
+    return new PostgresStore(pool, { ...options, leaseTimeout: c.lease_timeout, ownsPool: true, leasePool });
   }
 
   /** The leases this store holds (tests and metrics). */
@@ -238,6 +244,6 @@ export class PostgresStore implements MailStore, MigratableStore {
     this.#sweepTimer = undefined;
     this.#leases.close();
     await this.#sweeping?.catch(() => undefined);
-    if (this.#ownsPool) await this.pool.end();
+    if (this.#ownsPool) await Promise.all([this.pool.end(), this.#leasePool?.end()]);
   }
 }
