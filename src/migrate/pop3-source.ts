@@ -14,6 +14,7 @@ import { Readable } from 'node:stream';
 import { Pop3Client, type Pop3Client as Client } from '../client/index.js';
 import { printable } from '../client/errors.js';
 import { ConfigError } from '../config/errors.js';
+import { crlfSize } from '../protocol/message-size.js';
 import { usableListings } from '../fetch/listing.js';
 import type { MigratedMessage, MigrationSource } from '../store/migration.js';
 import type { Endpoint } from './endpoints.js';
@@ -65,6 +66,19 @@ export async function readPassword(opts: { passwordEnv?: string | undefined; pas
   throw new ConfigError('a pop3:// source needs --password-env VAR or --password-file FILE');
 }
 
+/**
+ * A message stored without a final line end goes out with a CRLF before the
+ * terminating dot that its LIST size does not count (Dovecot does this, and
+ * so does Poplar). When the body is exactly that CRLF longer than announced,
+ * the CRLF is the server's, not the message's: it is dropped, so the
+ * migrated message has the size the server listed and is sent the same way.
+ */
+export function withoutAddedLineEnd(body: Buffer, listed: number): Buffer {
+  const n = body.length;
+  if (n >= 2 && body[n - 2] === 0x0d && body[n - 1] === 0x0a && crlfSize(body) === listed + 2) return body.subarray(0, n - 2);
+  return body;
+}
+
 /** Connect, log in and list. `skip` hears of each message left on the server, and why. */
 export async function openPop3Source(ep: Extract<Endpoint, { kind: 'pop3' }>, o: Pop3SourceOptions, skip: (number: number, why: string) => void): Promise<Pop3Source> {
   let ca: Buffer | undefined;
@@ -110,7 +124,7 @@ export async function openPop3Source(ep: Extract<Endpoint, { kind: 'pop3' }>, o:
         const size = messages[index]!.size;
         // The announced size bounds what is accepted, with room for a server that counts a little differently.
         const body = await client.retrBuffer(n, { maxOctets: size + Math.max(64 * 1024, Math.ceil(size / 10)), signal });
-        return Readable.from([body]);
+        return Readable.from([withoutAddedLineEnd(body, size)]);
       },
       close: async () => {
         // QUIT without DELE: nothing changes on the server.
