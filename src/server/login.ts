@@ -263,13 +263,13 @@ export class LoginHalf extends ChannelReplies implements LoginPort {
     this.#ctx.decisionTimes.note(performance.now() - this.#inputAt);
     // A store that cannot answer (it falls back to this node's memory first) lets the login through: LOGIN-DELAY spreads load, it guards nothing.
     const wait = loginDelay === undefined ? 0 : await loginDelay.waitSeconds(name).catch(() => 0);
+    // The login deadline passed while the credentials (or the LOGIN-DELAY store) were being asked.
+    if (this.#ch.ended) return;
     if (wait > 0) {
       this.#obs.loginFailed?.(name, mechanism, { reason: 'login-delay', wait });
       this.err(`Minimum time between logins is ${settings.login_delay} seconds; try again in ${wait} seconds.`, 'LOGIN-DELAY');
       return;
     }
-    // The login deadline passed while the credentials were being checked.
-    if (this.#ch.ended) return;
     // Opening a big maildrop the first time can take long: that is our work, not client inactivity.
     this.#ch.setTimeout(0);
     this.#opening = true;
