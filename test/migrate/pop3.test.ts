@@ -6,6 +6,7 @@
  * duplicates, an absurd LIST size): clear skips or a clear error, no crash,
  * nothing half-stored; --dry-run lists without retrieving.
  */
+import { X509Certificate } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -92,6 +93,21 @@ describe.skipIf(lacks('dovecot'))('from a real Dovecot over POP3', () => {
     expect(again.code, again.stderr).toBe(0);
     expect(again.stdout).toMatch(/0 messages moved .* 6 already there/);
     expect(await messageFiles(poplar.maildirRoot, 'alice')).toHaveLength(6);
+  });
+
+  it('verifies TLS by default (pop3:// with STLS, pop3s://): an unknown certificate stops it (exit 69); a pinned one works', async () => {
+    const target = path.join(tmp, 'tls');
+    const env = { MIGRATE_PW: PASSWORD };
+    const stls = await runPoplar(['migrate', '--from', `pop3://alice@127.0.0.1:${dc.port}`, '--to', `maildir:${target}`, '--password-env', 'MIGRATE_PW', '--dry-run'], { env, timeoutMs: 60_000 });
+    expect(stls.code, stls.stderr).toBe(69);
+    const implicit = await runPoplar(['migrate', '--from', `pop3s://alice@127.0.0.1:${dc.tlsPort}`, '--to', `maildir:${target}`, '--password-env', 'MIGRATE_PW'], { env, timeoutMs: 60_000 });
+    expect(implicit.code, implicit.stderr).toBe(69);
+    expect(implicit.stderr).toMatch(/certificate/i);
+    expect(await messageFiles(target, 'alice')).toEqual([]);
+    const fingerprint = new X509Certificate(await fs.readFile(path.join(dc.dir, 'cert.pem'))).fingerprint256;
+    const pinned = await runPoplar(['migrate', '--from', `pop3s://alice@127.0.0.1:${dc.tlsPort}`, '--to', `maildir:${target}`, '--password-env', 'MIGRATE_PW', '--fingerprint', fingerprint], { env, timeoutMs: 60_000 });
+    expect(pinned.code, pinned.stderr).toBe(0);
+    expect(await messageFiles(target, 'alice')).toHaveLength(6);
   });
 
   it('refuses a wrong password with exit 77 and stores nothing', async () => {
