@@ -16,6 +16,7 @@ import { Pop3Server, type BoundListener, type ListenSpec } from '../server/serve
 import { fileCodec } from '../server/retr-file.js';
 import { MaildirStore } from '../store/maildir/maildir-store.js';
 import { dropPrivileges, Handover, resolveServiceIdentity, usable, type ServiceIdentity } from './privileges.js';
+import { sharedLimits } from './shared-limits.js';
 
 export interface RunningServer {
   readonly server: Pop3Server;
@@ -35,6 +36,8 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
 
   // The user database first: an unreachable one is reported before anything is created.
   const authenticator = await buildAuthenticator(config, logger);
+  // Login failure counters and LOGIN-DELAY times: the database, the --workers primary, or this process.
+  const limits = await sharedLimits(config, logger, cluster.isWorker);
   // What Poplar creates for itself as root is handed to the service user (below, before the switch).
   const handover = new Handover(identity);
   await handover.mkdir(config.dataDir, 0o700);
@@ -83,7 +86,16 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   let server: Pop3Server;
   let listeners: BoundListener[];
   try {
-    server = new Pop3Server({ settings: config.server, authenticator, store, logger, tls, oauth: config.auth.oauth !== undefined });
+    server = new Pop3Server({
+      settings: config.server,
+      authenticator,
+      store,
+      logger,
+      tls,
+      oauth: config.auth.oauth !== undefined,
+      throttleStore: limits.throttleStore,
+      loginDelayStore: limits.loginDelayStore,
+    });
     // A --workers worker never binds: the primary (still root) makes the listening sockets and
     // passes them over, so the worker switches before it has a socket. A single process binds
     // as root, and switches as soon as every listener is bound, before its event loop can accept
@@ -150,6 +162,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     stop: async () => {
       await server.close(config.server.shutdown_grace * 1000);
       await authenticator.close?.();
+      await limits.close();
     },
   };
 }
