@@ -18,12 +18,16 @@
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Pool, PoolClient } from 'pg';
+import copyStreams from 'pg-copy-streams';
 import { MessageUnavailable } from '../../errors.js';
 import { CrlfSizeCounter } from '../../protocol/message-size.js';
 import { inTransaction } from './tx.js';
 
 export const CHUNK_SIZE = 256 * 1024;
 const CHUNKS_PER_QUERY = 4;
+/** A batch of chunks that has not arrived after this long fails the read. */
+const COPY_TIMEOUT_MS = 30_000;
+const copyTo = copyStreams.to;
 
 export interface WrittenBody {
   readonly bodyId: number;
@@ -92,12 +96,63 @@ export async function shareBody(client: PoolClient, mailboxId: number, body: Wri
   return Number(rows[0]!.body_id);
 }
 
-const CHUNKS = 'SELECT seq, data FROM poplar_body_chunks WHERE mailbox_id = $1 AND body_id = $2 AND seq >= $3 ORDER BY seq LIMIT $4';
-
+/**
+ * One batch of chunks, from `from` on, as the bytes the server holds. Read
+ * with COPY ... TO STDOUT in binary format: node-postgres returns bytea
+ * query results as hex text (twice the bytes, and a string per chunk for the
+ * garbage collector), where COPY hands over the stored bytes as they are.
+ * COPY takes no parameters: the ids are integers this process checked.
+ */
 async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: number): Promise<{ seq: number; data: Buffer }[]> {
-  // Text results (bytea as hex, decoded natively): node-postgres turns binary results into strings first, which garbles bytes.
-  const { rows } = await pool.query<{ seq: number; data: Buffer }>(CHUNKS, [mailboxId, bodyId, from, CHUNKS_PER_QUERY]);
-  return rows;
+  for (const n of [mailboxId, bodyId, from]) if (!Number.isSafeInteger(n) || n < 0) throw new RangeError('bad id');
+  const sql = `COPY (SELECT seq, data FROM poplar_body_chunks WHERE mailbox_id = ${mailboxId} AND body_id = ${bodyId} AND seq >= ${from}
+    ORDER BY seq LIMIT ${CHUNKS_PER_QUERY}) TO STDOUT (FORMAT binary)`;
+  const client = await pool.connect();
+  let broken = false;
+  try {
+    const stream = client.query(copyTo(sql));
+    const timer = setTimeout(() => stream.destroy(new Error('reading a message body timed out')), COPY_TIMEOUT_MS);
+    const parts: Buffer[] = [];
+    try {
+      for await (const part of stream) parts.push(part as Buffer);
+    } finally {
+      clearTimeout(timer);
+    }
+    return parseBinaryCopy(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+  } catch (e) {
+    broken = true; // a COPY cut short leaves the connection in an unknown state
+    throw e;
+  } finally {
+    client.release(broken);
+  }
+}
+
+const COPY_SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
+
+/** Rows (seq int4, data bytea) of a binary COPY (PostgreSQL docs, "Binary Format"); the data are views into `buf`. */
+export function parseBinaryCopy(buf: Buffer): { seq: number; data: Buffer }[] {
+  const bad = (): never => {
+    throw new Error('malformed COPY data from the server');
+  };
+  if (buf.length < 19 || !buf.subarray(0, 11).equals(COPY_SIGNATURE)) bad();
+  // Signature, flags (int32), header extension length (int32) and the extension.
+  let at = 19 + buf.readUInt32BE(15);
+  const rows: { seq: number; data: Buffer }[] = [];
+  for (;;) {
+    if (at + 2 > buf.length) bad();
+    const fields = buf.readInt16BE(at);
+    at += 2;
+    if (fields === -1) return rows;
+    if (fields !== 2 || at + 8 > buf.length || buf.readInt32BE(at) !== 4) bad();
+    const seq = buf.readInt32BE(at + 4);
+    at += 8;
+    if (at + 4 > buf.length) bad();
+    const len = buf.readInt32BE(at);
+    at += 4;
+    if (len < 0 || at + len > buf.length) bad();
+    rows.push({ seq, data: buf.subarray(at, at + len) });
+    at += len;
+  }
 }
 
 /**
@@ -112,51 +167,63 @@ export async function openBody(pool: Pool, mailboxId: number, bodyId: number, si
   return new BodyStream(pool, mailboxId, bodyId, first, signal);
 }
 
+type Chunk = { seq: number; data: Buffer };
+
+/**
+ * The chunks of one body in order. While one batch goes out, the next is
+ * already being fetched (at most two batches in memory), so the database's
+ * round trip overlaps the client's reading.
+ */
 class BodyStream extends Readable {
   readonly #pool: Pool;
   readonly #mailboxId: number;
   readonly #bodyId: number;
-  #batch: { seq: number; data: Buffer }[] | null;
+  #ready: Promise<Chunk[]> | null;
   #next = 0;
-  #ended = false;
+  #busy = false;
 
-  constructor(pool: Pool, mailboxId: number, bodyId: number, first: { seq: number; data: Buffer }[], signal?: AbortSignal) {
+  constructor(pool: Pool, mailboxId: number, bodyId: number, first: Chunk[], signal?: AbortSignal) {
     super({ highWaterMark: CHUNK_SIZE, ...(signal ? { signal } : {}) });
     this.#pool = pool;
     this.#mailboxId = mailboxId;
     this.#bodyId = bodyId;
-    this.#batch = first;
+    this.#ready = Promise.resolve(first);
+  }
+
+  #fetch(from: number): Promise<Chunk[]> {
+    const p = fetchChunks(this.#pool, this.#mailboxId, this.#bodyId, from);
+    p.catch(() => undefined); // reported when the stream gets to it; nothing if it is destroyed first
+    return p;
   }
 
   override _read(): void {
-    const batch = this.#batch;
-    this.#batch = null;
-    if (batch !== null) {
-      this.#pushBatch(batch);
-      return;
-    }
-    if (this.#ended) return;
-    fetchChunks(this.#pool, this.#mailboxId, this.#bodyId, this.#next).then(
+    if (this.#busy) return;
+    const ready = this.#ready;
+    if (ready === null) return;
+    this.#busy = true;
+    this.#ready = null;
+    ready.then(
       (rows) => {
-        if (!this.destroyed) this.#pushBatch(rows);
+        this.#busy = false;
+        if (this.destroyed) return;
+        const last = rows.length < CHUNKS_PER_QUERY;
+        if (!last) this.#ready = this.#fetch(this.#next + rows.length);
+        this.#pushBatch(rows, last);
       },
       (e: unknown) => this.destroy(new MessageUnavailable('Message cannot be read.', { cause: e })),
     );
   }
 
-  #pushBatch(rows: { seq: number; data: Buffer }[]): void {
+  #pushBatch(rows: Chunk[], last: boolean): void {
     for (const r of rows) {
-      if (r.seq !== this.#next || !Buffer.isBuffer(r.data)) {
+      if (r.seq !== this.#next) {
         this.destroy(new MessageUnavailable('Message body is damaged (a chunk is missing).'));
         return;
       }
       this.#next++;
       this.push(r.data);
     }
-    if (rows.length < CHUNKS_PER_QUERY) {
-      this.#ended = true;
-      this.push(null);
-    }
+    if (last) this.push(null);
   }
 }
 
