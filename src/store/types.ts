@@ -36,10 +36,42 @@ export interface Maildrop {
   release(): Promise<void>;
 }
 
+/** Limits of one maildrop; 0 = no limit. */
+export interface Quota {
+  /** Octets, counted as LIST counts them (CRLF line ends). */
+  readonly bytes: number;
+  readonly messages: number;
+}
+
+export interface DeliverOptions {
+  /**
+   * Refuse the message with QuotaExceeded (src/errors.ts) when the maildrop
+   * would hold more than this with it; checked by the store, for PostgreSQL
+   * inside the delivery's transaction.
+   */
+  readonly quota?: Quota | undefined;
+}
+
+/** One maildrop of a delivery to several (deliverShared). */
+export interface DeliveryTarget {
+  readonly user: Principal;
+  readonly quota?: Quota | undefined;
+}
+
 export interface MailStore {
   /** Takes the exclusive lock or throws InUseError; TemporaryFailure when the maildrop cannot be opened now (src/errors.ts). */
   open(user: Principal, signal?: AbortSignal): Promise<Maildrop>;
-  /** Atomic: the message is either fully delivered and durable, or not visible at all. */
-  deliver(user: string, message: Readable | Buffer, signal?: AbortSignal): Promise<void>;
+  /**
+   * Atomic: the message is either fully delivered and durable, or not visible at all.
+   * `user`: a name, or the principal from the user database (its `maildir`, when it has one, is used).
+   */
+  deliver(user: string | Principal, message: Readable | Buffer, signal?: AbortSignal, options?: DeliverOptions): Promise<void>;
+  /**
+   * One message into several maildrops, written once where the store can
+   * share it (Maildir: hard links). One outcome per target, in order:
+   * undefined when delivered (durable), else the error for that target only.
+   * Stores without it get one deliver() per target.
+   */
+  deliverShared?(targets: readonly DeliveryTarget[], message: Buffer, signal?: AbortSignal): Promise<(Error | undefined)[]>;
   close?(): Promise<void>;
 }

@@ -4,24 +4,27 @@
  * nothing changed (scan-cache.ts) or by listing it (listing.ts) and matching
  * the listing with dovecot-uidlist (uidlist-sync.ts, sizes from sizes.ts);
  * the open maildrop (maildrop.ts) reads, and commits at UPDATE. deliver()
- * writes with the Maildir writer (writer.ts).
+ * writes with the Maildir writer (writer.ts), after a quota check from the
+ * file names (usage.ts); deliverShared() links one written file into several
+ * maildrops.
  */
-import { lstatSync, realpathSync } from 'node:fs';
+import { lstatSync, promises as fs, realpathSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Principal } from '../../auth/types.js';
-import { InUseError, PermanentFailure, TemporaryFailure } from '../../errors.js';
+import { InUseError, MailError, PermanentFailure, TemporaryFailure } from '../../errors.js';
 import type { Logger } from '../../observability/log.js';
 import { fsyncDir } from '../../platform/fsync.js';
-import type { MailStore, Maildrop } from '../types.js';
+import type { DeliverOptions, DeliveryTarget, MailStore, Maildrop } from '../types.js';
 import type { Entry } from './entry.js';
 import { ensureMaildir, isDirectory, messageNames, moveNewToCur, pinDirectories, UnsafeMaildrop } from './listing.js';
 import { processLocks, SessionLock } from './locks.js';
 import { MaildirMaildrop, type MaildropOwner } from './maildrop.js';
-import { baseName } from './names.js';
+import { baseName, uniqueName } from './names.js';
 import { scanWithCache, statScanKey, type ScanKey } from './scan-cache.js';
 import { syncUidlist } from './uidlist-sync.js';
-import { publish, writeTmp } from './writer.js';
+import { checkQuota, maildropUsage, quotaLimits } from './usage.js';
+import { NO_LINK, newName, publish, writeTmp } from './writer.js';
 
 export { dovecotUidl } from './entry.js';
 export { forgetLastRememberedMessage, forgetRememberedScans } from './scan-cache.js';
@@ -213,12 +216,73 @@ export class MaildirStore implements MailStore, MaildropOwner {
     return syncUidlist(dir, byBase, { log: this.#log, staleSeconds: this.#stale, fsync: this.#fsync, signal });
   }
 
-  async deliver(user: string, message: Readable | Buffer, signal?: AbortSignal): Promise<void> {
-    const dir = this.maildropPath(user);
+  async deliver(user: string | Principal, message: Readable | Buffer, signal?: AbortSignal, options?: DeliverOptions): Promise<void> {
+    const dir = await this.#deliveryDir(user);
+    const quota = options?.quota;
+    const source = Buffer.isBuffer(message) ? [message] : (message as AsyncIterable<Buffer>);
+    const written = await writeTmp(dir, source, { mode: 0o600, fsync: this.#fsync, signal });
+    try {
+      if (quotaLimits(quota)) checkQuota(await maildropUsage(dir), written.crlfSize, quota);
+    } catch (e) {
+      await fs.unlink(written.tmp).catch(() => undefined);
+      throw e;
+    }
+    await publish(written, signal);
+    if (this.#fsync) await fsyncDir(path.join(dir, 'new'));
+  }
+
+  /**
+   * The message is written (and fsynced) once, into tmp/ of the first
+   * maildrop, and hard-linked into new/ of each (a copy where the maildrops
+   * are on different file systems). Each target's quota is checked on its
+   * own; a failure for one leaves the others delivered.
+   */
+  async deliverShared(targets: readonly DeliveryTarget[], message: Buffer, signal?: AbortSignal): Promise<(Error | undefined)[]> {
+    const out: (Error | undefined)[] = targets.map(() => undefined);
+    const dirs: (string | undefined)[] = [];
+    for (const [i, t] of targets.entries()) {
+      try {
+        dirs.push(await this.#deliveryDir(t.user));
+      } catch (e) {
+        dirs.push(undefined);
+        out[i] = e as Error;
+      }
+    }
+    const first = dirs.find((d) => d !== undefined);
+    if (first === undefined) return out;
+    const shared = await writeTmp(first, [message], { mode: 0o600, fsync: this.#fsync, signal });
+    try {
+      await Promise.all(
+        targets.map(async (t, i) => {
+          const dir = dirs[i];
+          if (dir === undefined) return;
+          try {
+            if (quotaLimits(t.quota)) checkQuota(await maildropUsage(dir), shared.crlfSize, t.quota);
+            signal?.throwIfAborted();
+            const name = newName({ ...shared, dir, base: uniqueName() });
+            await fs.link(shared.tmp, path.join(dir, 'new', name)).catch(async (e: NodeJS.ErrnoException) => {
+              if (e.code !== 'EXDEV' && !NO_LINK.has(e.code ?? '')) throw e;
+              // Another file system (or none with links): a copy of its own.
+              await publish(await writeTmp(dir, [message], { mode: 0o600, fsync: this.#fsync, signal }), signal);
+            });
+            if (this.#fsync) await fsyncDir(path.join(dir, 'new'));
+          } catch (e) {
+            if (!(e instanceof MailError)) this.#log.error({ err: e, dir }, 'maildir delivery failed');
+            out[i] = e instanceof MailError ? e : new TemporaryFailure('Cannot deliver into the maildrop now', { cause: e });
+          }
+        }),
+      );
+    } finally {
+      await fs.unlink(shared.tmp).catch(() => undefined);
+    }
+    return out;
+  }
+
+  /** The maildrop a delivery writes into: checked like a login's, tmp/ and new/ created when missing. */
+  async #deliveryDir(user: string | Principal): Promise<string> {
+    const dir = typeof user === 'string' ? this.maildropPath(user) : this.maildropPath(user.username, user.maildir);
     this.#checkMaildrop(dir);
     if (!isDirectory(path.join(dir, 'tmp')) || !isDirectory(path.join(dir, 'new'))) await this.#ensureMaildir(dir);
-    const source = Buffer.isBuffer(message) ? [message] : (message as AsyncIterable<Buffer>);
-    await publish(await writeTmp(dir, source, { mode: 0o600, fsync: this.#fsync, signal }));
-    if (this.#fsync) await fsyncDir(path.join(dir, 'new'));
+    return dir;
   }
 }

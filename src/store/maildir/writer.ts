@@ -42,7 +42,7 @@ export interface LineConverter {
 }
 
 /** errno codes of file systems without hard links, where rename is used instead. */
-const NO_LINK = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EMLINK']);
+export const NO_LINK: ReadonlySet<string> = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EMLINK']);
 
 /** The file name a message gets in new/. */
 export function newName(m: TmpMessage): string {
