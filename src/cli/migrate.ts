@@ -5,7 +5,7 @@
  */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../config/errors.js';
-import { EX_DATAERR, EX_TEMPFAIL } from './exit-codes.js';
+import { EX_DATAERR, EX_NOUSER, EX_TEMPFAIL } from './exit-codes.js';
 
 interface MigrateFlags {
   from: string;
@@ -108,6 +108,11 @@ async function migrateCommand(opts: MigrateFlags): Promise<number> {
       password = await readPassword(opts);
     }
     const users = from.kind === 'pop3' ? [opts.user ?? from.user] : opts.all === true ? await source!.store.users() : [opts.user!];
+    // Opening a PostgreSQL maildrop makes it when it is missing: a source user is looked up first.
+    if (from.kind === 'postgres' && opts.user !== undefined && !(await source!.store.users()).includes(opts.user)) {
+      process.stderr.write(`poplar migrate: no maildrop for ${opts.user} in ${describeEndpoint(from)}\n`);
+      return EX_NOUSER;
+    }
     process.stderr.write(`poplar migrate: ${describeEndpoint(from)} -> ${describeEndpoint(to)}: ${users.length} user${users.length === 1 ? '' : 's'}${opts.dryRun === true ? ' (dry run: nothing changes)' : ''}\n`);
 
     const pop3Options = (): import('../migrate/pop3-source.js').Pop3SourceOptions => ({

@@ -7,10 +7,13 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runPoplar } from '../helpers/cli.js';
 import { lacksPostgres } from '../helpers/peers.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
+import { silentLogger } from '../../src/observability/log.js';
+import { MaildirMigration } from '../../src/store/maildir/migration.js';
 import { pgSchema, PG_URL, type PgSchema } from '../store/pg.js';
 import { messageFiles, pop3View, putFile, seqMail } from './helpers.js';
 
@@ -110,5 +113,47 @@ describe.skipIf(PG_DOWN)('poplar migrate maildir -> postgres -> maildir', () => 
     expect(r.stdout).toMatch(/^alice: 4 messages, 0 already in the target, 4 to move/m);
     expect(r.stdout).toMatch(/^bob: 6 messages/m);
     await expect(fs.stat(target)).rejects.toThrow();
+  });
+
+  it('into PostgreSQL, killed halfway and rerun: every message exactly once, in order', async () => {
+    const root = path.join(tmp, 'kill-src');
+    for (let i = 0; i < 9; i++) await putFile(root, 'hana', 'new', `${1700000300 + i}.M1P1.host`, seqMail(300 + i));
+    // A killed migration's lease outlives it: a short one here, so that the rerun does not wait 30 s.
+    const short = path.join(tmp, 'short-lease.toml');
+    await fs.writeFile(short, `[store.postgres]\nurl = "${PG_URL}"\nschema = "${db.name}"\nlease_timeout = 1\n`);
+    const run = (env: NodeJS.ProcessEnv = {}) => runPoplar(['migrate', '--from', `maildir:${root}`, '--to', 'postgres', '--config', short, '--user', 'hana'], { env, timeoutMs: 60_000 });
+    const k1 = await run({ POPLAR_MIGRATE_CRASH_AFTER: '2' });
+    expect(k1.signal, k1.stderr + k1.stdout).toBe('SIGKILL');
+    await sleep(1500);
+    expect((await run({ POPLAR_MIGRATE_CRASH_AFTER: '4' })).signal).toBe('SIGKILL');
+    await sleep(1500);
+    const done = await run();
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stdout).toMatch(/3 messages moved .* 6 already there/);
+    const { rows } = await db.admin.query<{ uidl: string }>(
+      'SELECT m.uidl FROM poplar_messages m JOIN poplar_mailboxes b USING (mailbox_id) WHERE b.username = $1 ORDER BY m.uid',
+      ['hana'],
+    );
+    const store = new MaildirMigration({ root, logger: silentLogger() });
+    const src = await store.openSource('hana');
+    const want = src.messages.map((m) => m.uidl);
+    await src.close();
+    expect(rows.map((r) => r.uidl)).toEqual(want);
+  });
+
+  it('a user the database does not hold exits 67 and is not created there', async () => {
+    const r = await runPoplar(['migrate', '--from', 'postgres', '--to', `maildir:${path.join(tmp, 'ghost')}`, '--config', config, '--user', 'ghost'], { timeoutMs: 60_000 });
+    expect(r.code, r.stderr).toBe(67);
+    expect(r.stderr).toMatch(/no maildrop for ghost/);
+    const { rows } = await db.admin.query('SELECT 1 FROM poplar_mailboxes WHERE username = $1', ['ghost']);
+    expect(rows).toHaveLength(0);
+  });
+
+  it('an unreachable database is a clear temporary failure (exit 75)', async () => {
+    const bad = path.join(tmp, 'bad.toml');
+    await fs.writeFile(bad, '[store.postgres]\nurl = "postgres://postgres@127.0.0.1:1/none"\nconnect_timeout = 2\n');
+    const r = await runPoplar(['migrate', '--from', `maildir:${a.maildirRoot}`, '--to', 'postgres', '--config', bad, '--all'], { timeoutMs: 60_000 });
+    expect(r.code, r.stderr).toBe(75);
+    expect(r.stderr).toMatch(/PostgreSQL store cannot be reached/);
   });
 });
