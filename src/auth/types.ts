@@ -1,8 +1,16 @@
-/** Who logged in. `home` and `maildir` come from the user database when it has them. */
+/** Who logged in. `home`, `maildir` and `quota` come from the user database when it has them. */
 export interface Principal {
   readonly username: string;
   readonly home?: string;
   readonly maildir?: string;
+  /** This user's own limits (0 = none); a missing one is the `[quota]` default. */
+  readonly quota?: UserQuota;
+}
+
+/** A user's quota override from the user database (octets as LIST counts them, and messages). */
+export interface UserQuota {
+  readonly bytes?: number;
+  readonly messages?: number;
 }
 
 export interface ConnectionInfo {

@@ -1,6 +1,6 @@
 import { TemporaryFailure } from '../../errors.js';
 import { PasswordChecker, passwordRequest, usableName } from '../password-check.js';
-import type { Authenticator, ConnectionInfo, Credentials, Principal } from '../types.js';
+import type { Authenticator, ConnectionInfo, Credentials, Principal, UserQuota } from '../types.js';
 import { PasswdFile } from './passwd-file.js';
 import type { PasswdEntry, PasswdFileOptions } from './passwd-file.js';
 
@@ -19,7 +19,9 @@ const FORBIDDEN = /[\r\n\0]/;
  *   the first two still spend one dummyVerify() so timing is alike.
  * - An authzid different from the user name is refused (no proxy logins).
  * - A file that has never been readable → TemporaryFailure.
- * - Extra fields (nopassword, allow_nets, ...) are not interpreted.
+ * - Extra fields are not interpreted, except `quota_bytes=N` and
+ *   `quota_messages=N` (a delivery's limits for this user, 0 = none; a value
+ *   that is not a whole number is ignored and the `[quota]` default applies).
  */
 export class PasswdFileAuthenticator implements Authenticator {
   readonly file: PasswdFile;
@@ -43,7 +45,8 @@ export class PasswdFileAuthenticator implements Authenticator {
     if (!usableName(username)) return undefined;
     const entry = await this.#lookup(username);
     if (!entry) return undefined;
-    return entry.home !== '' ? { username: entry.username, home: entry.home } : { username: entry.username };
+    const quota = quotaOf(entry);
+    return { username: entry.username, ...(entry.home !== '' ? { home: entry.home } : {}), ...(quota !== undefined ? { quota } : {}) };
   }
 
   /** The stored secret (e.g. `{PLAIN}...`) for challenge-response mechanisms, or undefined for unknown users. */
@@ -63,4 +66,16 @@ export class PasswdFileAuthenticator implements Authenticator {
       throw new TemporaryFailure('authentication backend unavailable', { cause: e });
     }
   }
+}
+
+/** The largest limit taken from a file: 2^53 - 1 octets or messages. */
+const QUOTA_VALUE = /^\d{1,15}$/;
+
+function quotaOf(entry: PasswdEntry): UserQuota | undefined {
+  const bytes = entry.extra.get('quota_bytes');
+  const messages = entry.extra.get('quota_messages');
+  const q: { bytes?: number; messages?: number } = {};
+  if (bytes !== undefined && QUOTA_VALUE.test(bytes)) q.bytes = Number(bytes);
+  if (messages !== undefined && QUOTA_VALUE.test(messages)) q.messages = Number(messages);
+  return q.bytes !== undefined || q.messages !== undefined ? q : undefined;
 }

@@ -1,7 +1,7 @@
 import type { Pool } from 'pg';
 import { TemporaryFailure } from '../../errors.js';
 import { PasswordChecker, passwordRequest, usableName } from '../password-check.js';
-import type { Authenticator, ConnectionInfo, Credentials, Principal } from '../types.js';
+import type { Authenticator, ConnectionInfo, Credentials, Principal, UserQuota } from '../types.js';
 import { createPostgresPool } from './config.js';
 import type { PostgresConfigInput } from './config.js';
 import { migrate } from './migrations.js';
@@ -21,9 +21,11 @@ interface UserRow {
   home: string | null;
   maildir: string | null;
   enabled: boolean;
+  quota_bytes: string | null;
+  quota_messages: string | null;
 }
 
-const LOOKUP = 'SELECT username, password, home, maildir, enabled FROM poplar_users WHERE username = $1';
+const LOOKUP = 'SELECT username, password, home, maildir, enabled, quota_bytes, quota_messages FROM poplar_users WHERE username = $1';
 
 /**
  * Password authentication against the `poplar_users` table (see migrations.ts).
@@ -109,5 +111,19 @@ function principalOf(row: UserRow): Principal {
     username: row.username,
     ...(row.home !== null && row.home !== '' ? { home: row.home } : {}),
     ...(row.maildir !== null && row.maildir !== '' ? { maildir: row.maildir } : {}),
+    ...quotaOf(row),
   };
+}
+
+/** The user's own quota columns (NULL: the `[quota]` default); a value past 2^53 - 1 counts as no limit. */
+function quotaOf(row: UserRow): { quota?: UserQuota } {
+  const n = (v: string | null): number | undefined => {
+    if (v === null || !/^\d{1,20}$/.test(String(v))) return undefined;
+    const x = Number(v);
+    return Number.isSafeInteger(x) ? x : 0;
+  };
+  const bytes = n(row.quota_bytes);
+  const messages = n(row.quota_messages);
+  if (bytes === undefined && messages === undefined) return {};
+  return { quota: { ...(bytes !== undefined ? { bytes } : {}), ...(messages !== undefined ? { messages } : {}) } };
 }

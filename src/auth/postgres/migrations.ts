@@ -36,6 +36,15 @@ CREATE TABLE poplar_users (
 );
 `,
   },
+  {
+    version: 2,
+    name: '002_user_quota',
+    sql: `
+ALTER TABLE poplar_users
+  ADD COLUMN quota_bytes    bigint CHECK (quota_bytes >= 0),
+  ADD COLUMN quota_messages bigint CHECK (quota_messages >= 0);
+`,
+  },
 ]);
 
 /** The schema version this code expects. */

@@ -8,7 +8,7 @@ import type { ConnectionInfo, Credentials } from '../types.js';
 import { PostgresAuthenticator } from './authenticator.js';
 import { PostgresConfigSchema, createPostgresPool } from './config.js';
 import { MIGRATIONS, SCHEMA_VERSION, migrate, schemaVersion } from './migrations.js';
-import { PostgresUserError, addUser, getUser, listUsers, removeUser, setEnabled, setMaildir, setPassword } from './users.js';
+import { PostgresUserError, addUser, getUser, listUsers, removeUser, setEnabled, setMaildir, setPassword, setQuota } from './users.js';
 
 const CONN: ConnectionInfo = { remoteAddress: '192.0.2.1', remotePort: 50000, localAddress: '192.0.2.2', localPort: 995, secure: true };
 const DB = { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'test' };
@@ -68,6 +68,8 @@ describe('migrate', () => {
       ['maildir', 'text', 'YES'],
       ['enabled', 'boolean', 'NO'],
       ['created_at', 'timestamp with time zone', 'YES'],
+      ['quota_bytes', 'bigint', 'YES'],
+      ['quota_messages', 'bigint', 'YES'],
     ]);
     const applied = await pool.query<{ version: number; applied_at: Date }>('SELECT version, applied_at FROM poplar_schema_migrations');
     expect(applied.rows).toHaveLength(MIGRATIONS.length);
@@ -150,6 +152,18 @@ describe('PostgresAuthenticator', () => {
     expect(verify).not.toHaveBeenCalled();
     expect(logs.filter((l) => l.includes('dave'))).toHaveLength(1);
     expect(logs.join('\n')).not.toContain('pencil}');
+  });
+
+  it('gives a delivery the quota columns a user has (NULL: none given, so the default applies)', async () => {
+    const auth = new PostgresAuthenticator(pool);
+    await setQuota(pool, 'bob', { bytes: 1000, messages: null });
+    expect(await auth.lookupPrincipal('bob')).toEqual({ username: 'bob', quota: { bytes: 1000 } });
+    await setQuota(pool, 'bob', { bytes: 0, messages: 7 });
+    expect(await auth.lookupPrincipal('bob')).toEqual({ username: 'bob', quota: { bytes: 0, messages: 7 } });
+    await expect(setQuota(pool, 'bob', { bytes: -1, messages: null })).rejects.toMatchObject({ code: 'INVALID_FIELD' });
+    await expect(setQuota(pool, 'nobody', { bytes: 1, messages: 1 })).rejects.toMatchObject({ code: 'NO_SUCH_USER' });
+    await setQuota(pool, 'bob', { bytes: null, messages: null });
+    expect(await auth.lookupPrincipal('bob')).toEqual({ username: 'bob' });
   });
 
   it('looks up secrets of enabled users only', async () => {

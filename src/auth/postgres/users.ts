@@ -113,3 +113,11 @@ export async function getUser(pool: Pool, username: string): Promise<PostgresUse
   const r = rows[0];
   return r && { username: r.username, home: r.home, maildir: r.maildir, enabled: r.enabled, createdAt: r.created_at };
 }
+
+/** A user's own delivery limits (null: the `[quota]` default; 0: none). */
+export async function setQuota(pool: Pool, username: string, quota: { bytes: number | null; messages: number | null }): Promise<void> {
+  for (const [k, v] of Object.entries(quota)) {
+    if (v !== null && !(Number.isSafeInteger(v) && v >= 0)) throw new PostgresUserError('INVALID_FIELD', `quota ${k} must be a whole number >= 0`);
+  }
+  await updateOne(pool, 'set quota', username, 'UPDATE poplar_users SET quota_bytes = $2, quota_messages = $3 WHERE username = $1', [quota.bytes, quota.messages]);
+}
