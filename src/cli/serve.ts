@@ -15,6 +15,8 @@ import { createLogger, type Logger } from '../observability/log.js';
 import { Pop3Server, type BoundListener, type ListenSpec } from '../server/server.js';
 import { fileCodec } from '../server/retr-file.js';
 import { MaildirStore } from '../store/maildir/maildir-store.js';
+import { PostgresStore } from '../store/postgres/postgres-store.js';
+import type { MailStore } from '../store/types.js';
 import { dropPrivileges, Handover, resolveServiceIdentity, usable, type ServiceIdentity } from './privileges.js';
 import { sharedLimits } from './shared-limits.js';
 
@@ -38,10 +40,16 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   const authenticator = await buildAuthenticator(config, logger);
   // Login failure counters and LOGIN-DELAY times: the database, the --workers primary, or this process.
   const limits = await sharedLimits(config, logger, cluster.isWorker);
+  // Then the mail store, for the same reason.
+  const store = await buildStore(config, logger).catch(async (e: unknown) => {
+    await authenticator.close?.().catch(() => undefined);
+    await limits.close().catch(() => undefined);
+    throw e;
+  });
   // What Poplar creates for itself as root is handed to the service user (below, before the switch).
   const handover = new Handover(identity);
   await handover.mkdir(config.dataDir, 0o700);
-  await handover.mkdir(config.maildirRoot, 0o700);
+  if (store instanceof MaildirStore) await handover.mkdir(config.maildirRoot, 0o700);
   const needTls = config.server.listen_tls.length > 0 || !config.generateCertificate || config.server.listen.length > 0;
   let tls: { cert: Buffer; key: Buffer; minVersion: 'TLSv1.2' | 'TLSv1.3'; clientCa?: Buffer } | undefined;
   if (needTls) {
@@ -65,14 +73,6 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
       throw new ConfigError(`cannot read TLS certificate or key: ${(e as Error).message}`);
     }
   }
-
-  const store = new MaildirStore({
-    root: config.maildirRoot,
-    logger,
-    fsync: config.store.fsync,
-    uidlistStaleSeconds: config.store.uidlist_lock_stale,
-    allowSymlinkedMaildrops: config.store.allow_symlinked_maildrops,
-  });
 
   const listenSpecs: ListenSpec[] = [
     ...config.server.listen.map((a) => ({ ...parseHostPort(a), tls: false })),
@@ -161,6 +161,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     reload,
     stop: async () => {
       await server.close(config.server.shutdown_grace * 1000);
+      await store.close?.();
       await authenticator.close?.();
       await limits.close();
     },
@@ -181,7 +182,8 @@ function switchUser(identity: ServiceIdentity | null, logger: Logger): void {
  * not usable); the TLS key only for SIGHUP and a replacement worker (a warning).
  */
 async function checkAccess(config: ResolvedConfig, id: ServiceIdentity, tls: boolean, logger: Logger, server: Pop3Server): Promise<void> {
-  const need: [string, number, string][] = [[config.maildirRoot, fsc.R_OK | fsc.W_OK | fsc.X_OK, 'the maildir root']];
+  const need: [string, number, string][] = [];
+  if (config.store.type === 'maildir') need.push([config.maildirRoot, fsc.R_OK | fsc.W_OK | fsc.X_OK, 'the maildir root']);
   if (config.auth.type === 'passwd-file') need.push([config.usersFile, fsc.R_OK, 'the users file']);
   for (const [p, mode, what] of need) {
     const code = await usable(p, mode);
@@ -193,6 +195,25 @@ async function checkAccess(config: ResolvedConfig, id: ServiceIdentity, tls: boo
   if (tls && (await usable(config.tlsKeyFile, fsc.R_OK)) !== null) {
     logger.warn({ key: config.tlsKeyFile, user: id.user }, 'the service user cannot read the TLS key: SIGHUP cannot reload the certificate and a replacement worker cannot start');
   }
+}
+
+/** Maildirs under the root, or the PostgreSQL store (migrated at start; unreachable: exit 78). */
+async function buildStore(config: ResolvedConfig, logger: Logger): Promise<MailStore> {
+  if (config.store.type === 'postgres') {
+    if (config.store.postgres === undefined) throw new ConfigError('invalid configuration: store.type = "postgres" needs a [store.postgres] section');
+    try {
+      return await PostgresStore.open(config.store.postgres, { logger });
+    } catch (e) {
+      throw new ConfigError(`cannot use the PostgreSQL mail store: ${(e as Error).message}`);
+    }
+  }
+  return new MaildirStore({
+    root: config.maildirRoot,
+    logger,
+    fsync: config.store.fsync,
+    uidlistStaleSeconds: config.store.uidlist_lock_stale,
+    allowSymlinkedMaildrops: config.store.allow_symlinked_maildrops,
+  });
 }
 
 /** Passwords from the passwd-file or PostgreSQL; bearer tokens from OAuth when configured. */
@@ -221,7 +242,7 @@ function hostFor(h: string): string {
 }
 
 /** The embedded default's first run: a demo user with a random password and a welcome message. */
-async function ensureDemoUser(config: ResolvedConfig, store: MaildirStore, handover: Handover): Promise<{ password: string } | null> {
+async function ensureDemoUser(config: ResolvedConfig, store: MailStore, handover: Handover): Promise<{ password: string } | null> {
   const exists = await fs.access(config.usersFile).then(() => true, () => false);
   const users = exists ? await listUsers(config.usersFile) : [];
   if (users.length > 0) return null;
@@ -245,10 +266,15 @@ async function ensureDemoUser(config: ResolvedConfig, store: MaildirStore, hando
     `this message was delivered into the demo maildrop when Poplar first started.`,
     `You just retrieved it over POP3.`,
     ``,
-    `Next steps: add real users with "poplar user add", point your MTA at the`,
-    `Maildir root (${config.maildirRoot}), and read docs/ for the configuration.`,
+    ...(store instanceof MaildirStore
+      ? [`Next steps: add real users with "poplar user add", point your MTA at the`, `Maildir root (${config.maildirRoot}), and read docs/ for the configuration.`]
+      : [`Next steps: add real users with "poplar user add" and read docs/ for the configuration.`]),
     ``,
   ].join('\r\n');
+  if (!(store instanceof MaildirStore)) {
+    await store.deliver('demo', Buffer.from(welcome));
+    return { password };
+  }
   const maildrop = path.join(config.maildirRoot, 'demo');
   const fresh = await fs.lstat(maildrop).then(() => false, () => true);
   await store.deliver('demo', Buffer.from(welcome));

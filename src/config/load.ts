@@ -105,6 +105,9 @@ export function loadConfig(flags: ServeFlags, cwd = process.cwd()): ResolvedConf
   if ((c.server.sasl_mechanisms ?? []).some((m) => m === 'XOAUTH2' || m === 'OAUTHBEARER') && c.auth.oauth === undefined) {
     throw new ConfigError('invalid configuration: server.sasl_mechanisms offers OAuth mechanisms but there is no [auth.oauth] section');
   }
+  if (c.store.type === 'postgres' && c.store.postgres === undefined) {
+    throw new ConfigError('invalid configuration: store.type = "postgres" needs a [store.postgres] section');
+  }
   if (c.auth.type === 'postgres' && c.auth.postgres === undefined) {
     throw new ConfigError('invalid configuration: auth.type = "postgres" needs an [auth.postgres] section');
   }

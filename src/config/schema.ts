@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { OAuthConfigSchema } from '../auth/oauth/config.js';
 import { PostgresConfigSchema } from '../auth/postgres/config.js';
+import { PostgresStoreConfigSchema } from '../store/postgres/config.js';
 
 /** host:port, IPv6 in brackets: `[::1]:110`. */
 const listenAddress = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'expected HOST:PORT');
@@ -73,8 +74,11 @@ export const ConfigSchema = z
       .prefault({}),
     store: z
       .object({
-        type: z.literal('maildir').default('maildir'),
+        /** Where mail is kept: Maildirs on this machine, or PostgreSQL (for several nodes). */
+        type: z.enum(['maildir', 'postgres']).default('maildir'),
         maildir_root: z.string().min(1).optional(),
+        /** The PostgreSQL store: the [auth.postgres] settings plus lease_timeout (seconds). */
+        postgres: PostgresStoreConfigSchema.optional(),
         /** Seconds after which another process's dovecot-uidlist.lock is considered stale. */
         uidlist_lock_stale: seconds.default(120),
         fsync: z.boolean().default(true),
