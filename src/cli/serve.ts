@@ -38,12 +38,15 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
 
   // The user database first: an unreachable one is reported before anything is created.
   const authenticator = await buildAuthenticator(config, logger);
-  // Login failure counters and LOGIN-DELAY times: the database, the --workers primary, or this process.
-  const limits = await sharedLimits(config, logger, cluster.isWorker);
   // Then the mail store, for the same reason.
   const store = await buildStore(config, logger).catch(async (e: unknown) => {
     await authenticator.close?.().catch(() => undefined);
-    await limits.close().catch(() => undefined);
+    throw e;
+  });
+  // Login failure counters and LOGIN-DELAY times: the database, the --workers primary, or this process.
+  const limits = await sharedLimits(config, logger, cluster.isWorker).catch(async (e: unknown) => {
+    await store.close?.().catch(() => undefined);
+    await authenticator.close?.().catch(() => undefined);
     throw e;
   });
   // What Poplar creates for itself as root is handed to the service user (below, before the switch).
