@@ -93,6 +93,9 @@ describe('poplar migrate maildir -> maildir', () => {
     const again = await migrate(['--all']);
     expect(again.code, again.stderr).toBe(0);
     expect(again.stdout).toMatch(/^3 users: 0 messages moved .* 13 already there/m);
+    const dry = await migrate(['--all', '--dry-run']);
+    expect(dry.stdout).toMatch(/^alice: 3 messages, 3 already in the target, 0 to move/m);
+    expect(dry.stdout).toMatch(/^total: 3 users, 13 messages, 13 already in the target, 0 to move/m);
     for (const u of USERS) {
       const a = await pop3View(src.port, u.name, u.password);
       const b = await pop3View(dst.port, u.name, u.password);
@@ -116,7 +119,7 @@ describe('a migration killed halfway', () => {
     expect(k2.signal).toBe('SIGKILL');
     expect(await messageFiles(target, 'carol')).toHaveLength(4);
     // A POP3 login between the kill and the rerun gives the orphaned files UIDs of its own.
-    const mid = await startTestServer({ dir: path.dirname(target) === tmp ? await fs.mkdtemp(path.join(tmp, 'mid-')) : tmp, users: USERS });
+    const mid = await startTestServer({ dir: await fs.mkdtemp(path.join(tmp, 'mid-')), users: USERS });
     try {
       await fs.rm(mid.maildirRoot, { recursive: true });
       await fs.symlink(target, mid.maildirRoot);
