@@ -385,11 +385,15 @@ async function runBigDrop(job: BigDropJob): Promise<BigDropResult> {
 
 let idleSockets: net.Socket[] = [];
 
-function openIdle(port: number): Promise<net.Socket> {
+/** Opens a connection and waits for the greeting; with `user`, also logs in (USER, PASS). */
+function openIdle(port: number, user?: BenchUser): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const sock = net.connect({ host: HOST, port });
     let buf = '';
-    const timer = setTimeout(() => fail(new Error('no greeting within 30 s')), 30_000);
+    // The replies still expected: greeting, then +OK to USER and to PASS when logging in.
+    const steps = user === undefined ? ['greeting'] : ['greeting', 'USER', 'PASS'];
+    let step = 0;
+    const timer = setTimeout(() => fail(new Error(`no reply to ${steps[step]} within 30 s`)), 30_000);
     function fail(e: Error): void {
       clearTimeout(timer);
       sock.destroy();
@@ -397,12 +401,20 @@ function openIdle(port: number): Promise<net.Socket> {
     }
     const onData = (d: Buffer): void => {
       buf += d.toString('latin1');
-      const i = buf.indexOf('\r\n');
-      if (i < 0) return;
-      clearTimeout(timer);
-      sock.removeListener('data', onData);
-      if (!buf.startsWith('+OK')) fail(new Error(`greeting: ${buf.slice(0, i)}`));
-      else resolve(sock);
+      for (;;) {
+        const i = buf.indexOf('\r\n');
+        if (i < 0) return;
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        if (!line.startsWith('+OK')) return fail(new Error(`${steps[step]}: ${line.slice(0, 200)}`));
+        step++;
+        if (step === steps.length) {
+          clearTimeout(timer);
+          sock.removeListener('data', onData);
+          return resolve(sock);
+        }
+        sock.write(step === 1 ? `USER ${user!.name}\r\n` : `PASS ${user!.password}\r\n`);
+      }
     };
     sock.on('data', onData);
     sock.on('error', (e) => fail(e));
@@ -415,9 +427,10 @@ async function runIdle(job: IdleJob): Promise<IdleReady> {
   let started = 0;
   const lane = async (): Promise<void> => {
     while (started < job.count) {
+      const user = job.login?.[started];
       started++;
       try {
-        const s = await openIdle(job.port);
+        const s = await openIdle(job.port, user);
         // Drop anything later (e.g. a timeout notice) and count an early close as an error in the report.
         s.on('error', () => undefined);
         idleSockets.push(s);
@@ -451,13 +464,13 @@ async function checkIdle(job: IdleCheckCommand): Promise<IdleChecked> {
       }
       const onData = (d: Buffer): void => {
         buf += d.toString('latin1');
-        if (!buf.startsWith('+OK') && buf.includes('\r\n')) done(new Error(`CAPA: ${buf.slice(0, buf.indexOf('\r\n'))}`));
-        else if (buf.endsWith('\r\n.\r\n')) done();
+        if (!buf.startsWith('+OK') && buf.includes('\r\n')) done(new Error(`${job.stat === true ? 'STAT' : 'CAPA'}: ${buf.slice(0, buf.indexOf('\r\n'))}`));
+        else if (job.stat === true ? buf.endsWith('\r\n') : buf.endsWith('\r\n.\r\n')) done();
       };
       const onClose = (): void => done(new Error('closed by the server while held'));
       sock.on('data', onData);
       sock.on('close', onClose);
-      sock.write('CAPA\r\n');
+      sock.write(job.stat === true ? 'STAT\r\n' : 'CAPA\r\n');
     });
   const lane = async (): Promise<void> => {
     while (next < socks.length) {

@@ -97,6 +97,8 @@ export interface IdleJob {
   count: number;
   /** Connection attempts in flight at once. */
   concurrency: number;
+  /** Log each connection in (USER, PASS) as the user of the same index, so it is held in the TRANSACTION state. */
+  login?: BenchUser[];
 }
 
 export interface IdleReady {
@@ -116,6 +118,8 @@ export interface ReleaseCommand {
 export interface IdleCheckCommand {
   kind: 'idle-check';
   timeoutMs: number;
+  /** STAT instead of CAPA (logged-in connections: the maildrop must still answer). */
+  stat?: boolean;
 }
 
 export interface IdleChecked {

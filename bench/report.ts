@@ -7,8 +7,8 @@ import { fileURLToPath } from 'node:url';
 import type { MachineInfo, MemorySample } from './procfs.js';
 import { BIG_MESSAGES, RETR_MESSAGES, RETR_MESSAGE_SIZE, SESSION_MESSAGES, SESSION_USERS, type Manifest } from './data.js';
 
-export type ServerKey = 'poplar' | 'dovecot';
-export type Figure = 'idle' | 'sessions' | 'retr' | 'bigdrop' | 'hold' | 'scaling';
+export type ServerKey = 'poplar' | 'dovecot' | 'poplar-pg';
+export type Figure = 'idle' | 'sessions' | 'retr' | 'bigdrop' | 'hold' | 'scaling' | 'nodes';
 
 export interface Params {
   sessionClients: number;
@@ -33,6 +33,8 @@ export interface Params {
 export interface Options {
   figures: Figure[];
   servers: ServerKey[];
+  /** --server was given (a server that cannot run is an error then, not left out). */
+  serversGiven: boolean;
   params: Params;
   workers: number;
   /** `poplar serve --workers N` for the run (Dovecot runs its own process pool). */
@@ -118,6 +120,43 @@ export interface HoldFigure {
   before: MemorySample;
   after: MemorySample;
   openS: number;
+  /** Each connection logged in as a user of its own (TRANSACTION state) and checked with STAT instead of CAPA. */
+  loggedIn?: boolean;
+  /** Poplar on PostgreSQL: the database connections of Poplar's processes (pg_stat_activity, application_name = 'poplar'). */
+  db?: DbConnections;
+}
+
+export interface DbConnections {
+  /** `[store.postgres] pool_size` (per process). */
+  poolSize: number;
+  /** Poplar processes that serve sessions (workers), each with its own pool. */
+  serving: number;
+  /** Most connections seen at once while the connections were opened, logged in and held. */
+  maxTotal: number;
+  /** Most of them running a query or in a transaction at once (state other than idle). */
+  maxBusy: number;
+  /** Connections while all sessions sat idle, just before the check. */
+  whileIdle: number;
+  busyWhileIdle: number;
+  samples: number;
+}
+
+/** Sessions/s through HAProxy to N Poplar-on-PostgreSQL nodes. */
+export interface NodesPoint {
+  nodes: number;
+  rate: number;
+  p50Ms: number;
+  p99Ms: number;
+  sessions: number;
+  errors: number;
+  errorSamples: string[];
+  /** All nodes' processes. */
+  serverCpuS: number;
+  haproxyCpuS: number;
+  genCpuS: number;
+  /** Everything else, PostgreSQL included. */
+  otherCpuS: number;
+  windowS: number;
 }
 
 /** Poplar's sessions/s with `serve --workers N`, for N = 1 .. cores. */
@@ -137,7 +176,12 @@ export interface ServerResults {
   idle?: IdleFigure;
   hold?: HoldFigure;
   scaling?: ScalingPoint[];
+  nodes?: NodesPoint[];
   settings?: string;
+  /** Poplar on PostgreSQL: when the bench schema was loaded and how long it took. */
+  pgLoad?: { loadedAt: string; loadS: number };
+  /** Poplar on PostgreSQL: the HAProxy configuration of the nodes figure. */
+  haproxy?: string;
   /** The last cold first login on the 100k maildrop (this run or an earlier one). */
   cold?: ColdRecord;
 }
@@ -280,7 +324,7 @@ function machineLines(mi: MachineInfo): string {
   ].join('\n');
 }
 
-export function markdown(r: Results, mi: MachineInfo, o: Options, m: Manifest, runtimeS: number, when: Date): string {
+export function markdown(r: Results, mi: MachineInfo, o: Options, m: Manifest, runtimeS: number, when: Date, pgText?: string): string {
   const p = o.params;
   const rs = rows(r, p);
   const busy = (['poplar', 'dovecot'] as const).some((k) => (r[k].sessions?.otherCpuS ?? 0) > 0.1 * (r[k].sessions?.windowS ?? 1) || (r[k].retr?.otherCpuS ?? 0) > 0.1 * (r[k].retr?.windowS ?? 1));
@@ -339,7 +383,7 @@ Details:
 
 ${details(r)}
 
-## What is measured
+${pgText ?? ''}## What is measured
 
 Both servers run on 127.0.0.1 with plaintext USER/PASS, passwd-file users with \`{PLAIN}\`
 passwords (the same cheap check on both sides) and one Maildir per user under a common root.
@@ -445,4 +489,176 @@ function optimizationsLog(): string {
   } catch {
     return '(bench/optimizations.md is missing)\n';
   }
+}
+
+// ---------------------------------------------------------------------------
+// Poplar on PostgreSQL
+
+export interface PgRow {
+  figure: string;
+  unit: string;
+  pg: number | undefined;
+  maildir: number | undefined;
+  dovecot: number | undefined;
+  digits: number;
+  better: 'higher' | 'lower';
+  /** The issue's target, as the largest (lower is better) or smallest (higher) PostgreSQL/Dovecot ratio that meets it. */
+  target?: number;
+}
+
+export function pgRows(r: Results, p: Params): PgRow[] {
+  const G = r['poplar-pg'];
+  const P = r.poplar;
+  const D = r.dovecot;
+  const perSession = (s: SessionsFigure | undefined): number | undefined => (s && s.sessions > 0 ? (s.serverCpuS * 1000) / s.sessions : undefined);
+  const perMB = (s: RetrFigure | undefined): number | undefined => (s && s.bytes > 0 ? (s.serverCpuS * 1000) / (s.bytes / 1e6) : undefined);
+  const out: PgRow[] = [
+    { figure: `Sessions per second (connect, USER, PASS, STAT, QUIT; ${p.sessionClients} clients, ${SESSION_USERS} users)`, unit: 'sessions/s', pg: G.sessions?.rate, maildir: P.sessions?.rate, dovecot: D.sessions?.rate, digits: 0, better: 'higher', target: 1 },
+    { figure: 'Session latency, median', unit: 'ms', pg: G.sessions?.p50Ms, maildir: P.sessions?.p50Ms, dovecot: D.sessions?.p50Ms, digits: 1, better: 'lower' },
+    { figure: 'Session latency, 99th percentile', unit: 'ms', pg: G.sessions?.p99Ms, maildir: P.sessions?.p99Ms, dovecot: D.sessions?.p99Ms, digits: 1, better: 'lower' },
+    { figure: 'Server CPU time per session (PostgreSQL\'s own CPU not included)', unit: 'ms', pg: perSession(G.sessions), maildir: perSession(P.sessions), dovecot: perSession(D.sessions), digits: 2, better: 'lower' },
+    { figure: `RETR throughput (${p.retrClients} clients, ${RETR_MESSAGE_SIZE / 2 ** 20} MiB messages, ${p.retrWindow} RETRs in flight)`, unit: 'MB/s', pg: G.retr?.mbps, maildir: P.retr?.mbps, dovecot: D.retr?.mbps, digits: 1, better: 'higher', target: 1 },
+    { figure: 'Server CPU time per MB retrieved (PostgreSQL\'s own CPU not included)', unit: 'ms', pg: perMB(G.retr), maildir: perMB(P.retr), dovecot: perMB(D.retr), digits: 2, better: 'lower' },
+    { figure: `${num(BIG_MESSAGES, 0)}-message maildrop: login + STAT + LIST, warm, median of ${p.bigRuns}`, unit: 'ms', pg: G.bigdrop?.medianMs, maildir: P.bigdrop?.medianMs, dovecot: D.bigdrop?.medianMs, digits: 0, better: 'lower', target: 0.5 },
+  ];
+  for (const n of G.nodes ?? []) {
+    out.push({ figure: `Sessions per second through HAProxy to ${n.nodes} node${n.nodes === 1 ? '' : 's'} (each \`serve --workers 1\`)`, unit: 'sessions/s', pg: n.rate, maildir: undefined, dovecot: D.sessions?.rate, digits: 0, better: 'higher' });
+  }
+  if (G.hold) {
+    const h = G.hold;
+    out.push({ figure: `Connections held at once (${num(h.connections, 0)} opened${h.loggedIn ? ', each logged in as a user of its own' : ''}, each answers ${h.loggedIn ? 'STAT' : 'CAPA'} after ${h.heldS} s)`, unit: 'connections', pg: h.answered, maildir: undefined, dovecot: undefined, digits: 0, better: 'higher' });
+    if (h.db) {
+      out.push({ figure: `Database connections of all Poplar processes at most, during that (pool_size = ${h.db.poolSize} per process, ${h.db.serving} serving processes)`, unit: 'connections', pg: h.db.maxTotal, maildir: undefined, dovecot: undefined, digits: 0, better: 'lower' });
+      out.push({ figure: 'Of those, running a query at once, at most', unit: 'connections', pg: h.db.maxBusy, maildir: undefined, dovecot: undefined, digits: 0, better: 'lower' });
+    }
+  }
+  return out;
+}
+
+function pgRatio(row: PgRow): number | undefined {
+  if (row.pg === undefined || row.dovecot === undefined || !Number.isFinite(row.pg) || !Number.isFinite(row.dovecot) || row.dovecot === 0) return undefined;
+  return row.pg / row.dovecot;
+}
+
+function targetText(row: PgRow): string {
+  if (row.target === undefined) return '';
+  const x = pgRatio(row);
+  const want = row.better === 'higher' ? `≥ ${row.target}` : `≤ ${row.target}`;
+  if (x === undefined) return want;
+  const met = row.better === 'higher' ? x >= row.target : x <= row.target;
+  return `${want}: ${met ? 'met' : '**missed**'}`;
+}
+
+export function pgMarkdownTable(rs: PgRow[]): string {
+  const lines = ['| Figure | Unit | Poplar on PostgreSQL | Poplar on Maildir | Dovecot on Maildir | PostgreSQL/Dovecot | Target | Better |', '|---|---|--:|--:|--:|--:|---|---|'];
+  for (const r of rs) {
+    const x = pgRatio(r);
+    lines.push(`| ${r.figure} | ${r.unit} | ${num(r.pg, r.digits)} | ${num(r.maildir, r.digits)} | ${num(r.dovecot, r.digits)} | ${x === undefined ? '—' : x.toFixed(2)} | ${targetText(r)} | ${r.better} |`);
+  }
+  return lines.join('\n');
+}
+
+export function pgPlainTable(rs: PgRow[]): string {
+  const head = ['Figure', 'Poplar-PG', 'Poplar', 'Dovecot', 'PG/D', 'target'];
+  const body = rs.map((r) => {
+    const x = pgRatio(r);
+    return [`${r.figure} [${r.unit}]`, num(r.pg, r.digits), num(r.maildir, r.digits), num(r.dovecot, r.digits), x === undefined ? '-' : x.toFixed(2), targetText(r).replace(/\*/g, '')];
+  });
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const fmt = (cols: string[]): string => cols.map((c, i) => (i === 0 || i === 5 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  return [fmt(head), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(fmt)].join('\n');
+}
+
+export const PG_SECTION_START = '<!-- bench: PostgreSQL section -->';
+export const PG_SECTION_END = '<!-- bench: end of the PostgreSQL section -->';
+
+/** The PostgreSQL section of docs/benchmarks.md (also written alone by runs that measure Poplar on PostgreSQL). */
+export function pgSection(r: Results, o: Options, when: Date, runtimeS: number, env: { postgres: string; haproxy: string; cores: number }): string {
+  const G = r['poplar-pg'];
+  const p = o.params;
+  const d: string[] = [];
+  const cpuLine = (what: string, x: WindowCpu | undefined): void => {
+    if (x) d.push(`- ${what}: CPU in the ${x.windowS} s window: Poplar ${x.serverCpuS.toFixed(2)} s, load generator ${x.genCpuS.toFixed(2)} s, everything else (PostgreSQL included) ${x.otherCpuS.toFixed(2)} s.`);
+  };
+  if (G.sessions) d.push(`- Poplar on PostgreSQL, sessions: ${G.sessions.sessions} sessions in ${G.sessions.windowS} s, ${G.sessions.errors} failed${G.sessions.errorSamples.length ? ` (${G.sessions.errorSamples.join('; ')})` : ''}.`);
+  cpuLine('Poplar on PostgreSQL, sessions', G.sessions);
+  for (const k of ['poplar', 'dovecot'] as const) cpuLine(`${k === 'poplar' ? 'Poplar on Maildir' : 'Dovecot'}, sessions`, r[k].sessions);
+  if (G.retr) {
+    d.push(
+      `- Poplar on PostgreSQL, RETR: ${G.retr.roundsMbps ? `windows of ${G.retr.roundsMbps.map((v) => v.toFixed(0)).join(', ')} MB/s; the median one: ` : ''}${(G.retr.bytes / 1e6).toFixed(0)} MB in ${G.retr.windowS} s, ${G.retr.messages} messages, ${G.retr.sessions} sessions, ${G.retr.errors} errors, ${G.retr.mismatches} replies of the wrong length${G.retr.errorSamples.length ? ` (${G.retr.errorSamples.join('; ')})` : ''}.`,
+    );
+  }
+  cpuLine('Poplar on PostgreSQL, RETR', G.retr);
+  for (const k of ['poplar', 'dovecot'] as const) cpuLine(`${k === 'poplar' ? 'Poplar on Maildir' : 'Dovecot'}, RETR`, r[k].retr);
+  if (G.bigdrop) {
+    const b = G.bigdrop;
+    d.push(`- Poplar on PostgreSQL, 100k maildrop: first login after the start ${b.firstMs.toFixed(0)} ms; warm runs ${b.runsMs.map((v) => v.toFixed(0)).join(', ')} ms; the +OK to PASS came after ${b.loginMedianMs.toFixed(0)} ms and the STAT reply after ${b.statMedianMs.toFixed(0)} ms (medians).`);
+  }
+  for (const n of G.nodes ?? []) {
+    d.push(
+      `- Through HAProxy to ${n.nodes} node${n.nodes === 1 ? '' : 's'}: ${n.sessions} sessions in ${n.windowS} s (p50 ${n.p50Ms.toFixed(1)} ms, p99 ${n.p99Ms.toFixed(1)} ms), ${n.errors} failed${n.errorSamples.length ? ` (${n.errorSamples.join('; ')})` : ''}; CPU: nodes ${n.serverCpuS.toFixed(2)} s, HAProxy ${n.haproxyCpuS.toFixed(2)} s, load generator ${n.genCpuS.toFixed(2)} s, everything else (PostgreSQL included) ${n.otherCpuS.toFixed(2)} s.`,
+    );
+  }
+  if (G.hold) {
+    const h = G.hold;
+    d.push(
+      `- Poplar on PostgreSQL, ${h.connections} connections held: ${h.opened} ${h.loggedIn ? 'logged in' : 'greeted'} and open after ${h.openS.toFixed(1)} s of opening, ${h.answered} answered ${h.loggedIn ? 'STAT' : 'CAPA'} after ${h.heldS} s; RSS ${fmtBytes(h.before.rss)} → ${fmtBytes(h.after.rss)} (${fmtBytes((h.after.rss - h.before.rss) / Math.max(1, h.opened))} per connection)${h.errors ? `; ${h.errors} errors (${h.errorSamples.join('; ')})` : '; no errors'}.`,
+    );
+    if (h.db) {
+      d.push(
+        `- Database connections (pg_stat_activity, application_name = 'poplar', ${h.db.samples} samples): at most ${h.db.maxTotal} open and ${h.db.maxBusy} busy at once while the sessions logged in; ${h.db.whileIdle} open, ${h.db.busyWhileIdle} busy while all ${h.opened} sat idle. Each serving process has a pool of pool_size = ${h.db.poolSize} plus one connection for lease renewals; the login counters use a pool of their own (at most 4 per process).`,
+      );
+    }
+  }
+  if (G.pgLoad) d.push(`- The bench schema was loaded from the template maildirs with \`poplar migrate --from maildir:... --to postgres --all\` on ${G.pgLoad.loadedAt}${Number.isFinite(G.pgLoad.loadS) ? ` in ${G.pgLoad.loadS.toFixed(0)} s` : ''}.`);
+  return `${PG_SECTION_START}
+## Poplar on PostgreSQL
+
+Written by \`npm run bench\` when it measures Poplar on PostgreSQL beside the two Maildir servers
+(a full run, or \`--only\` with sessions, retr and bigdrop and without \`--quick\`).
+Last written: ${when.toISOString().replace(/\.\d+Z$/, 'Z')} (that run took ${runtimeS.toFixed(0)} s). PostgreSQL: ${env.postgres}, on the same machine,
+with the settings it was installed with (nothing tuned for the bench). HAProxy: ${env.haproxy}.
+
+${pgMarkdownTable(pgRows(r, p))}
+
+"PostgreSQL/Dovecot" is Poplar on PostgreSQL's figure divided by Dovecot's. The targets: at least
+Dovecot's sessions/s and RETR MB/s, at most half its time on the 100,000-message maildrop.
+The server CPU columns count Poplar's processes only: PostgreSQL runs on the same ${env.cores} cores and
+its CPU time is in "everything else" below.
+
+What differs from the Maildir runs: the same users, passwords (the same passwd-file) and messages,
+loaded once from the template maildirs into a schema of their own (\`poplar_bench\`) with
+\`poplar migrate\`, which keeps their order and sizes; Poplar runs with \`[store] type = "postgres"\`
+and \`serve --workers ${o.poplarWorkers}\` like Poplar on Maildir. Every login takes the maildrop's
+lease (one UPDATE) and reads the listing in one query; QUIT releases the lease.
+
+- **Nodes.** HAProxy (mode tcp, round robin, \`send-proxy-v2\`) in front of one and then two
+  \`poplar serve --workers 1\` nodes on the same database, with \`proxy_protocol = true\` and
+  \`trusted_proxies = ["127.0.0.1/32"]\`; the sessions/s loop of figure 1 runs against HAProxy.
+  On this ${env.cores}-core machine the nodes, HAProxy, PostgreSQL and the load generator all share
+  the same cores, so the second node adds a process, not a machine: the figure shows that
+  the nodes work side by side on one database (leases, no errors) and what HAProxy costs, not
+  how a cluster of machines scales. The ratio column compares with Dovecot's sessions/s on
+  Maildir without a proxy.
+- **Held connections.** ${num(p.holdConnections, 0)} connections are opened and each logs in as a user of its own
+  (${num(p.holdConnections, 0)} extra users in the passwd-file; their empty mailboxes are made at the first login),
+  so every one holds a lease in the TRANSACTION state; after ${G.hold?.heldS ?? 5} s each sends STAT and must get
+  \`+OK\`. Meanwhile the bench reads Poplar's database connections from \`pg_stat_activity\` every 100 ms.
+
+Details:
+
+${d.join('\n')}
+
+HAProxy's configuration for two nodes (one node: the first server line only):
+
+\`\`\`
+${G.haproxy ?? '(not run)'}\`\`\`
+
+Poplar on PostgreSQL's configuration file:
+
+\`\`\`toml
+${G.settings ?? '(not run)'}
+\`\`\`
+${PG_SECTION_END}
+`;
 }

@@ -1,11 +1,14 @@
 /**
  * Poplar vs Dovecot benchmark: `npm run bench`. Needs root and Dovecot 2.3,
- * like the Dovecot comparison tests. Writes docs/benchmarks.md, which also
+ * like the Dovecot comparison tests, and measures Poplar on PostgreSQL too
+ * when the bench database answers. Writes docs/benchmarks.md, which also
  * explains what is measured; `npm run bench -- --help` lists the options.
  *
  * Layout: bench/load.ts is the load generator (separate processes, raw POP3),
- * bench/data.ts the maildirs, bench/servers.ts starts the two servers,
- * bench/procfs.ts reads memory and CPU from /proc, bench/report.ts formats.
+ * bench/data.ts the maildirs, bench/pgdata.ts their copy in PostgreSQL,
+ * bench/servers.ts starts the servers, bench/haproxy.ts the load balancer of
+ * the nodes figure, bench/procfs.ts reads memory and CPU from /proc,
+ * bench/report.ts formats.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -17,7 +20,10 @@ import { parseArgs } from 'node:util';
 import { dovecotAvailable } from '../test/helpers/dovecot.js';
 import { formatProfile, summariseProfile } from './cpu-profile.js';
 import { allUsers, BIG_MESSAGES, BIG_USER, copyMaildirs, ensureTemplate, moveDir, prepareBigCopy, RETR_USERS, type Manifest } from './data.js';
+import { haproxyAvailable, haproxyConfig, haproxyVersion, startHaproxy } from './haproxy.js';
+import { benchClient, ensurePgData, freeLeases, PG_SCHEMA, postgresReachable, storeConfig } from './pgdata.js';
 import { childrenOf, machineInfo, memoryOf, openFileLimit, processGroup, systemBusySeconds } from './procfs.js';
+import type { BenchUser } from './protocol.js';
 import type { BigDropResult, FromWorker, IdleReady, RetrJob, RetrResult, SessionsResult, ToWorker } from './protocol.js';
 import {
   fmtBytes,
@@ -27,7 +33,9 @@ import {
   type BigDropFigure,
   type ColdRecord,
   type Figure,
+  type DbConnections,
   type HoldFigure,
+  type NodesPoint,
   type IdleFigure,
   type Options,
   type Params,
@@ -37,6 +45,11 @@ import {
   type ScalingPoint,
   type SessionsFigure,
   type WindowCpu,
+  PG_SECTION_END,
+  PG_SECTION_START,
+  pgPlainTable,
+  pgRows,
+  pgSection,
 } from './report.js';
 import { startDovecotBench, startPoplar, withFileLimit, type BenchServer } from './servers.js';
 
@@ -49,7 +62,10 @@ const LOAD = path.join(ROOT, 'bench', 'load.ts');
 
 /** RETR windows per server; the figure is their median. */
 const RETR_ROUNDS = 3;
-const FIGURES: Figure[] = ['idle', 'sessions', 'retr', 'bigdrop', 'hold', 'scaling'];
+const FIGURES: Figure[] = ['idle', 'sessions', 'retr', 'bigdrop', 'hold', 'scaling', 'nodes'];
+const SERVERS: ServerKey[] = ['poplar', 'poplar-pg', 'dovecot'];
+/** `[store.postgres] pool_size` of Poplar on PostgreSQL (per process; the default). */
+const PG_POOL_SIZE = 10;
 
 const FULL: Params = {
   sessionClients: 32,
@@ -70,13 +86,15 @@ const QUICK: Params = { ...FULL, sessionWarmupMs: 1000, sessionDurationMs: 3000,
 const USAGE = `usage: npm run bench -- [options]
   --quick                 short windows (report to bench/.work/last-run.md)
   --only LIST             figures to run, of: ${FIGURES.join(',')}
-  --server poplar|dovecot one server only
+  --server LIST           servers to run, of: ${SERVERS.join(',')} (default: all; poplar-pg when PostgreSQL answers)
   --cold                  drop the 100k maildrop's caches first and measure the first login without them
   --cpu-prof              run Poplar's sessions/s figure under node --cpu-prof and summarise the profile
   --node-load             the Node load generator for sessions/s and RETR even when bench/sessload.c and retrload.c can be compiled
   --workers N             load generator processes (default: cores, at least 2, at most 4)
   --poplar-workers N      run Poplar as \`poplar serve --workers N\` (default: the number of cores)
-Only a full run (all figures, both servers, no --quick) rewrites docs/benchmarks.md.
+Only a full run (all figures, all servers, no --quick) rewrites docs/benchmarks.md; a run without
+--quick that measures sessions, retr and bigdrop on poplar-pg and dovecot rewrites its PostgreSQL section.
+The database: POPLAR_BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/test), schema ${PG_SCHEMA}.
 `;
 
 // ---------------------------------------------------------------------------
@@ -349,18 +367,34 @@ function rescueBig(mail: string, bigHome: string): void {
   if (existsSync(inRoot) && !existsSync(path.join(bigHome, BIG_USER))) moveDir(inRoot, path.join(bigHome, BIG_USER));
 }
 
-async function startInstance(key: ServerKey, m: Manifest, nodeArgs: string[] = [], serverWorkers = 1): Promise<Instance> {
+/** The users of the held-connections figure on PostgreSQL: one per connection, so each session holds a lease of its own. */
+function holdUsers(n: number): BenchUser[] {
+  return Array.from({ length: n }, (_, i) => {
+    const name = `h${String(i + 1).padStart(5, '0')}`;
+    return { name, password: `bench-${name}-secret` };
+  });
+}
+
+/** Users of Poplar on PostgreSQL: the template's and the held-connections figure's. */
+function pgUsers(m: Manifest, p: Params): BenchUser[] {
+  return [...allUsers(m), ...holdUsers(p.holdConnections)];
+}
+
+async function startInstance(key: ServerKey, m: Manifest, nodeArgs: string[] = [], serverWorkers = 1, p: Params = FULL): Promise<Instance> {
   const dir = path.join(WORK, 'run', key);
   const mail = path.join(dir, 'mail');
   const bigHome = path.join(WORK, 'big', key);
-  rescueBig(mail, bigHome);
+  if (key !== 'poplar-pg') rescueBig(mail, bigHome);
   rmSync(dir, { recursive: true, force: true });
-  copyMaildirs(TEMPLATE, mail, [...m.sessionUsers.map((u) => u.name), ...m.retrUsers.map((u) => u.name)]);
+  if (key !== 'poplar-pg') copyMaildirs(TEMPLATE, mail, [...m.sessionUsers.map((u) => u.name), ...m.retrUsers.map((u) => u.name)]);
+  else await freeLeases(); // an interrupted run leaves its leases held until they time out
   const t0 = Date.now();
   const server =
     key === 'poplar'
       ? await startPoplar({ root: ROOT, workDir: path.join(dir, 'poplar'), maildirRoot: mail, users: allUsers(m), nodeArgs, serverWorkers })
-      : await startDovecotBench(mail, allUsers(m));
+      : key === 'poplar-pg'
+        ? await startPoplar({ root: ROOT, workDir: path.join(dir, 'poplar'), postgres: { storeConfig: storeConfig(PG_POOL_SIZE) }, users: pgUsers(m, p), nodeArgs, serverWorkers })
+        : await startDovecotBench(mail, allUsers(m));
   log(`${server.name} is up on port ${server.port} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
   const inst: Instance = { key, server, mail, bigHome, bigInRoot: false };
   const stop = async (): Promise<void> => {
@@ -424,17 +458,78 @@ async function figIdle(server: BenchServer, ws: LoadWorker[], p: Params): Promis
 /** How long the `hold` figure keeps its connections before asking each for CAPA. */
 const HOLD_S = 5;
 
-async function figHold(server: BenchServer, ws: LoadWorker[], p: Params): Promise<HoldFigure> {
+/**
+ * Samples the database connections of the server's processes every 100 ms:
+ * pg_stat_activity rows of application_name 'poplar' whose client port is a
+ * socket of one of those processes (`ss`), so other programs on the same
+ * database are not counted.
+ */
+function sampleDbConnections(server: BenchServer, poolSize: number, serving: number): { mark(): void; stop(): Promise<DbConnections> } {
+  let stopped = false;
+  const acc = { maxTotal: 0, maxBusy: 0, whileIdle: NaN, busyWhileIdle: NaN, samples: 0 };
+  let marking = false;
+  const ownPorts = (): Set<number> => {
+    const pids = new Set(server.pids());
+    const out = new Set<number>();
+    const r = spawnSync('ss', ['-tnpH', 'dport = :5432'], { encoding: 'utf8' });
+    for (const line of (r.stdout ?? '').split('\n')) {
+      const m = /\S+:(\d+)\s+\S+:5432\s+users:\(\("[^"]*",pid=(\d+)/.exec(line);
+      if (m !== null && pids.has(Number(m[2]))) out.add(Number(m[1]));
+    }
+    return out;
+  };
+  const run = (async (): Promise<void> => {
+    const c = await benchClient();
+    try {
+      while (!stopped) {
+        const ports = ownPorts();
+        const { rows } = await c.query<{ client_port: number | null; state: string | null }>(`SELECT client_port, state FROM pg_stat_activity WHERE application_name = 'poplar'`);
+        const mine = rows.filter((r) => r.client_port !== null && ports.has(r.client_port));
+        const busy = mine.filter((r) => r.state !== 'idle').length;
+        acc.samples++;
+        acc.maxTotal = Math.max(acc.maxTotal, mine.length);
+        acc.maxBusy = Math.max(acc.maxBusy, busy);
+        if (marking) {
+          acc.whileIdle = mine.length;
+          acc.busyWhileIdle = busy;
+          marking = false;
+        }
+        await sleep(100);
+      }
+    } finally {
+      await c.end();
+    }
+  })();
+  return {
+    mark: () => void (marking = true),
+    stop: async () => {
+      await sleep(250); // one more sample for a pending mark
+      stopped = true;
+      await run;
+      return { poolSize, serving, ...acc };
+    },
+  };
+}
+
+async function figHold(server: BenchServer, ws: LoadWorker[], p: Params, pg?: { users: BenchUser[]; poolSize: number; serving: number }): Promise<HoldFigure> {
   const before = memoryOf(server.pids());
   const counts = shares(p.holdConnections, ws.length);
+  const logins = pg === undefined ? undefined : split(pg.users.slice(0, p.holdConnections), ws.length);
+  const db = pg === undefined ? undefined : sampleDbConnections(server, pg.poolSize, pg.serving);
   const t0 = Date.now();
   try {
-    const ready: IdleReady[] = await Promise.all(ws.map((w, i) => w.request({ kind: 'idle', port: server.port, count: counts[i]!, concurrency: 100 }, 'idle-ready')));
+    const ready: IdleReady[] = await Promise.all(
+      ws.map((w, i) => w.request({ kind: 'idle', port: server.port, count: logins?.[i]?.length ?? counts[i]!, concurrency: 100, ...(logins ? { login: logins[i]! } : {}) }, 'idle-ready')),
+    );
     const openS = (Date.now() - t0) / 1000;
     await sleep(HOLD_S * 1000);
     const after = memoryOf(server.pids());
-    const checked = await Promise.all(ws.map((w) => w.request({ kind: 'idle-check', timeoutMs: 30_000 }, 'idle-checked')));
+    db?.mark();
+    const dbFig = await db?.stop();
+    const checked = await Promise.all(ws.map((w) => w.request({ kind: 'idle-check', timeoutMs: 30_000, stat: pg !== undefined }, 'idle-checked')));
     return {
+      ...(pg !== undefined ? { loggedIn: true } : {}),
+      ...(dbFig !== undefined ? { db: dbFig } : {}),
       connections: p.holdConnections,
       opened: ready.reduce((a, r) => a + r.opened, 0),
       answered: checked.reduce((a, c) => a + c.answered, 0),
@@ -446,8 +541,9 @@ async function figHold(server: BenchServer, ws: LoadWorker[], p: Params): Promis
       openS,
     };
   } finally {
+    await db?.stop().catch(() => undefined);
     await Promise.all(ws.map((w) => w.request({ kind: 'release' }, 'released')));
-    await sleep(1000);
+    await sleep(pg !== undefined ? 3000 : 1000); // 20,000 sessions end and release their leases
   }
 }
 
@@ -468,7 +564,46 @@ async function figScaling(inst: Instance, ws: LoadWorker[], m: Manifest, o: Opti
   return points;
 }
 
-async function figSessions(server: BenchServer, ws: LoadWorker[], m: Manifest, p: Params): Promise<SessionsFigure> {
+/**
+ * Sessions/s through HAProxy to 1 and then 2 nodes of Poplar on PostgreSQL
+ * (each `serve --workers 1`, PROXY protocol v2 from HAProxy), all on the bench database.
+ */
+async function figNodes(m: Manifest, ws: LoadWorker[], o: Options): Promise<{ points: NodesPoint[]; config: string }> {
+  const points: NodesPoint[] = [];
+  const dir = path.join(WORK, 'run', 'nodes');
+  let config = '';
+  for (const n of [1, 2]) {
+    const nodes: BenchServer[] = [];
+    let hap: (BenchServer & { config: string }) | undefined;
+    try {
+      await freeLeases();
+      for (let i = 0; i < n; i++) {
+        nodes.push(await startPoplar({ root: ROOT, workDir: path.join(dir, `node${i + 1}`), postgres: { storeConfig: storeConfig(PG_POOL_SIZE) }, users: allUsers(m), serverWorkers: 1, proxyProtocol: true }));
+      }
+      hap = await startHaproxy(path.join(dir, 'haproxy'), nodes.map((x) => x.port));
+      if (n === 2) config = hap.config;
+      const all: BenchServer = {
+        ...nodes[0]!,
+        port: hap.port,
+        pids: () => nodes.flatMap((x) => x.pids()),
+        cpuSeconds: () => nodes.reduce((t, x) => t + x.cpuSeconds(), 0),
+      };
+      const r = await figSessions(all, ws, m, o.params, hap);
+      const haproxyCpuS = r.alsoCpuS ?? 0;
+      points.push({ nodes: n, rate: r.rate, p50Ms: r.p50Ms, p99Ms: r.p99Ms, sessions: r.sessions, errors: r.errors, errorSamples: r.errorSamples, serverCpuS: r.serverCpuS, haproxyCpuS, genCpuS: r.genCpuS, otherCpuS: Math.max(0, r.otherCpuS - haproxyCpuS), windowS: r.windowS });
+      log(
+        `Poplar-PG nodes:  ${n} behind HAProxy: ${r.rate.toFixed(0)} sessions/s, p99 ${r.p99Ms.toFixed(1)} ms; CPU nodes ${r.serverCpuS.toFixed(2)} s, HAProxy ${haproxyCpuS.toFixed(2)} s, generator ${r.genCpuS.toFixed(2)} s, other ${Math.max(0, r.otherCpuS - haproxyCpuS).toFixed(2)} s${r.errors > 0 ? `; ${r.errors} errors: ${r.errorSamples.join('; ')}` : ''}`,
+      );
+    } finally {
+      await hap?.stop();
+      for (const x of nodes) await x.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  return { points, config: config || haproxyConfig(0, [0, 0]) };
+}
+
+async function figSessions(server: BenchServer, ws: LoadWorker[], m: Manifest, p: Params, also?: BenchServer): Promise<SessionsFigure & { alsoCpuS?: number }> {
   const l1 = load1();
   const startAt = Date.now() + 500;
   const tWarm = startAt + p.sessionWarmupMs;
@@ -476,6 +611,7 @@ async function figSessions(server: BenchServer, ws: LoadWorker[], m: Manifest, p
   const userSets = split(m.sessionUsers, ws.length);
   const clients = shares(p.sessionClients, ws.length);
   const cpu = windowCpu(server, tWarm, tEnd);
+  const alsoCpu = also !== undefined ? windowCpu(also, tWarm, tEnd) : undefined;
   const bin = p.compiledLoad ? compiledLoader('sessload') : undefined;
   const results: SessionsResult[] =
     bin !== undefined
@@ -497,6 +633,7 @@ async function figSessions(server: BenchServer, ws: LoadWorker[], m: Manifest, p
     errors: results.reduce((a, r) => a + r.errors, 0),
     errorSamples: results.flatMap((r) => r.errorSamples),
     ...windowFigures(await cpu, results.reduce((a, r) => a + cpuS(r), 0), windowS, l1),
+    ...(alsoCpu !== undefined ? { alsoCpuS: (await alsoCpu).serverCpuS } : {}),
   };
 }
 
@@ -535,11 +672,15 @@ async function figRetr(server: BenchServer, ws: LoadWorker[], m: Manifest, p: Pa
 async function figBigDrop(inst: Instance, ws: LoadWorker[], m: Manifest, o: Options): Promise<{ fig: BigDropFigure; cold?: ColdRecord }> {
   const { server } = inst;
   const l1 = load1();
-  const big = prepareBigCopy(TEMPLATE, inst.bigHome, { dropCaches: o.cold, log });
-  if (big.fresh) server.adopt(big.dir);
-  moveDir(big.dir, path.join(inst.mail, BIG_USER));
-  inst.bigInRoot = true;
-  const firstIsCold = big.fresh || o.cold;
+  let firstIsCold = false;
+  // On PostgreSQL the maildrop was loaded with the rest (bench/pgdata.ts); there are no caches to drop.
+  if (inst.key !== 'poplar-pg') {
+    const big = prepareBigCopy(TEMPLATE, inst.bigHome, { dropCaches: o.cold, log });
+    if (big.fresh) server.adopt(big.dir);
+    moveDir(big.dir, path.join(inst.mail, BIG_USER));
+    inst.bigInRoot = true;
+    firstIsCold = big.fresh || o.cold;
+  }
   const w0 = ws[0]!;
   const check = (r: BigDropResult): void => {
     for (const run of r.runs) {
@@ -572,7 +713,7 @@ async function runFigure(f: Figure, inst: Instance, ws: LoadWorker[], m: Manifes
   // figure's files) now rather than during this figure's window, for both servers alike.
   spawnSync('sync');
   const t0 = Date.now();
-  const name = inst.server.name.padEnd(7);
+  const name = inst.server.name.padEnd(9);
   const res = out[inst.key];
   const errs = (n: number, samples: string[]): string => (n > 0 ? `; ${n} errors: ${samples.join('; ')}` : '');
   if (f === 'idle') {
@@ -581,13 +722,24 @@ async function runFigure(f: Figure, inst: Instance, ws: LoadWorker[], m: Manifes
       `${name} idle:     ${r.opened}/${r.connections} connections: PSS +${fmtBytes(r.after.pss - r.before.pss)}, RSS +${fmtBytes(r.after.rss - r.before.rss)} (${r.before.processes}→${r.after.processes} processes) = ${r.pssPerConn.toFixed(0)} B/conn PSS, ${r.rssPerConn.toFixed(0)} B/conn RSS${errs(r.errors, r.errorSamples)}`,
     );
   } else if (f === 'hold') {
-    const r = (res.hold = await figHold(inst.server, ws, o.params));
+    const pg = inst.key === 'poplar-pg' ? { users: holdUsers(o.params.holdConnections), poolSize: PG_POOL_SIZE, serving: o.poplarWorkers } : undefined;
+    const r = (res.hold = await figHold(inst.server, ws, o.params, pg));
+    if (r.db) {
+      log(
+        `${name} hold:     database connections (pool_size ${r.db.poolSize} × ${r.db.serving} processes): at most ${r.db.maxTotal} open, ${r.db.maxBusy} busy; ${r.db.whileIdle} open, ${r.db.busyWhileIdle} busy while the ${r.opened} sessions sat idle`,
+      );
+    }
     log(
       `${name} hold:     ${r.opened}/${r.connections} greeted in ${r.openS.toFixed(1)} s, ${r.answered} answered CAPA after ${r.heldS} s; RSS +${fmtBytes(r.after.rss - r.before.rss)} (${r.before.processes}→${r.after.processes} processes)${errs(r.errors, r.errorSamples)}`,
     );
   } else if (f === 'scaling') {
-    if (inst.key !== 'poplar') return; // Dovecot sizes its own process pool
+    if (inst.key !== 'poplar') return; // Dovecot sizes its own process pool; PostgreSQL has the nodes figure
     res.scaling = await figScaling(inst, ws, m, o);
+  } else if (f === 'nodes') {
+    if (inst.key !== 'poplar-pg') return;
+    const r = await figNodes(m, ws, o);
+    res.nodes = r.points;
+    res.haproxy = r.config;
   } else if (f === 'sessions') {
     const r = (res.sessions = await figSessions(inst.server, ws, m, o.params));
     log(
@@ -608,10 +760,10 @@ async function runFigure(f: Figure, inst: Instance, ws: LoadWorker[], m: Manifes
     res.bigdrop = r;
     if (cold) writeCold(inst.key, cold);
     log(
-      `${name} bigdrop:  first login+STAT+LIST ${(r.firstMs / 1000).toFixed(2)} s (${r.firstWasCold ? 'no caches' : 'caches from an earlier run'}); warm median ${r.medianMs.toFixed(0)} ms (${r.runsMs.map((x) => x.toFixed(0)).join(', ')}; +OK to PASS at ${r.loginMedianMs.toFixed(0)} ms, STAT at ${r.statMedianMs.toFixed(0)} ms)`,
+      `${name} bigdrop:  first login+STAT+LIST ${(r.firstMs / 1000).toFixed(2)} s (${inst.key === 'poplar-pg' ? 'the first since the start' : r.firstWasCold ? 'no caches' : 'caches from an earlier run'}); warm median ${r.medianMs.toFixed(0)} ms (${r.runsMs.map((x) => x.toFixed(0)).join(', ')}; +OK to PASS at ${r.loginMedianMs.toFixed(0)} ms, STAT at ${r.statMedianMs.toFixed(0)} ms)`,
     );
   }
-  log(`${' '.repeat(7)} (${f}: ${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  log(`${' '.repeat(9)} (${f}: ${((Date.now() - t0) / 1000).toFixed(1)} s)`);
 }
 
 // ---------------------------------------------------------------------------
@@ -641,14 +793,17 @@ function parseOptions(): Options {
     for (const w of want) if (!FIGURES.includes(w as Figure)) throw new Error(`--only: unknown figure "${w}" (known: ${FIGURES.join(', ')})`);
     figures = FIGURES.filter((f) => want.includes(f));
   }
-  let servers: ServerKey[] = ['poplar', 'dovecot'];
+  let servers: ServerKey[] = SERVERS;
+  const serversGiven = values.server !== undefined;
   if (values.server !== undefined) {
-    if (values.server !== 'poplar' && values.server !== 'dovecot') throw new Error('--server: poplar or dovecot');
-    servers = [values.server];
+    const want = values.server.split(',').map((x) => x.trim());
+    for (const w of want) if (!SERVERS.includes(w as ServerKey)) throw new Error(`--server: unknown server "${w}" (known: ${SERVERS.join(', ')})`);
+    servers = SERVERS.filter((x) => want.includes(x));
   }
   const cpuProf = values['cpu-prof'] === true;
   if (cpuProf) {
-    servers = ['poplar'];
+    // Poplar on Maildir unless --server names poplar-pg.
+    servers = serversGiven && servers.includes('poplar-pg') ? ['poplar-pg'] : ['poplar'];
     if (values.only === undefined) figures = ['sessions'];
   }
   const cores = os.availableParallelism();
@@ -657,7 +812,16 @@ function parseOptions(): Options {
   const poplarWorkers = values['poplar-workers'] !== undefined ? Number(values['poplar-workers']) : cpuProf ? 1 : cores;
   if (!Number.isInteger(poplarWorkers) || poplarWorkers < 1 || poplarWorkers > 64) throw new Error('--poplar-workers: a whole number from 1 to 64');
   const params = { ...(values.quick === true ? QUICK : FULL), ...(values['node-load'] === true ? { compiledLoad: false } : {}) };
-  return { figures, servers, params, workers, poplarWorkers, cpuProf, quick: values.quick === true, cold: values.cold === true };
+  return { figures, servers, serversGiven, params, workers, poplarWorkers, cpuProf, quick: values.quick === true, cold: values.cold === true };
+}
+
+/** docs/benchmarks.md with its PostgreSQL section replaced (or added before "What is measured"). */
+function replacePgSection(doc: string, section: string): string {
+  const a = doc.indexOf(PG_SECTION_START);
+  const b = doc.indexOf(PG_SECTION_END);
+  if (a >= 0 && b > a) return doc.slice(0, a) + section.trimEnd() + doc.slice(b + PG_SECTION_END.length);
+  const at = doc.indexOf('## What is measured');
+  return at < 0 ? doc + '\n' + section : doc.slice(0, at) + section + '\n' + doc.slice(at);
 }
 
 let isWrapper = false;
@@ -689,12 +853,28 @@ async function main(): Promise<number> {
   mkdirSync(WORK, { recursive: true });
   const m = ensureTemplate(TEMPLATE, log);
 
-  const results: Results = { poplar: {}, dovecot: {} };
+  const results: Results = { poplar: {}, dovecot: {}, 'poplar-pg': {} };
+  let pgVersion = '';
+  if (o.servers.includes('poplar-pg')) {
+    const why = await postgresReachable();
+    if (why !== null && o.serversGiven) throw new Error(`poplar-pg: PostgreSQL does not answer (${why}); set POPLAR_BENCH_PG_URL or leave poplar-pg out`);
+    if (why !== null) {
+      log(`PostgreSQL does not answer (${why}): Poplar on PostgreSQL is left out`);
+      o.servers = o.servers.filter((x) => x !== 'poplar-pg');
+    } else {
+      if (o.figures.includes('nodes') && !haproxyAvailable()) throw new Error('the nodes figure needs HAProxy (haproxy); install it or leave nodes out (--only)');
+      const loaded = await ensurePgData({ root: ROOT, work: WORK, templateDir: TEMPLATE, manifest: m, log });
+      results['poplar-pg'].pgLoad = { loadedAt: loaded.loadedAt, loadS: loaded.loadS };
+      const c = await benchClient();
+      pgVersion = ((await c.query<{ v: string }>(`SELECT current_setting('server_version') AS v`)).rows[0]?.v ?? '?').split(' ')[0]!;
+      await c.end();
+    }
+  }
   if (o.cpuProf) {
     const profDir = path.join(WORK, 'prof');
     rmSync(profDir, { recursive: true, force: true });
     mkdirSync(profDir, { recursive: true });
-    const inst = await startInstance('poplar', m, ['--cpu-prof', '--cpu-prof-dir', profDir]);
+    const inst = await startInstance(o.servers[0]!, m, ['--cpu-prof', '--cpu-prof-dir', profDir], 1, o.params);
     const ws = await startWorkers(o.workers);
     cleanups.add(() => ws.forEach((w) => w.kill()));
     for (const f of o.figures) await runFigure(f, inst, ws, m, o, results);
@@ -710,7 +890,7 @@ async function main(): Promise<number> {
 
   const insts: Instance[] = [];
   for (const s of o.servers) {
-    const inst = await startInstance(s, m, [], o.poplarWorkers);
+    const inst = await startInstance(s, m, [], o.poplarWorkers, o.params);
     results[s].settings = inst.server.settings;
     insts.push(inst);
   }
@@ -728,11 +908,20 @@ async function main(): Promise<number> {
   }
   const runtimeS = (Date.now() - started.getTime()) / 1000;
   log('\n' + plainTable(rows(results, o.params)));
-  const complete = !o.quick && o.servers.length === 2 && o.figures.length === FIGURES.length;
+  const withPg = o.servers.includes('poplar-pg');
+  if (withPg) log('\nPoplar on PostgreSQL:\n' + pgPlainTable(pgRows(results, o.params)));
+  const env = { postgres: `PostgreSQL ${pgVersion}`, haproxy: haproxyAvailable() ? `HAProxy ${haproxyVersion()}` : 'not installed', cores: mi.cores };
+  const pgText = withPg ? pgSection(results, o, started, runtimeS, env) : undefined;
+  const complete = !o.quick && o.servers.length === SERVERS.length && o.figures.length === FIGURES.length;
   const target = complete ? DOC : path.join(WORK, 'last-run.md');
-  writeFileSync(target, markdown(results, mi, o, m, runtimeS, started));
+  writeFileSync(target, markdown(results, mi, o, m, runtimeS, started, pgText));
   log(`\nwrote ${path.relative(process.cwd(), target) || target} (run took ${runtimeS.toFixed(0)} s)`);
-  const failed = (['poplar', 'dovecot'] as const).some((k) => (results[k].sessions?.errors ?? 0) > 0 || (results[k].retr?.errors ?? 0) > 0 || (results[k].idle?.errors ?? 0) > 0);
+  const pgComparable = withPg && o.servers.includes('dovecot') && (['sessions', 'retr', 'bigdrop'] as const).every((f) => o.figures.includes(f));
+  if (!complete && !o.quick && pgComparable && pgText !== undefined) {
+    writeFileSync(DOC, replacePgSection(readFileSync(DOC, 'utf8'), pgText));
+    log(`rewrote the PostgreSQL section of ${path.relative(process.cwd(), DOC)}`);
+  }
+  const failed = SERVERS.some((k) => (results[k].sessions?.errors ?? 0) > 0 || (results[k].retr?.errors ?? 0) > 0 || (results[k].idle?.errors ?? 0) > 0 || (results[k].hold?.errors ?? 0) > 0 || (results[k].nodes ?? []).some((n) => n.errors > 0));
   if (failed) log('warning: some operations failed; see the errors above before trusting the figures');
   return 0;
 }

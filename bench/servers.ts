@@ -1,6 +1,7 @@
 /**
- * The two servers under test, behind one small interface: where they listen,
- * which processes are theirs (for memory and CPU), and how to stop them.
+ * The servers under test (Poplar on Maildir, Poplar on PostgreSQL, Dovecot),
+ * behind one small interface: where they listen, which processes are theirs
+ * (for memory and CPU), and how to stop them.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -11,7 +12,7 @@ import type { BenchUser } from './protocol.js';
 import { cpuSeconds, findDovecotMaster, groupMembers } from './procfs.js';
 
 export interface BenchServer {
-  readonly name: 'Poplar' | 'Dovecot';
+  readonly name: 'Poplar' | 'Dovecot' | 'Poplar-PG' | 'HAProxy';
   readonly port: number;
   /** Every process of this server instance, right now. */
   pids(): number[];
@@ -42,10 +43,11 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Resolves once a connection to `port` gets a "+OK" greeting. */
-function greets(port: number): Promise<boolean> {
+/** Resolves once a connection to `port` gets a "+OK" greeting (after a PROXY v1 header with `proxy`). */
+function greets(port: number, proxy = false): Promise<boolean> {
   return new Promise((resolve) => {
     const s = net.connect({ host: '127.0.0.1', port });
+    if (proxy) s.write('PROXY TCP4 127.0.0.1 127.0.0.1 40000 110\r\n');
     let buf = '';
     const done = (ok: boolean): void => {
       clearTimeout(t);
@@ -65,7 +67,14 @@ function greets(port: number): Promise<boolean> {
 export interface PoplarOptions {
   root: string;
   workDir: string;
-  maildirRoot: string;
+  /** The Maildir root; unset with `postgres`. */
+  maildirRoot?: string;
+  /** The PostgreSQL store instead of Maildir: the `[store]` and `[store.postgres]` sections (bench/pgdata.ts storeConfig). */
+  postgres?: { storeConfig: string };
+  /** `[server] proxy_protocol = true` with `trusted_proxies = ["127.0.0.1/32"]` (a node behind HAProxy). */
+  proxyProtocol?: boolean;
+  /** Listen on this port (default: a free one). */
+  port?: number;
   users: BenchUser[];
   /** Extra node flags, e.g. --cpu-prof. */
   nodeArgs?: string[];
@@ -84,14 +93,24 @@ export const POPLAR_CONFIG = [
   '',
 ].join('\n');
 
+/** The whole configuration file of one instance. */
+export function poplarConfig(o: Pick<PoplarOptions, 'postgres' | 'proxyProtocol'>): string {
+  let c = POPLAR_CONFIG;
+  if (o.proxyProtocol === true) c = c.replace('[server]\n', '[server]\nproxy_protocol = true\ntrusted_proxies = ["127.0.0.1/32"]\n');
+  if (o.postgres !== undefined) c += '\n' + o.postgres.storeConfig;
+  return c;
+}
+
 export async function startPoplar(o: PoplarOptions): Promise<BenchServer> {
+  if ((o.maildirRoot === undefined) === (o.postgres === undefined)) throw new Error('startPoplar: a Maildir root or PostgreSQL, one of the two');
   mkdirSync(o.workDir, { recursive: true });
   const usersFile = path.join(o.workDir, 'users');
   // {PLAIN} like the Dovecot instance's passwd-file, so both pay the same (negligible) password check.
   writeFileSync(usersFile, o.users.map((u) => `${u.name}:{PLAIN}${u.password}::::::`).join('\n') + '\n', { mode: 0o600 });
   const configFile = path.join(o.workDir, 'poplar.toml');
-  writeFileSync(configFile, POPLAR_CONFIG);
-  const port = await freePort();
+  const config = poplarConfig(o);
+  writeFileSync(configFile, config);
+  const port = o.port ?? (await freePort());
   let tlsPort = await freePort();
   while (tlsPort === port) tlsPort = await freePort();
   const main = path.join(o.root, 'dist', 'cli', 'main.js');
@@ -103,7 +122,7 @@ export async function startPoplar(o: PoplarOptions): Promise<BenchServer> {
     '--config', configFile,
     '--data-dir', path.join(o.workDir, 'data'),
     '--users', usersFile,
-    '--maildir-root', o.maildirRoot,
+    ...(o.maildirRoot !== undefined ? ['--maildir-root', o.maildirRoot] : []),
     '--listen', `127.0.0.1:${port}`,
     '--listen-tls', `127.0.0.1:${tlsPort}`,
     '--log-level', 'warn',
@@ -142,7 +161,7 @@ export async function startPoplar(o: PoplarOptions): Promise<BenchServer> {
   const deadline = Date.now() + 20_000;
   for (;;) {
     if (exited) throw new Error(`Poplar exited during startup (is dist/ up to date? run npm run build):\n${output}`);
-    if (await greets(port)) break;
+    if (await greets(port, o.proxyProtocol === true)) break;
     if (Date.now() > deadline) {
       await stop();
       throw new Error(`Poplar did not greet on port ${port} within 20 s:\n${output}`);
@@ -150,12 +169,12 @@ export async function startPoplar(o: PoplarOptions): Promise<BenchServer> {
     await new Promise((r) => setTimeout(r, 50));
   }
   return {
-    name: 'Poplar',
+    name: o.postgres !== undefined ? 'Poplar-PG' : 'Poplar',
     port,
     // With --workers the cluster's processes share the primary's process group.
     pids: () => (exited ? [] : groupMembers(pid)),
     cpuSeconds: () => groupMembers(pid).reduce((t, p) => t + cpuSeconds(p, p === pid), 0),
-    settings: POPLAR_CONFIG.trim() + `\n# command line: poplar serve --workers ${o.serverWorkers ?? 1} ...`,
+    settings: config.trim() + `\n# command line: poplar serve --workers ${o.serverWorkers ?? 1} ...`,
     adopt: () => undefined, // Poplar runs as the owner of the copies
     stop,
   };
