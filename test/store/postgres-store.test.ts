@@ -7,7 +7,7 @@
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { migrate, schemaVersion } from '../../src/auth/postgres/migrations.js';
+import { MIGRATIONS, SCHEMA_VERSION, migrate, schemaVersion } from '../../src/auth/postgres/migrations.js';
 import { InUseError, MessageUnavailable, TemporaryFailure } from '../../src/errors.js';
 import { STORE_HISTORY_TABLE, STORE_SCHEMA_VERSION, storeSchemaVersion } from '../../src/store/postgres/migrations.js';
 import type { PostgresStore } from '../../src/store/postgres/postgres-store.js';
@@ -37,8 +37,8 @@ describe.skipIf(PG_DOWN)('PostgreSQL store', async () => {
     it('keeps its own history table beside the users backend in one schema', async () => {
       expect(await storeSchemaVersion(db.admin)).toBe(STORE_SCHEMA_VERSION);
       expect(await schemaVersion(db.admin)).toBe(0);
-      expect(await migrate(db.admin)).toEqual([1]);
-      expect(await schemaVersion(db.admin)).toBe(1);
+      expect(await migrate(db.admin)).toEqual(MIGRATIONS.map((m) => m.version));
+      expect(await schemaVersion(db.admin)).toBe(SCHEMA_VERSION);
       expect(await storeSchemaVersion(db.admin)).toBe(STORE_SCHEMA_VERSION);
       const { rows } = await db.admin.query<{ n: string }>(`SELECT count(*) AS n FROM ${STORE_HISTORY_TABLE}`);
       expect(Number(rows[0]!.n)).toBe(STORE_SCHEMA_VERSION);

@@ -5,12 +5,11 @@
  * add() that is idempotent by UIDL.
  */
 import type { Readable } from 'node:stream';
-import type { Pool } from 'pg';
+import type { Pool, PoolClient } from 'pg';
 import { PermanentFailure, TemporaryFailure } from '../../errors.js';
 import type { MigratedMessage, MigrationSource, MigrationTarget } from '../migration.js';
-import { openBody, writeBody } from './bodies.js';
+import { openBody, writeBody, type WrittenBody } from './bodies.js';
 import type { Lease, LeaseKeeper } from './lease.js';
-import type { PostgresStore } from './postgres-store.js';
 import { count, validUidl } from './rows.js';
 import { inTransaction } from './tx.js';
 
@@ -58,7 +57,20 @@ export async function openMigrationSource(pool: Pool, leases: LeaseKeeper, mailb
   };
 }
 
-export function openMigrationTarget(store: PostgresStore, leases: LeaseKeeper, mailbox: { id: number; uidValidity: number }, lease: Lease): MigrationTarget {
+/** A message's identity kept through a migration. */
+export interface KeptMessage {
+  readonly uidl: string;
+  readonly arrived: Date;
+  readonly firstRetrieved: Date | null;
+}
+
+/** What a migration target needs of the store (PostgresStore). */
+export interface TargetStore {
+  readonly pool: Pool;
+  insertMessage(c: PoolClient, mailbox: { id: number; uidValidity: number }, body: WrittenBody, kept: KeptMessage | null): Promise<boolean>;
+}
+
+export function openMigrationTarget(store: TargetStore, leases: LeaseKeeper, mailbox: { id: number; uidValidity: number }, lease: Lease): MigrationTarget {
   let closed = false;
   return {
     async uidls(): Promise<ReadonlySet<string>> {

@@ -21,7 +21,7 @@ import { createStorePool, PostgresStoreConfigSchema, type PostgresStoreConfigInp
 import { LeaseKeeper, type Lease } from './lease.js';
 import { PostgresMaildrop } from './maildrop.js';
 import { migrateStore } from './migrations.js';
-import { openMigrationSource, openMigrationTarget } from './migration.js';
+import { openMigrationSource, openMigrationTarget, type KeptMessage } from './migration.js';
 import { count, listedMessage, type ListedMessage } from './rows.js';
 import { inTransaction } from './tx.js';
 
@@ -191,7 +191,7 @@ export class PostgresStore implements MailStore, MigratableStore {
    * retrieval, else under a new Dovecot-style UIDL. Returns false when `kept`
    * names a UIDL the mailbox already has. (@internal: migration.ts.)
    */
-  async insertMessage(c: PoolClient, mailbox: Mailbox, body: WrittenBody, kept: { uidl: string; arrived: Date; firstRetrieved: Date | null } | null): Promise<boolean> {
+  async insertMessage(c: PoolClient, mailbox: Mailbox, body: WrittenBody, kept: KeptMessage | null): Promise<boolean> {
     let bodyId: number | undefined;
     for (let attempt = 0; attempt < UIDL_ATTEMPTS; attempt++) {
       const uid = count((await c.query<{ uid: string }>(NEXT_UID, [mailbox.id])).rows[0]?.uid);
