@@ -252,30 +252,45 @@ export class MaildirStore implements MailStore, MaildropOwner {
     if (first === undefined) return out;
     const shared = await writeTmp(first, [message], { mode: 0o600, fsync: this.#fsync, signal });
     try {
-      await Promise.all(
-        targets.map(async (t, i) => {
-          const dir = dirs[i];
-          if (dir === undefined) return;
-          try {
-            if (quotaLimits(t.quota)) checkQuota(await maildropUsage(dir), shared.crlfSize, t.quota);
-            signal?.throwIfAborted();
-            const name = newName({ ...shared, dir, base: uniqueName() });
-            await fs.link(shared.tmp, path.join(dir, 'new', name)).catch(async (e: NodeJS.ErrnoException) => {
-              if (e.code !== 'EXDEV' && !NO_LINK.has(e.code ?? '')) throw e;
-              // Another file system (or none with links): a copy of its own.
-              await publish(await writeTmp(dir, [message], { mode: 0o600, fsync: this.#fsync, signal }), signal);
-            });
-            if (this.#fsync) await fsyncDir(path.join(dir, 'new'));
-          } catch (e) {
-            if (!(e instanceof MailError)) this.#log.error({ err: e, dir }, 'maildir delivery failed');
-            out[i] = e instanceof MailError ? e : new TemporaryFailure('Cannot deliver into the maildrop now', { cause: e });
-          }
-        }),
-      );
+      // One after another: two targets may be one maildrop, whose quota counts the first.
+      const linked = new Map<string, number[]>();
+      for (const [i, t] of targets.entries()) {
+        const dir = dirs[i];
+        if (dir === undefined) continue;
+        try {
+          if (quotaLimits(t.quota)) checkQuota(await maildropUsage(dir), shared.crlfSize, t.quota);
+          signal?.throwIfAborted();
+          const name = newName({ ...shared, dir, base: uniqueName() });
+          await fs.link(shared.tmp, path.join(dir, 'new', name)).catch(async (e: NodeJS.ErrnoException) => {
+            if (e.code !== 'EXDEV' && !NO_LINK.has(e.code ?? '')) throw e;
+            // Another file system (or none with links): a copy of its own.
+            await publish(await writeTmp(dir, [message], { mode: 0o600, fsync: this.#fsync, signal }), signal);
+          });
+          linked.set(dir, [...(linked.get(dir) ?? []), i]);
+        } catch (e) {
+          out[i] = this.#deliveryFailure(e, dir);
+        }
+      }
+      // Then each new/ once: every message is durable before any reply.
+      if (this.#fsync) {
+        await Promise.all(
+          [...linked].map(([dir, which]) =>
+            fsyncDir(path.join(dir, 'new')).catch((e: unknown) => {
+              for (const i of which) out[i] = this.#deliveryFailure(e, dir);
+            }),
+          ),
+        );
+      }
     } finally {
       await fs.unlink(shared.tmp).catch(() => undefined);
     }
     return out;
+  }
+
+  #deliveryFailure(e: unknown, dir: string): Error {
+    if (e instanceof MailError) return e;
+    this.#log.error({ err: e, dir }, 'maildir delivery failed');
+    return new TemporaryFailure('Cannot deliver into the maildrop now', { cause: e });
   }
 
   /** The maildrop a delivery writes into: checked like a login's, tmp/ and new/ created when missing. */
