@@ -24,7 +24,7 @@ export function haproxyVersion(): string {
 export function haproxyConfig(port: number, nodes: number[]): string {
   return [
     'global',
-    '  maxconn 100000',
+    '  maxconn 4000',
     '',
     'defaults',
     '  mode tcp',
@@ -50,7 +50,7 @@ export async function startHaproxy(dir: string, nodes: number[]): Promise<BenchS
   const config = haproxyConfig(port, nodes);
   const file = path.join(dir, 'haproxy.cfg');
   writeFileSync(file, config);
-  const [cmd, args] = withFileLimit(262144, ['haproxy', '-db', '-f', file]);
+  const [cmd, args] = withFileLimit(65536, ['haproxy', '-db', '-f', file]);
   const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
   let err = '';
   child.stderr?.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
