@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { OAuthConfigSchema } from '../auth/oauth/config.js';
 import { PostgresConfigSchema } from '../auth/postgres/config.js';
+import { LmtpConfigSchema, QuotaConfigSchema } from '../delivery/config.js';
 import { PostgresStoreConfigSchema } from '../store/postgres/config.js';
 
 /** host:port, IPv6 in brackets: `[::1]:110`. */
@@ -87,6 +88,10 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** The LMTP server for the MTA (docs/delivery.md); off until `listen` names an address. */
+    lmtp: LmtpConfigSchema.prefault({}),
+    /** Default limits of every maildrop (a user's own from the user database come first). */
+    quota: QuotaConfigSchema.prefault({}),
     auth: z
       .object({
         /** Where passwords are checked. */
