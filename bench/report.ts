@@ -338,18 +338,22 @@ Last run: ${when.toISOString().replace(/\.\d+Z$/, 'Z')}, ${runtimeS.toFixed(0)} 
 \`\`\`sh
 npm run bench                          # full run (1–2 minutes once the data exists); rewrites this file
 npm run bench -- --quick               # shorter windows; the report goes to bench/.work/last-run.md
-npm run bench -- --only sessions,retr  # a subset of: idle, sessions, retr, bigdrop, hold, scaling (report to bench/.work/)
-npm run bench -- --server poplar       # one server only (report to bench/.work/)
+npm run bench -- --only sessions,retr  # a subset of: idle, sessions, retr, bigdrop, hold, scaling, nodes (report to bench/.work/)
+npm run bench -- --server poplar       # some servers only, of: poplar, poplar-pg, dovecot (report to bench/.work/)
+npm run bench -- --only sessions,retr,bigdrop,hold,nodes  # without --quick: rewrites the PostgreSQL section below
 npm run bench -- --cold                # also measure the 100k maildrop's first login without caches (minutes)
 npm run bench -- --cpu-prof            # Poplar's sessions/s under node --cpu-prof; prints where the time goes
 npm run bench -- --workers 4           # number of load generator processes
 \`\`\`
 
-It needs root and Dovecot 2.3 (\`/usr/sbin/dovecot\`), as the Dovecot comparison tests do.
+It needs root and Dovecot 2.3 (\`/usr/sbin/dovecot\`), as the Dovecot comparison tests do; Poplar on
+PostgreSQL (\`poplar-pg\`) is measured when the database answers (\`POPLAR_BENCH_PG_URL\`, default
+\`postgres://postgres@127.0.0.1:5432/test\`, schema \`poplar_bench\`), its nodes figure needs HAProxy.
 It runs \`npm run build\` when \`dist/\` is missing or older than \`src/\`, and keeps its data in
 \`bench/.work/\` (git-ignored). The first run generates the template maildirs and copies the
 100,000-message maildrop once per server, which takes several minutes, mostly for Poplar's
-first login on that maildrop (see below); later runs reuse them.
+first login on that maildrop (see below), and loads the template into PostgreSQL with
+\`poplar migrate\` (once per template; tens of minutes on a busy 2-core machine); later runs reuse them.
 
 ## Machine
 
