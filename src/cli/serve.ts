@@ -19,6 +19,8 @@ import { PostgresStore } from '../store/postgres/postgres-store.js';
 import type { MailStore } from '../store/types.js';
 import { dropPrivileges, Handover, resolveServiceIdentity, usable, type ServiceIdentity } from './privileges.js';
 import { sharedLimits } from './shared-limits.js';
+import { bindLmtp } from '../delivery/serve-lmtp.js';
+import type { LmtpServer } from '../delivery/lmtp-server.js';
 
 export interface RunningServer {
   readonly server: Pop3Server;
@@ -88,6 +90,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
 
   let server: Pop3Server;
   let listeners: BoundListener[];
+  let lmtp: LmtpServer | null = null;
   try {
     server = new Pop3Server({
       settings: config.server,
@@ -104,8 +107,11 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     // as root, and switches as soon as every listener is bound, before its event loop can accept
     // a connection (Node binds synchronously; nothing here waits on I/O in between).
     if (cluster.isWorker) switchUser(identity, logger);
+    // LMTP (docs/delivery.md) is bound with the POP3 listeners and serves only after the switch.
+    lmtp = await bindLmtp(config, { store, authenticator, logger, worker: cluster.isWorker });
     listeners = await server.listen(listenSpecs);
     if (!cluster.isWorker) switchUser(identity, logger);
+    lmtp?.start();
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { address?: string; port?: number };
     if (err.code === 'EADDRINUSE' || err.code === 'EACCES' || err.code === 'EADDRNOTAVAIL') {
@@ -163,6 +169,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     logger,
     reload,
     stop: async () => {
+      await lmtp?.close(config.server.shutdown_grace * 1000);
       await server.close(config.server.shutdown_grace * 1000);
       await store.close?.();
       await authenticator.close?.();
