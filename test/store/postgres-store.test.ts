@@ -6,11 +6,13 @@
  */
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { MIGRATIONS, SCHEMA_VERSION, migrate, schemaVersion } from '../../src/auth/postgres/migrations.js';
 import { InUseError, MessageUnavailable, TemporaryFailure } from '../../src/errors.js';
+import { silentLogger } from '../../src/observability/log.js';
 import { STORE_HISTORY_TABLE, STORE_SCHEMA_VERSION, storeSchemaVersion } from '../../src/store/postgres/migrations.js';
-import type { PostgresStore } from '../../src/store/postgres/postgres-store.js';
+import { PostgresStore } from '../../src/store/postgres/postgres-store.js';
 import { lacksPostgres } from '../helpers/peers.js';
 import { pgSchema } from './pg.js';
 
@@ -191,6 +193,15 @@ describe.skipIf(PG_DOWN)('PostgreSQL store', async () => {
       expect(await countRows(store, 'poplar_body_chunks', 'shared')).toBe(0);
     });
 
+    it('a body with a chunk missing in the middle fails the stream instead of sending a shorter message', async () => {
+      const store = db.store();
+      await store.deliver('gap', Buffer.alloc(5 * 256 * 1024 + 10, 0x61));
+      await db.admin.query(`DELETE FROM poplar_body_chunks WHERE seq = 4 AND mailbox_id = (SELECT mailbox_id FROM poplar_mailboxes WHERE username = 'gap')`);
+      const md = await store.open({ username: 'gap' });
+      await expect(bytes(await md.read(0))).rejects.toBeInstanceOf(MessageUnavailable);
+      await md.release();
+    });
+
     it('a body whose chunks are gone is reported before anything is sent', async () => {
       const store = db.store();
       await store.deliver('nochunks', Buffer.from('Subject: x\r\n\r\nx\r\n'));
@@ -199,6 +210,18 @@ describe.skipIf(PG_DOWN)('PostgreSQL store', async () => {
       await expect(md.read(0)).rejects.toBeInstanceOf(MessageUnavailable);
       await md.release();
     });
+  });
+
+  it('a database that does not answer is a temporary failure for login and delivery', async () => {
+    const pool = new pg.Pool({ host: '127.0.0.1', port: 1, user: 'postgres', database: 'test', connectionTimeoutMillis: 500 });
+    pool.on('error', () => undefined);
+    const store = new PostgresStore(pool, { logger: silentLogger(), ownsPool: true, sweepIntervalMs: 0 });
+    try {
+      await expect(store.open({ username: 'anyone' })).rejects.toBeInstanceOf(TemporaryFailure);
+      await expect(store.deliver('anyone', Buffer.from('x\r\n'))).rejects.toBeInstanceOf(TemporaryFailure);
+    } finally {
+      await store.close();
+    }
   });
 
   it('skips message rows POP3 cannot serve (bad UIDL, negative size) and serves the rest', async () => {
