@@ -2,6 +2,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../config/errors.js';
 import { EX_CONFIG, EX_SOFTWARE, EX_USAGE } from './exit-codes.js';
+import { registerDeliverCommand } from './deliver.js';
 import { registerFetchCommand } from './fetch.js';
 import { registerMigrateCommand } from './migrate.js';
 import { registerUserCommands } from './user.js';
@@ -61,6 +62,7 @@ export function buildProgram(): Command {
   registerUserCommands(program);
   registerFetchCommand(program);
   registerMigrateCommand(program);
+  registerDeliverCommand(program);
   return program;
 }
 

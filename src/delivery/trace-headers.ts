@@ -18,10 +18,10 @@ function lineEnd(message: Buffer): string {
   return lf > 0 && message[lf - 1] === 0x0d ? '\r\n' : lf === -1 ? '\r\n' : '\n';
 }
 
-/** `message` with Return-Path and (when `deliveredTo` is given) Delivered-To in front. */
-export function withTraceHeaders(message: Buffer, sender: string, deliveredTo: string | undefined): Buffer {
+/** `message` with Return-Path (when `sender` is given) and Delivered-To (when `deliveredTo` is) in front. */
+export function withTraceHeaders(message: Buffer, sender: string | undefined, deliveredTo: string | undefined): Buffer {
   const eol = lineEnd(message);
-  let head = `Return-Path: <${sender}>${eol}`;
+  let head = sender !== undefined ? `Return-Path: <${sender}>${eol}` : '';
   if (deliveredTo !== undefined) head += `Delivered-To: ${deliveredTo}${eol}`;
   return Buffer.concat([Buffer.from(head, 'utf8'), message]);
 }
