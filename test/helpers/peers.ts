@@ -43,6 +43,9 @@ const BINARIES = {
   openssl: { install: 'apt-get install openssl' },
   ip: { install: 'apt-get install iproute2' },
   haproxy: { install: 'apt-get install haproxy' },
+  swaks: { install: 'apt-get install swaks' },
+  postfix: { path: '/usr/sbin/postfix', install: 'apt-get install postfix' },
+  'dovecot-lmtpd': { path: '/usr/lib/dovecot/lmtp', install: 'apt-get install dovecot-lmtpd' },
 } satisfies Record<string, { path?: string; install: string }>;
 
 export type BinaryPeer = keyof typeof BINARIES;
