@@ -91,7 +91,7 @@ export class PostgresStore implements MailStore, MigratableStore {
     // Renewals get a connection of their own: they must not wait behind sessions on a busy pool.
     const leasePool = createStorePool({ ...c, pool_size: 1 }, warn);
     try {
-      if (c.migrate) await migrateStore(pool, warn);
+      if (c.migrate) await migrateStore(pool, (m) => options.logger.info({ store: 'postgres' }, m));
       else await pool.query('SELECT 1 FROM poplar_mailboxes LIMIT 0');
     } catch (e) {
       await Promise.allSettled([pool.end(), leasePool.end()]);
