@@ -118,6 +118,31 @@ describe.skipIf(PG_DOWN)('PostgreSQL store', async () => {
       expect(await countRows(a, 'poplar_messages', 'expired')).toBe(1);
     });
 
+    it('one busy mailbox row does not hold up the renewal of the others, nor lose its own lease', async () => {
+      const store = db.store({ leaseTimeout: 2 });
+      for (const u of ['busy', 'calm']) await store.deliver(u, Buffer.from('Subject: x\r\n\r\nx\r\n'));
+      const busy = await store.open({ username: 'busy' });
+      const calm = await store.open({ username: 'calm' });
+      const locker = await db.admin.connect();
+      try {
+        await locker.query('BEGIN');
+        await locker.query(`SELECT 1 FROM poplar_mailboxes WHERE username = 'busy' FOR UPDATE`);
+        const before = await db.admin.query<{ e: Date }>(`SELECT lease_expires AS e FROM poplar_mailboxes WHERE username = 'calm'`);
+        const t0 = performance.now();
+        await store.leases.renewAll();
+        expect(performance.now() - t0).toBeLessThan(1000);
+        const after = await db.admin.query<{ e: Date }>(`SELECT lease_expires AS e FROM poplar_mailboxes WHERE username = 'calm'`);
+        expect(after.rows[0]!.e.getTime()).toBeGreaterThan(before.rows[0]!.e.getTime());
+      } finally {
+        await locker.query('ROLLBACK');
+        locker.release();
+      }
+      await busy.commit([0]);
+      await calm.commit([0]);
+      await Promise.all([busy.release(), calm.release()]);
+      expect(await countRows(store, 'poplar_messages', 'busy')).toBe(0);
+    });
+
     it('a renewal that finds the lease taken marks the session lost before it QUITs', async () => {
       const a = db.store({ leaseTimeout: 1 });
       await a.deliver('stolen', Buffer.from('Subject: x\r\n\r\nx\r\n'));

@@ -48,11 +48,24 @@ const ACQUIRE = `UPDATE poplar_mailboxes
   WHERE mailbox_id = $1 AND (lease_expires IS NULL OR lease_expires <= now())
   RETURNING lease_token`;
 
-const RENEW = `UPDATE poplar_mailboxes AS m
-    SET lease_expires = now() + $4 * interval '1 millisecond'
-   FROM unnest($1::bigint[], $2::bigint[]) AS l(mailbox_id, token)
-  WHERE m.mailbox_id = l.mailbox_id AND m.lease_token = l.token AND m.lease_holder = $3 AND m.lease_expires > now()
+/**
+ * Renewal skips rows locked at the moment (a delivery, an UPDATE or a sweep
+ * in that mailbox holds the row until its COMMIT), so one busy mailbox never
+ * holds up the renewal of all the others; STILL_HELD then tells a lease that
+ * was merely skipped from one that is gone.
+ */
+const RENEW = `WITH mine AS (
+    SELECT m.mailbox_id FROM poplar_mailboxes AS m
+      JOIN unnest($1::bigint[], $2::bigint[]) AS l(mailbox_id, token) ON m.mailbox_id = l.mailbox_id
+     WHERE m.lease_token = l.token AND m.lease_holder = $3 AND m.lease_expires > now()
+       FOR UPDATE OF m SKIP LOCKED)
+  UPDATE poplar_mailboxes AS m SET lease_expires = now() + $4 * interval '1 millisecond'
+    FROM mine WHERE m.mailbox_id = mine.mailbox_id
   RETURNING m.mailbox_id`;
+
+const STILL_HELD = `SELECT m.mailbox_id FROM poplar_mailboxes AS m
+    JOIN unnest($1::bigint[], $2::bigint[]) AS l(mailbox_id, token) ON m.mailbox_id = l.mailbox_id
+   WHERE m.lease_token = l.token AND m.lease_holder = $3 AND m.lease_expires > now()`;
 
 const RELEASE = `UPDATE poplar_mailboxes SET lease_holder = NULL, lease_expires = NULL
   WHERE mailbox_id = $1 AND lease_token = $2 AND lease_holder = $3`;
@@ -107,10 +120,11 @@ export class LeaseKeeper {
 
   /** Gives the lease up (also when it was lost: then nothing changes in the database). */
   async release(lease: Lease): Promise<void> {
-    if (this.#held.get(lease.mailboxId) === lease) this.#held.delete(lease.mailboxId);
+    if (this.#held.get(lease.mailboxId) !== lease) return; // released before
+    this.#held.delete(lease.mailboxId);
     if (this.#held.size === 0) this.#unschedule();
-    if (lease.lost) return;
     lease.markLost();
+    // Also after a loss: the statement changes nothing unless the row still carries this lease.
     await this.#pool.query(RELEASE, [lease.mailboxId, lease.token, this.holder]);
   }
 
@@ -128,9 +142,14 @@ export class LeaseKeeper {
       try {
         const r = await this.#renewPool.query<{ mailbox_id: string }>(RENEW, [batch.map((l) => l.mailboxId), batch.map((l) => l.token), this.holder, this.timeoutMs]);
         const renewed = new Set(r.rows.map((row) => Number(row.mailbox_id)));
-        for (const l of batch) {
-          if (renewed.has(l.mailboxId)) l.confirmedAt = t;
-          else if (this.#held.get(l.mailboxId) === l) this.#lose(l, 'not renewed: expired or taken over');
+        for (const l of batch) if (renewed.has(l.mailboxId)) l.confirmedAt = t;
+        const missed = batch.filter((l) => !renewed.has(l.mailboxId));
+        if (missed.length === 0) continue;
+        const h = await this.#renewPool.query<{ mailbox_id: string }>(STILL_HELD, [missed.map((l) => l.mailboxId), missed.map((l) => l.token), this.holder]);
+        const held = new Set(h.rows.map((row) => Number(row.mailbox_id)));
+        for (const l of missed) {
+          if (held.has(l.mailboxId)) continue; // busy row: renewed next time
+          if (this.#held.get(l.mailboxId) === l) this.#lose(l, 'not renewed: expired or taken over');
         }
       } catch (e) {
         // The database did not answer: a lease not confirmed within its lifetime is given up.

@@ -19,6 +19,9 @@ const FULL_LISTING = `SELECT uid, uidl, size, body_id, arrived_at, first_retriev
 const HOLDS_LEASE = `SELECT lease_token = $2 AND lease_holder = $3 AND lease_expires > now() AS held
   FROM poplar_mailboxes WHERE mailbox_id = $1 FOR UPDATE`;
 
+/** Thrown inside add()'s transaction to roll it back when the UIDL is already there. */
+const ALREADY_PRESENT = new Error('already present');
+
 interface SourceRow {
   uid: string;
   uidl: unknown;
@@ -80,19 +83,25 @@ export function openMigrationTarget(store: TargetStore, leases: LeaseKeeper, mai
     async add(message: MigratedMessage, body: Buffer): Promise<'added' | 'present'> {
       if (!validUidl(message.uidl)) throw new PermanentFailure(`UIDL ${JSON.stringify(String(message.uidl).slice(0, 80))} is not 1 to 70 printable characters`);
       if (lease.lost) throw new TemporaryFailure('The maildrop lock was lost');
-      return inTransaction(store.pool, async (c) => {
-        const held = await c.query<{ held: boolean | null }>(HOLDS_LEASE, [mailbox.id, lease.token, leases.holder]);
-        if (held.rows[0]?.held !== true) {
-          lease.markLost();
-          throw new TemporaryFailure('The maildrop lock was lost');
-        }
-        const present = await c.query('SELECT 1 FROM poplar_messages WHERE mailbox_id = $1 AND uidl = $2', [mailbox.id, message.uidl]);
-        if ((present.rowCount ?? 0) > 0) return 'present';
-        const written = await writeBody(c, mailbox.id, [body]);
-        const added = await store.insertMessage(c, mailbox, written, { uidl: message.uidl, arrived: message.arrived, firstRetrieved: message.firstRetrieved });
-        if (!added) throw new TemporaryFailure('The message appeared meanwhile');
-        return 'added';
-      });
+      const present = await store.pool.query('SELECT 1 FROM poplar_messages WHERE mailbox_id = $1 AND uidl = $2', [mailbox.id, message.uidl]);
+      if ((present.rowCount ?? 0) > 0) return 'present';
+      try {
+        return await inTransaction(store.pool, async (c) => {
+          // The body first; the mailbox row is locked only from the lease check to COMMIT.
+          const written = await writeBody(c, mailbox.id, [body]);
+          const held = await c.query<{ held: boolean | null }>(HOLDS_LEASE, [mailbox.id, lease.token, leases.holder]);
+          if (held.rows[0]?.held !== true) {
+            lease.markLost();
+            throw new TemporaryFailure('The maildrop lock was lost');
+          }
+          const added = await store.insertMessage(c, mailbox, written, { uidl: message.uidl, arrived: message.arrived, firstRetrieved: message.firstRetrieved });
+          if (!added) throw ALREADY_PRESENT; // rolls the body back
+          return 'added' as const;
+        });
+      } catch (e) {
+        if (e === ALREADY_PRESENT) return 'present';
+        throw e;
+      }
     },
     async close(): Promise<void> {
       if (closed) return;
