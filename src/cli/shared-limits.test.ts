@@ -68,7 +68,10 @@ describe('where login counters live', () => {
   it.skipIf(PG_DOWN)("in the store's database when both are PostgreSQL", async () => {
     const users = await schema();
     const store = await schema();
-    const limits = await sharedLimits(config({ auth: { type: 'postgres', postgres: { url, schema: users } } }, { type: 'postgres', postgres: { url, schema: store } }), silentLogger(), false);
+    // Parsed like a config file: the store's section carries lease_timeout, which is not a connection setting.
+    const parsed = config({ auth: { type: 'postgres', postgres: { url, schema: users } }, store: { type: 'postgres', postgres: { url, schema: store } } });
+    expect(parsed.store.postgres?.lease_timeout).toBe(30);
+    const limits = await sharedLimits(parsed, silentLogger(), false);
     await limits.close();
     expect(await tablesIn(store)).toContain('poplar_auth_failures');
     expect(await tablesIn(users)).toEqual([]);

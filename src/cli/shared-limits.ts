@@ -37,8 +37,12 @@ export interface SharedLimits {
 
 /** The PostgreSQL section the counters use: the store's when the store is PostgreSQL, else the users'. */
 export function limitsDatabase(config: ResolvedConfig): PostgresConfigInput | undefined {
-  const store = config.store as { type?: string; postgres?: PostgresConfigInput };
-  if (store.type === 'postgres' && store.postgres !== undefined) return store.postgres;
+  const { store } = config;
+  if (store.type === 'postgres' && store.postgres !== undefined) {
+    // The connection settings only: the lease is the store's business.
+    const { lease_timeout: _lease, ...connection } = store.postgres;
+    return connection;
+  }
   if (config.auth.type === 'postgres' && config.auth.postgres !== undefined) return config.auth.postgres;
   return undefined;
 }
