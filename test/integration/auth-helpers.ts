@@ -56,10 +56,14 @@ export class LineClient {
   }
 
   /** Implicit TLS, optionally presenting a client certificate. */
-  static async connectTls(port: number, opts: { cert?: string; key?: string; ca?: string | Buffer; maxVersion?: tls.SecureVersion } = {}): Promise<LineClient> {
+  static async connectTls(
+    port: number,
+    opts: { cert?: string; key?: string; ca?: string | Buffer; maxVersion?: tls.SecureVersion; localAddress?: string } = {},
+  ): Promise<LineClient> {
     const sock = tls.connect({
       host: '127.0.0.1',
       port,
+      ...(opts.localAddress !== undefined ? { localAddress: opts.localAddress } : {}),
       servername: 'localhost',
       rejectUnauthorized: false,
       ...(opts.cert !== undefined ? { cert: opts.cert, key: opts.key } : {}),
