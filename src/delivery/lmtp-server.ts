@@ -59,7 +59,7 @@ export function lmtpListenSpecs(config: LmtpConfig): LmtpListen[] {
     let host = a.slice(0, i);
     if (host.startsWith('[')) host = host.slice(1, -1);
     const port = Number(a.slice(i + 1));
-    if (port < 1 || port > 65535) throw new ConfigError(`invalid configuration: lmtp.listen: bad port in ${a}`);
+    if (port > 65535) throw new ConfigError(`invalid configuration: lmtp.listen: bad port in ${a}`);
     if (!config.allow_remote && !isLoopback(host)) {
       throw new ConfigError(`invalid configuration: lmtp.listen ${a} is not a loopback address; LMTP has no authentication, so set lmtp.allow_remote = true only behind a firewall`);
     }
@@ -102,6 +102,7 @@ export class LmtpServer {
       name: options.hostname,
       banner: 'Poplar LMTP',
       size: c.max_message_size,
+      rejectOversized: true,
       hideSize: false,
       hideENHANCEDSTATUSCODES: false,
       hidePIPELINING: false,
@@ -213,7 +214,10 @@ export class LmtpServer {
     });
     stream.on('error', () => undefined); // the client went away: nothing is delivered
     stream.on('end', () => {
-      if (stream.sizeExceeded === true || length > limit) return cb(null, []); // smtp-server answers 552 for each
+      if (stream.sizeExceeded === true || length > limit) {
+        // rejectOversized: smtp-server answers 552 for each recipient whatever comes back here.
+        return cb(null, session.envelope.rcptTo.map(() => replyError({ code: 552, status: '5.3.4', text: 'Message too big' })));
+      }
       const work = this.#deliver(Buffer.concat(chunks, length), session).then(
         (replies) => cb(null, replies),
         (e: unknown) => {
