@@ -10,14 +10,17 @@ import type { ServerSettings } from '../../src/server/context.js';
 import type { ServerObserver } from '../../src/server/observer.js';
 import { Pop3Server } from '../../src/server/server.js';
 import { MaildirStore } from '../../src/store/maildir/maildir-store.js';
+import type { MailStore } from '../../src/store/types.js';
 
 export interface TestUser {
   name: string;
   password: string;
 }
 
-export interface TestServer {
+/** A test server; S is the store it serves from (a Maildir under maildirRoot unless startTestServer was given one). */
+export interface TestServer<S extends MailStore = MaildirStore> {
   dir: string;
+  /** The Maildir root under dir (created even when another store is served). */
   maildirRoot: string;
   usersFile: string;
   certFile: string;
@@ -25,8 +28,8 @@ export interface TestServer {
   port: number;
   tlsPort: number;
   server: Pop3Server;
-  store: MaildirStore;
-  /** Put a message into new/ of a user's maildrop, as an MTA would. */
+  store: S;
+  /** Deliver a message to a user's maildrop through the store, as an MTA would (Maildir: into new/). */
   deliver(user: string, raw: Buffer | string): Promise<void>;
   stop(): Promise<void>;
 }
@@ -48,10 +51,26 @@ export function testSettings(overrides: Partial<ServerSettings> = {}): ServerSet
   return { ...base, auth_failure_delay: 0.05, auth_failure_max_delay: 0.2, ...overrides };
 }
 
-/** An in-process Poplar on 127.0.0.1 port 0 (plain+STLS) and port 0 (implicit TLS), over a temp Maildir root. */
-export async function startTestServer(
-  opts: { users?: TestUser[]; settings?: Partial<ServerSettings>; logger?: Logger; dir?: string; authenticator?: Authenticator; oauth?: boolean; now?: () => number; observers?: ServerObserver[] } = {},
-): Promise<TestServer> {
+export interface TestServerOptions {
+  users?: TestUser[];
+  settings?: Partial<ServerSettings>;
+  logger?: Logger;
+  dir?: string;
+  authenticator?: Authenticator;
+  oauth?: boolean;
+  now?: () => number;
+  observers?: ServerObserver[];
+  /** Serve from this store instead of a Maildir under maildirRoot (the caller opens and closes it; `now` does not apply). */
+  store?: MailStore;
+}
+
+/**
+ * An in-process Poplar on 127.0.0.1 port 0 (plain+STLS) and port 0 (implicit
+ * TLS), over a temp Maildir root, or over `opts.store` when given.
+ */
+export async function startTestServer<S extends MailStore>(opts: TestServerOptions & { store: S }): Promise<TestServer<S>>;
+export async function startTestServer(opts?: TestServerOptions & { store?: undefined }): Promise<TestServer>;
+export async function startTestServer(opts: TestServerOptions = {}): Promise<TestServer<MailStore>> {
   const dir = opts.dir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-test-')));
   const maildirRoot = path.join(dir, 'mail');
   await fs.mkdir(maildirRoot, { recursive: true });
@@ -61,7 +80,7 @@ export async function startTestServer(
   const { certFile, keyFile } = await testCertificate();
   const material = await readTlsFiles(certFile, keyFile);
   const logger = opts.logger ?? silentLogger();
-  const store = new MaildirStore({ root: maildirRoot, logger, fsync: false, ...(opts.now ? { now: opts.now } : {}) });
+  const store: MailStore = opts.store ?? new MaildirStore({ root: maildirRoot, logger, fsync: false, ...(opts.now ? { now: opts.now } : {}) });
   const server = new Pop3Server({
     settings: testSettings(opts.settings),
     authenticator: opts.authenticator ?? new PasswdFileAuthenticator(usersFile, { checkIntervalMs: 0 }),
