@@ -82,9 +82,13 @@ export async function dropSchema(schema: string): Promise<void> {
 }
 
 /** `poplar serve` with POP3 on a free port and LMTP on a free port and a UNIX socket. */
-export async function startLmtpPoplar(store: StoreKind, users: LmtpUser[], extra: { lmtp?: string[]; quota?: string[]; dir?: string; fsync?: boolean } = {}): Promise<LmtpPoplar> {
+export async function startLmtpPoplar(
+  store: StoreKind,
+  users: LmtpUser[],
+  extra: { lmtp?: string[]; quota?: string[]; dir?: string; fsync?: boolean; schema?: string } = {},
+): Promise<LmtpPoplar> {
   const dir = extra.dir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-lmtp-')));
-  const schema = store === 'postgres' ? await createSchema() : undefined;
+  const schema = store === 'postgres' ? (extra.schema ?? (await createSchema())) : undefined;
   await fs.writeFile(path.join(dir, 'users'), users.map(passwdLine).join(''), { mode: 0o644 });
   const configFile = path.join(dir, 'poplar.toml');
   await fs.writeFile(configFile, lmtpConfig(dir, store, schema, extra));
@@ -107,7 +111,7 @@ export async function startLmtpPoplar(store: StoreKind, users: LmtpUser[], extra
     configFile,
     stop: async () => {
       await serve.stop();
-      if (schema !== undefined) await dropSchema(schema);
+      if (schema !== undefined && extra.schema === undefined) await dropSchema(schema);
       if (extra.dir === undefined) await fs.rm(dir, { recursive: true, force: true });
     },
   };
