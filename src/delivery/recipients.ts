@@ -3,7 +3,7 @@
  * TO and `poplar deliver`: by the whole address, by its local part, or the
  * whole address first and the local part when no such user exists
  * (`[lmtp] recipient_format`), optionally without a `+extension`
- * (`recipient_delimiter`). The quota a delivery gets is the user's own
+ * (`recipient_delimiter`); as written first, then in lower case. The quota a delivery gets is the user's own
  * (from the user database) over the `[quota]` defaults.
  */
 import type { Authenticator, Principal } from '../auth/types.js';
@@ -33,7 +33,9 @@ export function candidateNames(address: string, rules: RecipientRules): string[]
   const out: string[] = [];
   if (rules.format !== 'local') out.push(full(local), full(stripped(local)));
   if (rules.format !== 'full') out.push(local, stripped(local));
-  return [...new Set(out)].filter((n) => n !== '' && usernameSyntaxProblem(n) === undefined);
+  // Then the same in lower case: most MTAs and users treat the local part as case-insensitive.
+  const lower = out.map((n) => n.toLowerCase());
+  return [...new Set([...out, ...lower])].filter((n) => n !== '' && usernameSyntaxProblem(n) === undefined);
 }
 
 /**
