@@ -3,6 +3,7 @@
  * lock (locks.ts) and scans the maildrop, from a remembered scan while
  * nothing changed (scan-cache.ts) or by listing it (listing.ts) and matching
  * the listing with dovecot-uidlist (uidlist-sync.ts, sizes from sizes.ts);
+ * a big maildrop's scan is also saved in it for other processes (scan-file.ts);
  * the open maildrop (maildrop.ts) reads, and commits at UPDATE. deliver()
  * writes with the Maildir writer (writer.ts), after a quota check from the
  * file names (usage.ts); deliverShared() links one written file into several
@@ -27,7 +28,7 @@ import { checkQuota, maildropUsage, quotaLimits } from './usage.js';
 import { NO_LINK, newName, publish, writeTmp } from './writer.js';
 
 export { dovecotUidl } from './entry.js';
-export { forgetLastRememberedMessage, forgetRememberedScans } from './scan-cache.js';
+export { forgetLastRememberedMessage, forgetRememberedScans, onSavedScan, preloadSavedScan } from './scan-cache.js';
 export { fileCrlfSize, fileCrlfSizes } from './sizes.js';
 
 export interface MaildirStoreOptions {

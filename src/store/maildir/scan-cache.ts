@@ -3,15 +3,16 @@
  * maildrops in the maildrop, as poplar-scan.cache) under a key made of the
  * times of cur/, new/ and dovecot-uidlist, so that a login whose maildrop did
  * not change costs three stat calls instead of two listings and the uidlist.
+ * A big maildrop's scan is saved before the login that made it answers, and
+ * announced (onSavedScan): `serve --workers` siblings load it ahead of their
+ * first login there (preloadSavedScan).
  */
 import { promises as fs, lstatSync, type Stats } from 'node:fs';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import type { Logger } from '../../observability/log.js';
 import type { Entry } from './entry.js';
 import { isMessage } from './listing.js';
-import { baseName } from './names.js';
-import { isPlainBaseName, isPlainFileName, parseSize, readRegular, writeExclusive } from './safe-fs.js';
+import { readScanFile, SCAN_FILE, writeScanFile, type SavedScan } from './scan-file.js';
 
 export interface ScanCacheOptions {
   log: Logger;
@@ -85,25 +86,68 @@ export function statScanKey(dir: string): ScanKey | null {
 
 /**
  * A remembered scan of a big maildrop is also saved in the maildrop, as
- * SCAN_FILE, under the same key (the times of cur/, new/ and the uidlist):
- * the other worker processes, and this server after a restart, read it
- * instead of listing the directory and matching the uidlist again. Small
- * maildrops are scanned faster than the file would be read.
- *
- *   poplar-scan 2 <number of messages> <key>
- *   <uid> <size> <order or -> <uidl> <file name>      one line per message, in POP3 order
- *
- * The key is no secret (anyone who can list the maildrop can stat it), so
- * the file is trusted only when this server's user owns it and nobody else
- * may write it, and even then every field is checked: a file name must be a
- * plain name of a file in cur/, and is only ever joined to cur/ (never a
- * path); sizes and UIDs are safe integers; no name, base name or UID twice.
- * Anything else is ignored, logged and removed, and the maildrop scanned.
+ * SCAN_FILE (scan-file.ts), under the same key (the times of cur/, new/ and
+ * the uidlist): the other worker processes, and this server after a restart,
+ * read it instead of listing the directory and matching the uidlist again.
+ * Small maildrops are scanned faster than the file would be read.
  */
-const SCAN_FILE = 'poplar-scan.cache';
 const SCAN_FILE_MIN = 1000;
-const SCAN_FILE_HEADER = 'poplar-scan 2 ';
-const SCAN_LINE = /^([1-9][0-9]{0,14}) ([0-9]{1,15}) (-|[0-9]{1,15}) ([\x21-\x7e]{1,70}) ([^ ]+)$/;
+
+/** Told when a big maildrop's scan is in its saved file under `key` (saved, or read, by this process). */
+export type SavedScanListener = (dir: string, key: string) => void;
+const SAVED_LISTENERS = new Set<SavedScanListener>();
+
+/**
+ * Be told of every scan this process saves in a maildrop or reads from one
+ * (serve --workers: the siblings load it before their first login there,
+ * see preloadSavedScan). Returns the function that stops it.
+ */
+export function onSavedScan(listener: SavedScanListener): () => void {
+  SAVED_LISTENERS.add(listener);
+  return () => SAVED_LISTENERS.delete(listener);
+}
+
+function announce(dir: string, key: string): void {
+  for (const l of SAVED_LISTENERS) {
+    try {
+      l(dir, key);
+    } catch {
+      // a listener's failure is its own
+    }
+  }
+}
+
+/**
+ * Load the scan another process saved in `dir` under `key`, before any login
+ * asks for it, if the maildrop is still as that scan saw it (its key now)
+ * and the file is trusted; the next login here then costs three stat calls.
+ * Anything else is left for that login to deal with (and report). Resolves
+ * true when the scan is remembered now.
+ */
+export async function preloadSavedScan(dir: string, key: string): Promise<boolean> {
+  const have = SCAN_CACHE.get(dir);
+  if (have !== undefined && have.key === key && have.unconfirmed === undefined) return true;
+  if (statScanKey(dir)?.key !== key) return false; // changed since: the next login scans
+  const saved = await loadSavedScan(dir, key, true);
+  // Still the maildrop the file describes (a login here may have changed it meanwhile).
+  if (!Array.isArray(saved) || statScanKey(dir)?.key !== key) return false;
+  remember(dir, key, saved);
+  return true;
+}
+
+/** Saved scans being read, by maildrop: a login and a preload of the same file share one read. */
+const LOADING = new Map<string, { key: string; result: Promise<SavedScan> }>();
+
+/** The saved scan of `dir` under `key`; `background`: see readScanFile. */
+function loadSavedScan(dir: string, key: string, background = false): Promise<SavedScan> {
+  const loading = LOADING.get(dir);
+  if (loading !== undefined && loading.key === key) return loading.result;
+  const result = readScanFile(dir, key, background).finally(() => {
+    if (LOADING.get(dir)?.result === result) LOADING.delete(dir);
+  });
+  LOADING.set(dir, { key, result });
+  return result;
+}
 
 /** @internal Tests: forget the scans remembered in memory (as a fresh process would). */
 export function forgetRememberedScans(): void {
@@ -119,65 +163,6 @@ export function forgetLastRememberedMessage(dir: string): boolean | undefined {
   const r = SCAN_CACHE.get(dir);
   r?.entries.pop();
   return r === undefined ? undefined : r.unconfirmed !== undefined;
-}
-
-/** The saved scan if it is there under `key` (null: none, or an older one), or why it is not to be trusted. */
-async function readScanFile(dir: string, key: string): Promise<Entry[] | null | { untrusted: string }> {
-  let text: string;
-  let st: Stats;
-  try {
-    ({ text, stat: st } = await readRegular(path.join(dir, SCAN_FILE)));
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    return code === 'ENOENT' ? null : { untrusted: `cannot be read as a regular file (${code ?? String(e)})` };
-  }
-  const euid = process.geteuid?.();
-  if ((euid !== undefined && st.uid !== euid) || (st.mode & 0o022) !== 0) return { untrusted: `owned by uid ${st.uid} with mode ${(st.mode & 0o777).toString(8)}, not written by this server` };
-  const nl = text.indexOf('\n');
-  if (nl < 0 || !text.startsWith(SCAN_FILE_HEADER)) return null; // another version's, or torn: scan instead
-  const header = text.slice(SCAN_FILE_HEADER.length, nl);
-  const sp = header.indexOf(' ');
-  if (header.slice(sp + 1) !== key) return null; // the maildrop changed since: scan instead
-  const count = parseSize(header.slice(0, sp));
-  if (count === undefined || !text.endsWith('\n')) return { untrusted: 'damaged header or last line' };
-  const entries: Entry[] = [];
-  const uids = new Set<number>();
-  const names = new Set<string>();
-  const bases = new Set<string>();
-  for (let pos = nl + 1; pos < text.length; ) {
-    const end = text.indexOf('\n', pos);
-    const line = text.slice(pos, end);
-    pos = end + 1;
-    const m = SCAN_LINE.exec(line);
-    if (m === null) return { untrusted: `line ${entries.length + 2} is malformed` };
-    const uid = Number(m[1]);
-    const filename = m[5]!;
-    const basename = baseName(filename);
-    if (!isPlainFileName(filename) || !isPlainBaseName(basename)) return { untrusted: `line ${entries.length + 2} names no file of cur/` };
-    if (uids.has(uid) || names.has(filename) || bases.has(basename)) return { untrusted: `line ${entries.length + 2} repeats a message` };
-    uids.add(uid);
-    names.add(filename);
-    bases.add(basename);
-    const order = m[3]!;
-    entries.push({ uid, size: Number(m[2]), basename, filename, uidl: m[4]!, order: order === '-' ? undefined : Number(order) });
-  }
-  if (entries.length !== count) return { untrusted: `${entries.length} messages where the header says ${count}` };
-  return entries;
-}
-
-async function writeScanFile(dir: string, key: string, entries: readonly Entry[]): Promise<void> {
-  let text = `${SCAN_FILE_HEADER}${entries.length} ${key}\n`;
-  for (const e of entries) text += `${e.uid} ${e.size} ${e.order ?? '-'} ${e.uidl} ${e.filename}\n`;
-  // An unpredictable name, created exclusively: nothing planted in the maildrop is written through.
-  const tmp = path.join(dir, `${SCAN_FILE}.${process.pid}.${randomBytes(8).toString('hex')}.tmp`);
-  // No fsync: a cache. A torn or stale file fails the key or the parse and is ignored.
-  await writeExclusive(tmp, text, { mode: 0o600 });
-  try {
-    await fs.rename(tmp, path.join(dir, SCAN_FILE));
-  } catch (e) {
-    await fs.unlink(tmp).catch(() => undefined);
-    throw e;
-  }
 }
 
 /** new/ has no message and cur/ holds exactly the messages of `entries` (names with flags included). */
@@ -211,7 +196,7 @@ export async function scanWithCache(dir: string, before: ScanKey | null, opts: S
       if (u !== undefined) {
         // Confirmed: the listing came after the quiet time, so a later change cannot carry the key's times.
         delete cached.unconfirmed;
-        saveScan(opts, dir, cached.key, cached.entries);
+        void saveScan(opts, dir, cached.key, cached.entries);
       }
       SCAN_CACHE.delete(dir); // re-insert: most recently used last
       SCAN_CACHE.set(dir, cached);
@@ -220,9 +205,10 @@ export async function scanWithCache(dir: string, before: ScanKey | null, opts: S
   }
   if (before !== null && opts.scanFiles) {
     // Another process (a --workers sibling, or this server before a restart) may have left the scan on disk.
-    const saved = await readScanFile(dir, before.key);
+    const saved = await loadSavedScan(dir, before.key);
     if (Array.isArray(saved)) {
       remember(dir, before.key, saved);
+      announce(dir, before.key); // the siblings load it too, before their first login here
       return saved;
     }
     if (saved !== null) {
@@ -245,24 +231,63 @@ export async function scanWithCache(dir: string, before: ScanKey | null, opts: S
     SCAN_CACHE.delete(dir);
   } else if (started - after.newestDir > after.quietMs) {
     remember(dir, after.key, entries);
-    saveScan(opts, dir, after.key, entries);
+    // Saved before this login answers: a login on a sibling worker right after it finds the file.
+    await saveScan(opts, dir, after.key, entries);
   } else {
     // cur/ or new/ changed during the scan or just before it (messages moved from new/ at this
     // login, a delivery): kept, to be confirmed by a listing at the next login instead of a whole
     // new scan. A listing can confirm the files, so only the directories may still be moving.
-    remember(dir, after.key, entries, { newestDir: after.newestDir, quietMs: after.quietMs });
+    // A big maildrop's scan is confirmed as soon as the quiet time has passed, off the login path.
+    const r = remember(dir, after.key, entries, { newestDir: after.newestDir, quietMs: after.quietMs });
+    if (opts.scanFiles && entries.length >= SCAN_FILE_MIN) confirmLater(opts, dir, r);
   }
   return entries;
 }
 
-function remember(dir: string, key: string, entries: Entry[], unconfirmed?: RememberedScan['unconfirmed']): void {
-  SCAN_CACHE.delete(dir); // (re-)insert: most recently used last
-  SCAN_CACHE.set(dir, { key, entries, ...(unconfirmed ? { unconfirmed } : {}) });
-  if (SCAN_CACHE.size > SCAN_CACHE_MAX) SCAN_CACHE.delete(SCAN_CACHE.keys().next().value!);
+/**
+ * The listing that confirms an unconfirmed scan of a big maildrop (see
+ * scanWithCache), taken in the background once the quiet time has passed
+ * rather than at the next login, which then finds a trusted scan (in this
+ * process, and through the saved file in the others). No session lock is
+ * needed: it only reads, and whatever changes after the listing changes the
+ * key. A listing that differs drops the scan (the next login scans).
+ */
+function confirmLater(opts: ScanCacheOptions, dir: string, r: RememberedScan): void {
+  const u = r.unconfirmed;
+  if (u === undefined) return;
+  const confirm = async (): Promise<void> => {
+    if (SCAN_CACHE.get(dir) !== r || r.unconfirmed !== u) return; // replaced, or confirmed by a login
+    if (Date.now() - u.newestDir <= u.quietMs) return confirmLater(opts, dir, r);
+    if (statScanKey(dir)?.key !== r.key) return; // changed since: the next login scans
+    const matches = await listingMatches(dir, r.entries);
+    if (SCAN_CACHE.get(dir) !== r || r.unconfirmed !== u) return;
+    if (!matches) {
+      SCAN_CACHE.delete(dir);
+      return;
+    }
+    delete r.unconfirmed;
+    await saveScan(opts, dir, r.key, r.entries);
+  };
+  const wait = Math.max(0, u.newestDir + u.quietMs - Date.now()) + 10;
+  setTimeout(() => void confirm().catch((e: unknown) => opts.log.debug({ err: e, dir }, 'could not confirm the maildrop scan')), wait).unref();
 }
 
-/** A big maildrop's trusted scan is saved for the sibling workers and the next start. */
-function saveScan(opts: ScanCacheOptions, dir: string, key: string, entries: readonly Entry[]): void {
+function remember(dir: string, key: string, entries: Entry[], unconfirmed?: RememberedScan['unconfirmed']): RememberedScan {
+  const r: RememberedScan = { key, entries, ...(unconfirmed ? { unconfirmed } : {}) };
+  SCAN_CACHE.delete(dir); // (re-)insert: most recently used last
+  SCAN_CACHE.set(dir, r);
+  if (SCAN_CACHE.size > SCAN_CACHE_MAX) SCAN_CACHE.delete(SCAN_CACHE.keys().next().value!);
+  return r;
+}
+
+/** A big maildrop's trusted scan is saved for the sibling workers and the next start, who are then told. */
+async function saveScan(opts: ScanCacheOptions, dir: string, key: string, entries: readonly Entry[]): Promise<void> {
   if (entries.length < SCAN_FILE_MIN || !opts.scanFiles) return;
-  writeScanFile(dir, key, entries).catch((e: unknown) => opts.log.debug({ err: e, dir }, 'could not save the maildrop scan'));
+  try {
+    await writeScanFile(dir, key, entries);
+  } catch (e) {
+    opts.log.debug({ err: e, dir }, 'could not save the maildrop scan');
+    return;
+  }
+  announce(dir, key);
 }
