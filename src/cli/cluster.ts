@@ -4,6 +4,7 @@ import { createLogger } from '../observability/log.js';
 import { loadConfig, type ServeFlags } from '../config/load.js';
 import { dropPrivileges, resolveServiceIdentity } from './privileges.js';
 import { PrimaryLimits } from '../auth/throttle-cluster.js';
+import { ScanRelay, shareScans } from './scan-sharing.js';
 
 /**
  * `poplar serve --workers N`: N worker processes share the listening sockets
@@ -34,6 +35,10 @@ import { PrimaryLimits } from '../auth/throttle-cluster.js';
  * channel (src/auth/throttle-cluster.ts); with one, every worker uses the
  * database (src/cli/shared-limits.ts). Connection limits stay per worker (the
  * maildrop lock is a flock and covers them all).
+ *
+ * A big maildrop's scan saved by one worker is announced through the primary
+ * to the others, which load it before their first login there
+ * (src/cli/scan-sharing.ts).
  */
 export async function runPrimary(flags: ServeFlags, workers: number): Promise<void> {
   const config = loadConfig(flags); // a bad configuration fails here, once, with exit 78
@@ -46,6 +51,7 @@ export async function runPrimary(flags: ServeFlags, workers: number): Promise<vo
   /** Replacements that failed to start in a row: the delay before the next one doubles. */
   let failures = 0;
   const live = new Set<Worker>();
+  const scans = new ScanRelay();
   let badLimitsLogged = 0;
   const limits = new PrimaryLimits({
     onBadRequest: (why) => {
@@ -60,6 +66,7 @@ export async function runPrimary(flags: ServeFlags, workers: number): Promise<vo
     const w = cluster.fork({ POPLAR_WORKER: String(index), UV_TCP_SINGLE_ACCEPT: process.env['UV_TCP_SINGLE_ACCEPT'] ?? '1' });
     live.add(w);
     limits.serve(w);
+    scans.serve(w, () => live);
     w.on('exit', (code, signal) => {
       live.delete(w);
       if (stopping) {
@@ -139,7 +146,9 @@ export async function runPrimary(flags: ServeFlags, workers: number): Promise<vo
 
 export const isClusterWorker = (): boolean => cluster.isWorker;
 
-/** Tell the primary this worker listens. */
+/** Tell the primary this worker listens (and from now on share maildrop scans with the siblings). */
 export function reportReady(): void {
-  if (cluster.isWorker) process.send?.({ type: 'ready' });
+  if (!cluster.isWorker) return;
+  shareScans();
+  process.send?.({ type: 'ready' });
 }
