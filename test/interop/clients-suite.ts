@@ -325,10 +325,10 @@ export function clientsSuite(title: string, setup: () => Promise<ClientsFixture>
 
     /** An MDA for fetchmail: each message (stdin) into its own file, numbered in delivery order. */
     const NUMBERING_MDA = `#!/bin/sh
-    # usage: mda DIR — fetchmail runs one MDA process per message, one after the other.
-    n=$(ls "$1" | wc -l)
-    exec cat > "$1/$(printf %05d "$n")"
-    `;
+# usage: mda DIR — fetchmail runs one MDA process per message, one after the other.
+n=$(ls "$1" | wc -l)
+exec cat > "$1/$(printf %05d "$n")"
+`;
 
     describe.skipIf(lacks('fetchmail'))('fetchmail', () => {
       const cases = [
@@ -486,17 +486,17 @@ export function clientsSuite(title: string, setup: () => Promise<ClientsFixture>
 
       /** Python run before getmail: after each fork() the parent goes on only once the child has ended (a zombie). */
       const CHILD_ENDS_FIRST = String.raw`
-    import os, runpy, sys, time
-    _fork = os.fork
-    def fork():
-        pid = _fork()
-        while pid != 0 and open('/proc/%d/stat' % pid).read().rsplit(') ', 1)[1][0] != 'Z':
-            time.sleep(0.005)
-        return pid
-    os.fork = fork
-    sys.argv = sys.argv[1:]
-    runpy.run_path(sys.argv[0], run_name='__main__')
-    `;
+import os, runpy, sys, time
+_fork = os.fork
+def fork():
+    pid = _fork()
+    while pid != 0 and open('/proc/%d/stat' % pid).read().rsplit(') ', 1)[1][0] != 'Z':
+        time.sleep(0.005)
+    return pid
+os.fork = fork
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+`;
 
       it.runIf(options.clientOnlyTests ?? true)(
         'a delivery child that has ended before getmail waits for it is still seen (getmail_wait.py); getmail alone times out',
