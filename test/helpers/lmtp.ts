@@ -11,8 +11,10 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { startServe, type ServeProcess } from './cli.js';
-import { POSTGRES_CONNECTION } from './peers.js';
 import { Wire } from './wire.js';
+
+/** The tests' PostgreSQL (POSTGRES_CONNECTION of peers.ts, which the bench cannot import: it loads vitest). */
+export const POSTGRES_CONNECTION = { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'test' };
 
 export type StoreKind = 'maildir' | 'postgres';
 
@@ -85,14 +87,14 @@ export async function dropSchema(schema: string): Promise<void> {
 export async function startLmtpPoplar(
   store: StoreKind,
   users: LmtpUser[],
-  extra: { lmtp?: string[]; quota?: string[]; dir?: string; fsync?: boolean; schema?: string } = {},
+  extra: { lmtp?: string[]; quota?: string[]; dir?: string; fsync?: boolean; schema?: string; env?: NodeJS.ProcessEnv } = {},
 ): Promise<LmtpPoplar> {
   const dir = extra.dir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-lmtp-')));
   const schema = store === 'postgres' ? (extra.schema ?? (await createSchema())) : undefined;
   await fs.writeFile(path.join(dir, 'users'), users.map(passwdLine).join(''), { mode: 0o644 });
   const configFile = path.join(dir, 'poplar.toml');
   await fs.writeFile(configFile, lmtpConfig(dir, store, schema, extra));
-  const serve = await startServe(['--config', configFile], { cwd: dir, expectListeners: 1 });
+  const serve = await startServe(['--config', configFile], { cwd: dir, expectListeners: 1, ...(extra.env !== undefined ? { env: extra.env } : {}) });
   let lmtpPort = 0;
   for (const line of serve.stderr().split('\n')) {
     if (!line.includes('lmtp listening')) continue;
