@@ -1,5 +1,5 @@
 /**
- * The `poplar` package: the POP3 server, the Maildir store, the
+ * The `poplar` package: the POP3 server, the Maildir and PostgreSQL stores, the
  * authenticators, and the contracts a new store or authenticator implements
  * (docs/architecture.md). The POP3 client alone is `poplar/client`
  * (src/client/index.ts, docs/client.md).
@@ -14,6 +14,8 @@ export type { ClientInfo } from './server/client-info.js';
 
 export type { MailStore, Maildrop, MessageInfo, CommitOptions } from './store/types.js';
 export { MaildirStore, type MaildirStoreOptions } from './store/maildir/maildir-store.js';
+export { PostgresStore, type PostgresStoreOptions, type PostgresStoreConfigInput } from './store/postgres/index.js';
+export type { MigratableStore, MigrationSource, MigrationTarget, MigratedMessage } from './store/migration.js';
 
 export type { Authenticator, Principal, Credentials, ConnectionInfo } from './auth/types.js';
 export { PasswdFileAuthenticator, type PasswdFileAuthenticatorOptions } from './auth/passwd-file/authenticator.js';

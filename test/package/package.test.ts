@@ -225,6 +225,7 @@ describe('the npm package', () => {
       expect.arrayContaining([
         'Pop3Server',
         'MaildirStore',
+        'PostgresStore',
         'PasswdFileAuthenticator',
         'PostgresAuthenticator',
         'OAuthAuthenticator',
