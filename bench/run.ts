@@ -730,7 +730,7 @@ async function runFigure(f: Figure, inst: Instance, ws: LoadWorker[], m: Manifes
       );
     }
     log(
-      `${name} hold:     ${r.opened}/${r.connections} greeted in ${r.openS.toFixed(1)} s, ${r.answered} answered CAPA after ${r.heldS} s; RSS +${fmtBytes(r.after.rss - r.before.rss)} (${r.before.processes}→${r.after.processes} processes)${errs(r.errors, r.errorSamples)}`,
+      `${name} hold:     ${r.opened}/${r.connections} ${r.loggedIn ? 'logged in' : 'greeted'} in ${r.openS.toFixed(1)} s, ${r.answered} answered ${r.loggedIn ? 'STAT' : 'CAPA'} after ${r.heldS} s; RSS +${fmtBytes(r.after.rss - r.before.rss)} (${r.before.processes}→${r.after.processes} processes)${errs(r.errors, r.errorSamples)}`,
     );
   } else if (f === 'scaling') {
     if (inst.key !== 'poplar') return; // Dovecot sizes its own process pool; PostgreSQL has the nodes figure
