@@ -6,9 +6,11 @@
  * there by a second server. Before the real clients (clients-suite.ts) fetch
  * it, a raw session on each server shows that both give the same STAT, LIST
  * and UIDL answers and the same bytes for RETR and TOP of every message.
+ * The same messages delivered straight to the PostgreSQL store (as LMTP
+ * does, in a stream cut into small pieces) give the same sizes and bytes too.
  */
 import { randomBytes } from 'node:crypto';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/observability/log.js';
@@ -25,6 +27,8 @@ import { capturingLogger, type LogRecord } from './run.js';
 const PG_DOWN = await lacksPostgres();
 const PG_URL = `postgres://${POSTGRES_CONNECTION.user}@${POSTGRES_CONNECTION.host}:${POSTGRES_CONNECTION.port}/${POSTGRES_CONNECTION.database}`;
 const SCHEMA = `poplar_clients_${randomBytes(6).toString('hex')}`;
+/** A second user whose maildrop gets the same messages through PostgresStore.deliver(). */
+const DELIVERED = 'bob';
 
 interface Setup extends ClientsFixture {
   /** The Maildir server the maildrop was migrated from (still serving it). */
@@ -32,6 +36,14 @@ interface Setup extends ClientsFixture {
   pgStore: PostgresStore;
   /** What the migration source listed and what add() answered, message by message. */
   migrated: { message: MigratedMessage; result: 'added' | 'present' }[];
+}
+
+/** A message as a stream of small pieces (one octet each for small ones), so CR and LF arrive in different chunks. */
+function pieces(raw: Buffer): Readable {
+  const size = raw.length < 10_000 ? 1 : 65_521;
+  const out: Buffer[] = [];
+  for (let i = 0; i < raw.length; i += size) out.push(raw.subarray(i, i + size));
+  return Readable.from(out);
 }
 
 async function bytes(s: Readable): Promise<Buffer> {
@@ -71,7 +83,9 @@ async function setup(): Promise<Setup> {
     await source.close();
   }
 
-  pgServer = await startTestServer({ users, logger: cap.logger, store: pgStore });
+  for (const m of drop) await pgStore.deliver(DELIVERED, pieces(m.raw));
+
+  pgServer = await startTestServer({ users: [...users, { name: DELIVERED, password: PASSWORD }], logger: cap.logger, store: pgStore });
   return { srv: pgServer, drop, records: cap.records, maildir: maildirServer, pgStore, migrated, stop: async () => undefined };
 }
 
@@ -98,11 +112,11 @@ interface Answers {
   top: Buffer[];
 }
 
-async function answers(port: number, count: number): Promise<Answers> {
+async function answers(port: number, count: number, user = USER): Promise<Answers> {
   const w = await Wire.connect(port);
   try {
     expect(await w.line()).toMatch(/^\+OK/);
-    await w.login(USER, PASSWORD);
+    await w.login(user, PASSWORD);
     const stat = await w.cmd('STAT');
     const list = await w.cmdLines('LIST');
     const uidl = await w.cmdLines('UIDL');
@@ -123,6 +137,14 @@ async function answers(port: number, count: number): Promise<Answers> {
   } finally {
     w.close();
   }
+}
+
+/** The messages whose replies differ between `a` and `b`, named with both lengths. */
+function differing(drop: DropMessage[], a: Buffer[], b: Buffer[]): string[] {
+  return drop
+    .map((m, i) => ({ m, x: a[i], y: b[i] }))
+    .filter(({ x, y }) => x === undefined || y === undefined || !x.equals(y))
+    .map(({ m, x, y }) => `${m.number} ${m.name}: ${x?.length} vs ${y?.length} octets`);
 }
 
 describe.skipIf(PG_DOWN)('the PostgreSQL store answers as the Maildir it was migrated from', () => {
@@ -158,11 +180,17 @@ describe.skipIf(PG_DOWN)('the PostgreSQL store answers as the Maildir it was mig
 
   it('RETR and TOP of every message give the same bytes on both servers', () => {
     expect(fromPostgres.retr).toHaveLength(drop.length);
-    const differ = (a: Buffer[], b: Buffer[]): string[] =>
-      drop.filter((m, i) => !a[i]!.equals(b[i]!)).map((m) => `${m.number} ${m.name}: ${a[m.number - 1]!.length} vs ${b[m.number - 1]!.length} octets`);
-    expect(differ(fromPostgres.retr, fromMaildir.retr)).toEqual([]);
-    expect(differ(fromPostgres.top, fromMaildir.top)).toEqual([]);
+    expect(differing(drop, fromPostgres.retr, fromMaildir.retr)).toEqual([]);
+    expect(differing(drop, fromPostgres.top, fromMaildir.top)).toEqual([]);
   });
+
+  it('messages delivered straight to the PostgreSQL store have the Maildir sizes and bytes', async () => {
+    const delivered = await answers(s.srv.port, drop.length, DELIVERED);
+    expect(delivered.stat).toBe(fromMaildir.stat);
+    expect(delivered.list).toEqual(fromMaildir.list);
+    expect(differing(drop, delivered.retr, fromMaildir.retr)).toEqual([]);
+    expect(differing(drop, delivered.top, fromMaildir.top)).toEqual([]);
+  }, 120_000);
 
   it('the PostgreSQL-backed server logged no errors during the comparison', () => {
     const errors = s.records.filter((r: LogRecord) => Number(r.level) >= 50);
