@@ -12,7 +12,7 @@ import path from 'node:path';
 import type { Logger } from '../../observability/log.js';
 import type { Entry } from './entry.js';
 import { isMessage } from './listing.js';
-import { readScanFile, SCAN_FILE, writeScanFile, type SavedScan } from './scan-file.js';
+import { readScanFile, SCAN_FILE, writeScanFile, type ReadPace, type SavedScan } from './scan-file.js';
 
 export interface ScanCacheOptions {
   log: Logger;
@@ -136,16 +136,20 @@ export async function preloadSavedScan(dir: string, key: string): Promise<boolea
 }
 
 /** Saved scans being read, by maildrop: a login and a preload of the same file share one read. */
-const LOADING = new Map<string, { key: string; result: Promise<SavedScan> }>();
+const LOADING = new Map<string, { key: string; pace: ReadPace; result: Promise<SavedScan> }>();
 
-/** The saved scan of `dir` under `key`; `background`: see readScanFile. */
+/** The saved scan of `dir` under `key`, read in the background (a preload) or for a login, which never waits for a paced read. */
 function loadSavedScan(dir: string, key: string, background = false): Promise<SavedScan> {
   const loading = LOADING.get(dir);
-  if (loading !== undefined && loading.key === key) return loading.result;
-  const result = readScanFile(dir, key, background).finally(() => {
+  if (loading !== undefined && loading.key === key) {
+    if (!background) loading.pace.background = false; // a login waits for it now: at full speed
+    return loading.result;
+  }
+  const pace: ReadPace = { background };
+  const result = readScanFile(dir, key, pace).finally(() => {
     if (LOADING.get(dir)?.result === result) LOADING.delete(dir);
   });
-  LOADING.set(dir, { key, result });
+  LOADING.set(dir, { key, pace, result });
   return result;
 }
 

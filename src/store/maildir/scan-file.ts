@@ -95,13 +95,18 @@ export type SavedScan = Entry[] | null | { untrusted: string };
 /** Lines parsed between two turns of the event loop when reading in the background. */
 const LINES_PER_TURN = 4096;
 
+/** How a read is paced; `background` may be turned off while it runs (a login came to wait for it). */
+export interface ReadPace {
+  background: boolean;
+}
+
 /**
  * The saved scan if it is there under `key` (null: none, another version's
- * or an older one), or why it is not to be trusted. `background`: parse a
- * few thousand lines per turn of the event loop, so that sessions of this
- * process are not held up by a maildrop nobody is waiting for.
+ * or an older one), or why it is not to be trusted. While `pace.background`
+ * holds, a few thousand lines are parsed per turn of the event loop, so that
+ * sessions of this process are not held up by a maildrop nobody waits for.
  */
-export async function readScanFile(dir: string, key: string, background = false): Promise<SavedScan> {
+export async function readScanFile(dir: string, key: string, pace: ReadPace = { background: false }): Promise<SavedScan> {
   let text: string;
   let st: Stats;
   try {
@@ -116,7 +121,7 @@ export async function readScanFile(dir: string, key: string, background = false)
   for (;;) {
     const step = steps.next();
     if (step.done === true) return step.value;
-    if (background) await new Promise((resolve) => setImmediate(resolve));
+    if (pace.background) await new Promise((resolve) => setImmediate(resolve));
   }
 }
 

@@ -145,6 +145,22 @@ describe("a second worker's first login on a big maildrop another worker scanned
     expect(counted).toEqual({ listed: [], read: [], measured: 0 });
   }, 30_000);
 
+  it('a login that comes while the announced scan is still being loaded waits for that read instead of reading the file again', async () => {
+    await bigDrop('cur');
+    await new Promise((r) => setTimeout(r, 250));
+    const first = await login();
+    const key = statScanKey(box)!.key;
+    forgetRememberedScans();
+    const { result, counted } = await count(async () => {
+      const preload = preloadSavedScan(box, key); // paced: a few thousand lines per turn of the event loop
+      const seen = await login();
+      expect(await preload).toBe(true);
+      return seen;
+    });
+    expect(result).toEqual(first);
+    expect(counted).toEqual({ listed: [], read: ['poplar-scan.cache'], measured: 0 });
+  }, 30_000);
+
   it('an announcement for a maildrop that changed since, or a saved scan that is not trusted, loads nothing', async () => {
     await bigDrop('cur');
     await new Promise((r) => setTimeout(r, 250));
