@@ -35,6 +35,7 @@ const USAGE = `usage: npm run bench:logins -- [options]
   --runs N           timed sessions per round after the warm-up login (default 20)
   --gap MS           pause between sessions (default 300)
   --rounds N         rounds, each with freshly started servers (default 1)
+  --settle MS        wait after a server greets, so that every worker has started (default 5000)
   --poplar-workers N poplar serve --workers N (default: the number of cores)
   --server S         poplar or dovecot only (default both)
   --cold             drop the servers' caches in the maildrops first (the warm-up login then scans)
@@ -151,6 +152,7 @@ async function main(): Promise<void> {
       runs: { type: 'string', default: '20' },
       gap: { type: 'string', default: '300' },
       rounds: { type: 'string', default: '1' },
+      settle: { type: 'string', default: '5000' },
       'poplar-workers': { type: 'string', default: String(os.availableParallelism()) },
       server: { type: 'string' },
       cold: { type: 'boolean', default: false },
@@ -167,6 +169,8 @@ async function main(): Promise<void> {
   const runs = int(values.runs, 'runs');
   const gap = int(values.gap, 'gap');
   const rounds = int(values.rounds, 'rounds');
+  const settle = Number(values.settle);
+  if (!Number.isInteger(settle) || settle < 0) throw new Error(`--settle wants milliseconds, not ${values.settle}`);
   const workers = int(values['poplar-workers'], 'poplar-workers');
   const only = values.server;
   if (only !== undefined && only !== 'poplar' && only !== 'dovecot') throw new Error('--server is poplar or dovecot');
@@ -195,6 +199,8 @@ async function main(): Promise<void> {
       try {
         if (big.fresh) server.adopt(big.dir);
         moveDir(big.dir, path.join(mail, BIG_USER));
+        // The first worker greets; the others may still be starting (seconds on a busy machine).
+        await sleep(settle);
         try {
           const r = await measure(server, user, runs, gap);
           results[key].push(r);
