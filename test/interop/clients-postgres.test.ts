@@ -103,13 +103,18 @@ afterAll(async () => {
   }
 });
 
-/** Everything one session learns: STAT, LIST, UIDL, and RETR and TOP 0 of every message as sent (stuffed, terminator included). */
+/**
+ * Everything one session learns: STAT, LIST, UIDL, LIST n and UIDL n, and
+ * RETR, TOP n 0 and TOP n 2 of every message as sent (stuffed, terminator included).
+ */
 interface Answers {
   stat: string;
   list: string[];
   uidl: string[];
+  single: string[];
   retr: Buffer[];
-  top: Buffer[];
+  top0: Buffer[];
+  top2: Buffer[];
 }
 
 async function answers(port: number, count: number, user = USER): Promise<Answers> {
@@ -121,19 +126,24 @@ async function answers(port: number, count: number, user = USER): Promise<Answer
     const list = await w.cmdLines('LIST');
     const uidl = await w.cmdLines('UIDL');
     expect([list.status, uidl.status]).toEqual([expect.stringMatching(/^\+OK/), expect.stringMatching(/^\+OK/)]);
+    const single: string[] = [];
     const retr: Buffer[] = [];
-    const top: Buffer[] = [];
+    const top0: Buffer[] = [];
+    const top2: Buffer[] = [];
     for (let n = 1; n <= count; n++) {
+      single.push(await w.cmd(`LIST ${n}`), await w.cmd(`UIDL ${n}`));
       const r = await w.cmdMulti(`RETR ${n}`);
       expect(r.status, `RETR ${n}`).toMatch(/^\+OK/);
       retr.push(r.body);
-      const t = await w.cmdMulti(`TOP ${n} 0`);
-      expect(t.status, `TOP ${n} 0`).toMatch(/^\+OK/);
-      top.push(t.body);
+      for (const [lines, into] of [[0, top0], [2, top2]] as const) {
+        const t = await w.cmdMulti(`TOP ${n} ${lines}`);
+        expect(t.status, `TOP ${n} ${lines}`).toMatch(/^\+OK/);
+        into.push(t.body);
+      }
     }
     expect(await w.cmd('QUIT')).toMatch(/^\+OK/);
     await w.closed();
-    return { stat, list: list.lines, uidl: uidl.lines, retr, top };
+    return { stat, list: list.lines, uidl: uidl.lines, single, retr, top0, top2 };
   } finally {
     w.close();
   }
@@ -166,7 +176,7 @@ describe.skipIf(PG_DOWN)('the PostgreSQL store answers as the Maildir it was mig
     }
   }, 180_000);
 
-  it('STAT, LIST and UIDL are the same on both servers (and match the delivered maildrop)', async () => {
+  it('STAT, LIST, UIDL, LIST n and UIDL n are the same on both servers (and match the delivered maildrop)', async () => {
     fromMaildir = await answers(s.maildir.port, drop.length);
     fromPostgres = await answers(s.srv.port, drop.length);
     const total = drop.reduce((n, m) => n + m.octets, 0);
@@ -176,12 +186,15 @@ describe.skipIf(PG_DOWN)('the PostgreSQL store answers as the Maildir it was mig
     expect(fromPostgres.list).toEqual(fromMaildir.list);
     expect(fromMaildir.uidl).toEqual(s.migrated.map((m, i) => `${i + 1} ${m.message.uidl}`));
     expect(fromPostgres.uidl).toEqual(fromMaildir.uidl);
+    expect(fromMaildir.single).toEqual(drop.flatMap((m, i) => [`+OK ${m.number} ${m.octets}`, `+OK ${fromMaildir.uidl[i]}`]));
+    expect(fromPostgres.single).toEqual(fromMaildir.single);
   }, 120_000);
 
-  it('RETR and TOP of every message give the same bytes on both servers', () => {
+  it('RETR, TOP n 0 and TOP n 2 of every message give the same bytes on both servers', () => {
     expect(fromPostgres.retr).toHaveLength(drop.length);
     expect(differing(drop, fromPostgres.retr, fromMaildir.retr)).toEqual([]);
-    expect(differing(drop, fromPostgres.top, fromMaildir.top)).toEqual([]);
+    expect(differing(drop, fromPostgres.top0, fromMaildir.top0)).toEqual([]);
+    expect(differing(drop, fromPostgres.top2, fromMaildir.top2)).toEqual([]);
   });
 
   it('messages delivered straight to the PostgreSQL store have the Maildir sizes and bytes', async () => {
@@ -189,7 +202,8 @@ describe.skipIf(PG_DOWN)('the PostgreSQL store answers as the Maildir it was mig
     expect(delivered.stat).toBe(fromMaildir.stat);
     expect(delivered.list).toEqual(fromMaildir.list);
     expect(differing(drop, delivered.retr, fromMaildir.retr)).toEqual([]);
-    expect(differing(drop, delivered.top, fromMaildir.top)).toEqual([]);
+    expect(differing(drop, delivered.top0, fromMaildir.top0)).toEqual([]);
+    expect(differing(drop, delivered.top2, fromMaildir.top2)).toEqual([]);
   }, 120_000);
 
   it('the PostgreSQL-backed server logged no errors during the comparison', () => {
