@@ -72,7 +72,6 @@ async function deliverCommand(flags: DeliverFlags): Promise<number> {
   try {
     const { openDeliveryStore, openUserDatabase } = await import('../delivery/open.js');
     const { quotaFor, resolveRecipient } = await import('../delivery/recipients.js');
-    const { deliveryUser } = await import('../delivery/deliver.js');
     const message = await readStdin(config.lmtp.max_message_size);
     if (message === null) throw new PermanentFailure(`message larger than lmtp.max_message_size (${config.lmtp.max_message_size} octets)`);
     users = await openUserDatabase(config, logger);
@@ -81,7 +80,7 @@ async function deliverCommand(flags: DeliverFlags): Promise<number> {
     store = await openDeliveryStore(config, logger);
     // Without -f the message keeps whatever Return-Path it has.
     const withHeaders = withTraceHeaders(message, flags.from, flags.address ?? flags.destination);
-    await store.deliver(deliveryUser(user), withHeaders, undefined, { quota: quotaFor(user, config.quota) });
+    await store.deliver(user, withHeaders, undefined, { quota: quotaFor(user, config.quota) });
     return EX_OK;
   } catch (e) {
     if (e instanceof ConfigError) return fail(EX_CONFIG, e.message);

@@ -4,13 +4,7 @@
  * (MailStore.deliverShared), else one delivery per recipient. Each outcome
  * is undefined (delivered and durable) or the error for that recipient.
  */
-import type { Principal } from '../auth/types.js';
 import type { DeliveryTarget, MailStore } from '../store/types.js';
-
-/** What deliver() is given for a user: the principal when it names a maildrop of its own, else the name. */
-export function deliveryUser(p: Principal): Principal | string {
-  return p.maildir === undefined ? p.username : p;
-}
 
 export async function deliverToAll(store: MailStore, targets: readonly DeliveryTarget[], message: Buffer, signal?: AbortSignal): Promise<(Error | undefined)[]> {
   if (targets.length === 0) return [];
@@ -23,7 +17,7 @@ export async function deliverToAll(store: MailStore, targets: readonly DeliveryT
   }
   return Promise.all(
     targets.map((t) =>
-      store.deliver(deliveryUser(t.user), message, signal, { quota: t.quota }).then(
+      store.deliver(t.user, message, signal, { quota: t.quota }).then(
         () => undefined,
         (e: unknown) => (e instanceof Error ? e : new Error(String(e))),
       ),

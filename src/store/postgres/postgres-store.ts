@@ -5,17 +5,18 @@
  *
  * open() takes the maildrop lease and reads the whole listing in one
  * indexed query; deliver() writes the body in chunks and the message row in
- * one transaction, durable at COMMIT. No pool client is kept between
+ * one transaction, durable at COMMIT, after the quota check (with the mailbox
+ * row locked) when a quota is given. No pool client is kept between
  * queries, so an idle session costs no database connection.
  */
 import type { Readable } from 'node:stream';
 import type { Pool, PoolClient } from 'pg';
 import type { Principal } from '../../auth/types.js';
-import { MailError, PermanentFailure, TemporaryFailure } from '../../errors.js';
+import { MailError, PermanentFailure, QuotaExceeded, TemporaryFailure } from '../../errors.js';
 import type { Logger } from '../../observability/log.js';
 import { dovecotUidl } from '../maildir/entry.js';
 import type { MigratableStore, MigrationSource, MigrationTarget } from '../migration.js';
-import type { MailStore, Maildrop } from '../types.js';
+import type { DeliverOptions, MailStore, Maildrop, Quota } from '../types.js';
 import { shareBody, sweepBodies, writeBody, type WrittenBody } from './bodies.js';
 import { createStorePool, PostgresStoreConfigSchema, type PostgresStoreConfigInput } from './config.js';
 import { LeaseKeeper, type Lease } from './lease.js';
@@ -47,6 +48,10 @@ const LISTING = 'SELECT uid, uidl, size, body_id FROM poplar_messages WHERE mail
 const MAILBOX = 'SELECT mailbox_id, uid_validity FROM poplar_mailboxes WHERE username = $1';
 const CREATE_MAILBOX = `INSERT INTO poplar_mailboxes (username, uid_validity) VALUES ($1, $2)
   ON CONFLICT (username) DO NOTHING RETURNING mailbox_id, uid_validity`;
+// NO KEY UPDATE, the lock the uid counter's UPDATE takes: it does not wait for the KEY SHARE locks that
+// other deliveries' body rows hold on the mailbox row (FOR UPDATE would, and deadlock).
+const LOCK_MAILBOX = 'SELECT 1 FROM poplar_mailboxes WHERE mailbox_id = $1 FOR NO KEY UPDATE';
+const USAGE = 'SELECT count(*) AS messages, coalesce(sum(size), 0) AS bytes FROM poplar_messages WHERE mailbox_id = $1';
 const NEXT_UID = 'UPDATE poplar_mailboxes SET next_uid = next_uid + 1 WHERE mailbox_id = $1 RETURNING next_uid - 1 AS uid';
 const INSERT_MESSAGE = `INSERT INTO poplar_messages (mailbox_id, uid, uidl, size, body_id, arrived_at, first_retrieved_at)
   VALUES ($1, $2, $3, $4, $5, coalesce($6, now()), $7) ON CONFLICT (mailbox_id, uidl) DO NOTHING`;
@@ -166,21 +171,24 @@ export class PostgresStore implements MailStore, MigratableStore {
     return mailbox;
   }
 
-  async deliver(user: string, message: Readable | Buffer, signal?: AbortSignal): Promise<void> {
+  async deliver(user: string | Principal, message: Readable | Buffer, signal?: AbortSignal, options?: DeliverOptions): Promise<void> {
+    const name = typeof user === 'string' ? user : user.username;
     let mailbox: Mailbox;
     try {
-      mailbox = await this.mailbox(user);
+      mailbox = await this.mailbox(name);
     } catch (e) {
-      throw this.#failure(e, 'delivery failed', user);
+      throw this.#failure(e, 'delivery failed', name);
     }
     const source = Buffer.isBuffer(message) ? [message] : (message as AsyncIterable<Buffer>);
+    const quota = options?.quota;
     try {
       await inTransaction(this.pool, async (c) => {
         const body = await writeBody(c, mailbox.id, source, signal);
+        if (quota !== undefined && (quota.bytes > 0 || quota.messages > 0)) await checkQuota(c, mailbox.id, body.crlfSize, quota);
         await this.insertMessage(c, mailbox, body, null);
       });
     } catch (e) {
-      throw this.#failure(e, 'delivery failed', user);
+      throw this.#failure(e, 'delivery failed', name);
     }
   }
 
@@ -246,4 +254,19 @@ export class PostgresStore implements MailStore, MigratableStore {
     await this.#sweeping?.catch(() => undefined);
     if (this.#ownsPool) await Promise.all([this.pool.end(), this.#leasePool?.end()]);
   }
+}
+
+/**
+ * Inside the delivery's transaction: locks the mailbox row (deliveries to
+ * one mailbox with a quota wait for each other until COMMIT, so two cannot
+ * both fit into the last free room) and refuses a message that would take
+ * the mailbox past its quota (QuotaExceeded; the transaction rolls back).
+ */
+async function checkQuota(c: PoolClient, mailboxId: number, size: number, quota: Quota): Promise<void> {
+  await c.query(LOCK_MAILBOX, [mailboxId]);
+  const row = (await c.query<{ messages: string; bytes: string }>(USAGE, [mailboxId])).rows[0];
+  const messages = Number(row?.messages ?? 0);
+  const bytes = Number(row?.bytes ?? 0);
+  if (quota.messages > 0 && messages + 1 > quota.messages) throw new QuotaExceeded('Mailbox is full (message count quota)');
+  if (quota.bytes > 0 && bytes + size > quota.bytes) throw new QuotaExceeded('Mailbox is full (size quota)');
 }
