@@ -86,6 +86,7 @@ async function setup(): Promise<Setup> {
   for (const m of drop) await pgStore.deliver(DELIVERED, pieces(m.raw));
 
   pgServer = await startTestServer({ users: [...users, { name: DELIVERED, password: PASSWORD }], logger: cap.logger, store: pgStore });
+  // Both describes share this setup; the file's afterAll stops everything.
   return { srv: pgServer, drop, records: cap.records, maildir: maildirServer, pgStore, migrated, stop: async () => undefined };
 }
 
