@@ -5,7 +5,7 @@
  * LMTP (dovecot-lmtpd) delivering into Maildir on the same machine, with the
  * same users, message and load. Reported as rates and as ratios to Dovecot.
  *
- *   npm run bench:lmtp -- [--seconds 10] [--clients 16] [--users 50] [--size 4096] [--only maildir,postgres,dovecot]
+ *   npm run bench:lmtp -- [--seconds 10] [--rounds 3] [--clients 16] [--users 50] [--size 4096] [--only maildir,postgres,dovecot]
  *                         [--dovecot-fsync optimized|always]
  *
  * Dovecot runs with its default mail_fsync = optimized (it fsyncs a delivered
@@ -13,7 +13,9 @@
  *
  * Each client keeps one LMTP connection and delivers one message after
  * another (MAIL, RCPT, DATA pipelined; the body after 354), each to one
- * user, round robin.
+ * user, round robin. All servers run at once and take turns, round after
+ * round, so a machine that gets busier or quieter meanwhile moves them alike;
+ * the medians are reported.
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -32,6 +34,7 @@ const { values } = parseArgs({
     users: { type: 'string', default: '50' },
     size: { type: 'string', default: '4096' },
     only: { type: 'string' },
+    rounds: { type: 'string', default: '3' },
     'dovecot-fsync': { type: 'string', default: 'optimized' },
   },
 });
@@ -39,6 +42,7 @@ const SECONDS = Number(values.seconds);
 const CLIENTS = Number(values.clients);
 const USERS = Number(values.users);
 const SIZE = Number(values.size);
+const ROUNDS = Number(values.rounds);
 
 function message(size: number): Buffer {
   const head = `From: bench@example.net\r\nTo: user@example.org\r\nSubject: lmtp bench\r\nMessage-ID: <${randomBytes(8).toString('hex')}@bench>\r\n\r\n`;
@@ -113,79 +117,106 @@ async function measure(name: string, target: { host?: string; port?: number; pat
   const ok = results.reduce((a, r) => a + r.ok, 0);
   const failed = results.reduce((a, r) => a + r.failed, 0);
   const rate = ok / secs;
-  console.log(`${name.padEnd(28)} ${rate.toFixed(0).padStart(7)} deliveries/s  (${ok} in ${secs.toFixed(1)} s${failed ? `, ${failed} refused` : ''})`);
+  console.log(`${name.padEnd(58)} ${rate.toFixed(0).padStart(7)} deliveries/s  (${ok} in ${secs.toFixed(1)} s${failed ? `, ${failed} refused` : ''})`);
   return rate;
 }
 
-async function main(): Promise<void> {
-  const users = Array.from({ length: USERS }, (_, i) => `bench${i}`);
-  const body = message(SIZE);
-  console.log(`LMTP delivery bench: ${CLIENTS} clients, ${USERS} users, ${body.length}-octet message, ${SECONDS} s per target, ${os.availableParallelism()} CPUs, durability on`);
-  const rates: Record<string, number> = {};
-  const only = values.only?.split(',');
-  const want = (k: string): boolean => only === undefined || only.includes(k);
+interface Target {
+  readonly key: string;
+  readonly name: string;
+  readonly port: number;
+  stop(): Promise<void>;
+}
 
+async function startTargets(users: string[], want: (k: string) => boolean): Promise<Target[]> {
+  const targets: Target[] = [];
   for (const kind of ['maildir', 'postgres'] as StoreKind[]) {
     if (!want(kind)) continue;
     if (kind === 'postgres' && (await lacksPostgresQuietly())) {
-      console.log('poplar (PostgreSQL)          skipped: no PostgreSQL on 127.0.0.1:5432');
+      console.log('poplar (PostgreSQL): skipped, no PostgreSQL on 127.0.0.1:5432');
       continue;
     }
     // As bin/poplar starts it: 16 threads for file-system calls, so concurrent fsyncs share the disk's flushes.
     const p = await startLmtpPoplar(kind, users.map((name) => ({ name })), { env: { UV_THREADPOOL_SIZE: process.env['UV_THREADPOOL_SIZE'] ?? '16' } });
-    try {
-      rates[kind] = await measure(`poplar (${kind === 'maildir' ? 'Maildir' : 'PostgreSQL'})`, { host: '127.0.0.1', port: p.lmtpPort }, users, body);
-    } finally {
-      await p.stop();
-    }
+    targets.push({ key: kind, name: `poplar (${kind === 'maildir' ? 'Maildir' : 'PostgreSQL'})`, port: p.lmtpPort, stop: () => p.stop() });
   }
-
   if (want('dovecot')) {
     if (!dovecotAvailable() || !(await fs.stat('/usr/lib/dovecot/lmtp').then(() => true, () => false))) {
-      console.log('dovecot LMTP (Maildir)       skipped: dovecot-lmtpd is not installed');
-    } else {
-      const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-bench-lmtp-'));
-      const lmtpPort = await new Promise<number>((resolve) => {
-        const s = net.createServer().listen(0, '127.0.0.1', () => {
-          const port = (s.address() as net.AddressInfo).port;
-          s.close(() => resolve(port));
-        });
+      console.log('dovecot LMTP: skipped, dovecot-lmtpd is not installed');
+      return targets;
+    }
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-bench-lmtp-'));
+    const lmtpPort = await new Promise<number>((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => {
+        const port = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(port));
       });
-      const root = path.join(dir, 'mail');
-      await fs.mkdir(root);
-      const cores = os.availableParallelism();
-      const d = await startDovecot({
-        maildirRoot: root,
-        users: users.map((name) => ({ name, password: 'secret' })),
-        highPerformance: true,
-        extraConf: [
-          'protocols = pop3 lmtp',
-          'info_log_path = /dev/null',
-          'auth_verbose = no',
-          `mail_fsync = ${values['dovecot-fsync']}`,
-          'service lmtp {',
-          '  inet_listener lmtp {',
-          '    address = 127.0.0.1',
-          `    port = ${lmtpPort}`,
-          '  }',
-          '  service_count = 0',
-          `  process_min_avail = ${cores}`,
-          '  client_limit = 1',
-          '}',
-        ].join('\n'),
-      });
-      try {
-        rates['dovecot'] = await measure(`dovecot LMTP (Maildir, fsync ${values['dovecot-fsync']})`.slice(0, 28), { host: '127.0.0.1', port: lmtpPort }, users, body);
-      } finally {
+    });
+    const root = path.join(dir, 'mail');
+    await fs.mkdir(root);
+    const d = await startDovecot({
+      maildirRoot: root,
+      users: users.map((name) => ({ name, password: 'secret' })),
+      highPerformance: true,
+      extraConf: [
+        'protocols = pop3 lmtp',
+        'info_log_path = /dev/null',
+        'auth_verbose = no',
+        `mail_fsync = ${values['dovecot-fsync']}`,
+        'service lmtp {',
+        '  inet_listener lmtp {',
+        '    address = 127.0.0.1',
+        `    port = ${lmtpPort}`,
+        '  }',
+        '  service_count = 0',
+        `  process_min_avail = ${os.availableParallelism()}`,
+        '  client_limit = 1',
+        '}',
+      ].join('\n'),
+    });
+    targets.push({
+      key: 'dovecot',
+      name: `dovecot LMTP (Maildir, mail_fsync=${values['dovecot-fsync']})`,
+      port: lmtpPort,
+      stop: async () => {
         await d.stop();
         await fs.rm(dir, { recursive: true, force: true });
-      }
-    }
+      },
+    });
   }
+  return targets;
+}
 
-  const dv = rates['dovecot'];
-  if (dv !== undefined) {
-    for (const [k, r] of Object.entries(rates)) if (k !== 'dovecot') console.log(`ratio poplar ${k} / dovecot: ${(r / dv).toFixed(2)}x${k === 'maildir' ? ' (target >= 1.5x)' : ''}`);
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+async function main(): Promise<void> {
+  const users = Array.from({ length: USERS }, (_, i) => `bench${i}`);
+  const body = message(SIZE);
+  console.log(
+    `LMTP delivery bench: ${CLIENTS} clients, ${USERS} users, ${body.length}-octet message, ${ROUNDS} rounds of ${SECONDS} s per target (targets take turns), ${os.availableParallelism()} CPUs, durability on`,
+  );
+  const only = values.only?.split(',');
+  const targets = await startTargets(users, (k) => only === undefined || only.includes(k));
+  const rates = new Map<string, number[]>(targets.map((t) => [t.key, []]));
+  try {
+    for (let round = 1; round <= ROUNDS; round++) {
+      for (const t of targets) rates.get(t.key)!.push(await measure(`round ${round} ${t.name}`, { host: '127.0.0.1', port: t.port }, users, body));
+    }
+  } finally {
+    for (const t of targets) await t.stop();
+  }
+  console.log('');
+  for (const t of targets) console.log(`${t.name.padEnd(50)} median ${median(rates.get(t.key)!).toFixed(0).padStart(6)} deliveries/s`);
+  const dv = rates.get('dovecot');
+  if (dv === undefined) return;
+  for (const t of targets) {
+    if (t.key === 'dovecot') continue;
+    const per = rates.get(t.key)!.map((r, i) => r / dv[i]!);
+    console.log(`poplar ${t.key} / dovecot: median of the rounds' ratios ${median(per).toFixed(2)}x (rounds: ${per.map((x) => x.toFixed(2)).join(' ')})${t.key === 'maildir' ? '; target >= 1.5x' : ''}`);
   }
 }
 
