@@ -186,6 +186,31 @@ describe('LMTP listeners', () => {
     expect(() => LmtpConfigSchema.parse({ listen: ['relative/sock'] })).toThrow();
   });
 
+  it.skipIf(NO_SWAKS)('answers 552 5.2.2 for a full maildrop with over_quota = "permanent" and gives the socket socket_group', async () => {
+    const root = process.getuid?.() === 0;
+    const p = await startLmtpPoplar('maildir', [{ name: 'alice' }, { name: 'tiny', quotaBytes: 10 }], {
+      lmtp: ['over_quota = "permanent"', ...(root ? ['socket_group = "nogroup"', 'socket_mode = "0660"'] : [])],
+      quota: ['max_messages = 1'],
+    });
+    try {
+      const send = (to: string): Promise<{ replies: string[] }> => swaks(['--socket', p.socketPath, '--from', 's@x', '--to', to, '--data', '-'], sent(MESSAGE));
+      expect((await send('tiny')).replies.at(-2)).toMatch(/^552 5\.2\.2 <tiny> /);
+      // The [quota] default (one message) for alice, who has no limit of her own.
+      expect((await send('alice')).replies.at(-2)).toMatch(/^250 2\.0\.0/);
+      expect((await send('alice')).replies.at(-2)).toMatch(/^552 5\.2\.2 <alice> /);
+      expect(await retrieveAll(p.pop3Port, 'alice')).toHaveLength(1);
+      if (root) {
+        const { execFileSync } = await import('node:child_process');
+        const gid = Number(execFileSync('getent', ['group', 'nogroup'], { encoding: 'utf8' }).split(':')[2]);
+        const st = await fs.stat(p.socketPath);
+        expect(st.gid).toBe(gid);
+        expect(st.mode & 0o777).toBe(0o660);
+      }
+    } finally {
+      await p.stop();
+    }
+  }, 60_000);
+
   it('makes the UNIX socket with socket_mode and replaces a stale one, but not a live one or a file', async () => {
     const p = await startLmtpPoplar('maildir', [{ name: 'alice' }], { lmtp: ['socket_mode = "0660"'] });
     try {
