@@ -3,8 +3,9 @@
  * TO and `poplar deliver`: by the whole address, by its local part, or the
  * whole address first and the local part when no such user exists
  * (`[lmtp] recipient_format`), optionally without a `+extension`
- * (`recipient_delimiter`); as written first, then in lower case. The quota a delivery gets is the user's own
- * (from the user database) over the `[quota]` defaults.
+ * (`recipient_delimiter`); as written first, then in lower case. The
+ * quota a delivery gets is the user's own (from the user database) over the
+ * `[quota]` defaults.
  */
 import type { Authenticator, Principal } from '../auth/types.js';
 import { usernameSyntaxProblem } from '../auth/username.js';
