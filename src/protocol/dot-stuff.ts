@@ -108,6 +108,16 @@ export class DotStuffer {
   }
 
   /**
+   * Like `push`, without a Buffer per piece: the output of `chunk` as
+   * [start, end) pairs into `chunk`, a pair of -1 standing for CRLF. The
+   * list is reused: it is valid until the next call. For a caller that copies
+   * the pieces into buffers of its own.
+   */
+  segments(chunk: Buffer): readonly number[] {
+    return this.#scan(chunk);
+  }
+
+  /**
    * Like `push`, but returns the output as one buffer (or `null` if there is
    * none). When the chunk needs no change the result is a zero-copy view of
    * `chunk`; otherwise the pieces are copied once into a new buffer. Cheaper

@@ -4,9 +4,9 @@ import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { edgeCorpus, expectedRetr } from '../../test/corpus/corpus.js';
+import { edgeCorpus, expectedRetr, expectedTop } from '../../test/corpus/corpus.js';
 import type { NativeCodec } from '../protocol/native.js';
-import { fileCodec, sendStuffedFile, type WireOut } from './retr-file.js';
+import { fileCodec, sendStuffedFile, sendStuffedStream, streamCodec, type WireOut } from './retr-file.js';
 
 /**
  * A connection that keeps every written buffer by reference and copies it
@@ -172,4 +172,70 @@ describe.runIf(fileCodec !== undefined)('sendStuffedFile (RETR from a Maildir fi
     expect(counting.nowaitMisses).toBeGreaterThan(0);
     expect(wire.output.equals(expectedRetr(raw))).toBe(true);
   });
+});
+
+/**
+ * A source that hands over its chunks in one reused buffer, as a store may:
+ * the encoder must be done with a chunk before it asks for the next.
+ */
+async function* reusedChunks(raw: Buffer, size: number): AsyncGenerator<Buffer> {
+  const buf = Buffer.alloc(size);
+  for (let at = 0; at < raw.length; at += size) {
+    const n = raw.copy(buf, 0, at, Math.min(at + size, raw.length));
+    yield buf.subarray(0, n);
+    buf.fill(0x2e); // a chunk used after this would show dots
+  }
+}
+
+describe('sendStuffedStream (RETR and TOP of a message that comes as chunks)', () => {
+  const encoders = [
+    { name: 'native', codec: streamCodec },
+    { name: 'JavaScript', codec: undefined },
+  ].filter((e) => e.name === 'JavaScript' || e.codec !== undefined);
+
+  for (const enc of encoders) {
+    for (const m of corpus) {
+      it(`${enc.name}: sends exactly the RETR and TOP bytes: ${m.name}`, async () => {
+        for (const size of [1, 7, 4096, 256 * 1024]) {
+          if (size < 4096 && m.raw.length > 100_000) continue;
+          const wire = new LazyWire();
+          const sent = await sendStuffedStream(reusedChunks(m.raw, size), wire, undefined, enc.codec);
+          expect(wire.output.equals(expectedRetr(m.raw))).toBe(true);
+          expect(sent).toBe(wire.output.length);
+          for (const n of [0, 1, 5, 1_000_000]) {
+            const top = new LazyWire();
+            await sendStuffedStream(reusedChunks(m.raw, size), top, n, enc.codec);
+            expect(top.output.equals(expectedTop(m.raw, n))).toBe(true);
+          }
+        }
+      });
+    }
+
+    it(`${enc.name}: reuses no output buffer before the socket is done with it, with several messages in flight at once`, async () => {
+      const raw = corpus.at(-1)!.raw;
+      const wires = Array.from({ length: 4 }, () => new LazyWire());
+      await Promise.all(wires.map((w, i) => sendStuffedStream(reusedChunks(raw, 200_000 + i * 50_000), w, i === 3 ? 30_000 : undefined, enc.codec)));
+      for (const [i, w] of wires.entries()) {
+        expect(w.drains).toBeGreaterThan(i === 3 ? 0 : 3);
+        expect(w.output.equals(i === 3 ? expectedTop(raw, 30_000) : expectedRetr(raw))).toBe(true);
+      }
+    });
+
+    it(`${enc.name}: stops without the terminator when the connection closes, and passes a source's error on`, async () => {
+      const raw = corpus.at(-1)!.raw;
+      const wire = new LazyWire();
+      wire.closeAfter = 600_000;
+      await sendStuffedStream(reusedChunks(raw, 65_536), wire, undefined, enc.codec);
+      expect(wire.output.length).toBeLessThan(1_000_000);
+      expect(wire.output.subarray(-5).toString('latin1')).not.toBe('\r\n.\r\n');
+
+      async function* failing(): AsyncGenerator<Buffer> {
+        yield raw.subarray(0, 100_000);
+        throw new Error('the database went away');
+      }
+      const cut = new LazyWire();
+      await expect(sendStuffedStream(failing(), cut, undefined, enc.codec)).rejects.toThrow('the database went away');
+      expect(cut.output.subarray(-3).toString('latin1')).not.toBe('.\r\n');
+    });
+  }
 });

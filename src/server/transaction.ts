@@ -1,9 +1,8 @@
 import type { Principal } from '../auth/types.js';
-import { DotStuffer } from '../protocol/dot-stuff.js';
 import { Pop3Error } from '../protocol/codes.js';
 import type { Maildrop } from '../store/types.js';
 import type { Reply } from './channel.js';
-import { fileCodec, sendStuffedFile, type WireOut } from './retr-file.js';
+import { fileCodec, sendStuffedFile, sendStuffedStream, type WireOut } from './retr-file.js';
 
 /**
  * What a TRANSACTION command handler may use: replies, the connection's
@@ -143,36 +142,20 @@ function* liveLines(st: TransactionState, line: (i: number) => string): Generato
   for (let i = 0; i < n; i++) if (!st.isDeleted(i)) yield line(i);
 }
 
-/** Stream a message through the dot-stuffing codec with output backpressure. */
+/** Send a message (RETR) or its top (TOP) dot-stuffed, with output backpressure, through reused output buffers (retr-file.ts). */
 async function sendMessage(s: MailPort, st: TransactionState, index: number, bodyLines: number | undefined): Promise<number> {
   if (bodyLines === undefined && fileCodec !== undefined && st.maildrop.openFile !== undefined) return sendFile(s, st, index, fileCodec);
   const stream = await st.maildrop.read(index, s.signal);
-  const stuffer = new DotStuffer(bodyLines === undefined ? {} : { bodyLines });
   const size = st.maildrop.messages[index]!.size;
   s.wire.write(bodyLines === undefined ? `+OK ${size} octets\r\n` : '+OK Top of message follows\r\n');
-  let sent = 0;
   try {
-    for await (const chunk of stream) {
-      // One write per chunk: push() gives a piece per line, and a socket write per short line is very slow.
-      const out = stuffer.pushJoined(chunk as Buffer);
-      if (out !== null) {
-        s.wire.write(out);
-        sent += out.length;
-      }
-      if (stuffer.done) break;
-      if (s.wire.needsDrain && !(await s.wire.drain())) return sent;
-    }
+    return await sendStuffedStream(stream, s.wire, bodyLines);
   } catch (e) {
     s.readFailed(index, e);
-    return sent;
+    return 0;
   } finally {
     stream.destroy();
   }
-  for (const piece of stuffer.end()) {
-    s.wire.write(piece);
-    sent += piece.length;
-  }
-  return sent;
 }
 
 /** RETR of a message stored as a file, with the native encoder (retr-file.ts). */
