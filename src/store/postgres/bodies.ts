@@ -21,6 +21,7 @@ import type { Pool, PoolClient } from 'pg';
 import copyStreams from 'pg-copy-streams';
 import { MessageUnavailable } from '../../errors.js';
 import { CrlfSizeCounter } from '../../protocol/message-size.js';
+import { bodyBytesRead } from './collect.js';
 import { inTransaction } from './tx.js';
 
 export const CHUNK_SIZE = 256 * 1024;
@@ -118,7 +119,9 @@ async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: 
     } finally {
       clearTimeout(timer);
     }
-    return parseBinaryCopy(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+    const all = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+    bodyBytesRead(all.length);
+    return parseBinaryCopy(all);
   } catch (e) {
     broken = true; // a COPY cut short leaves the connection in an unknown state
     throw e;
