@@ -30,6 +30,9 @@ const CHUNKS_PER_QUERY = 4;
 const COPY_TIMEOUT_MS = 30_000;
 const copyTo = copyStreams.to;
 
+/** A stored chunk as it came off the database connection: its data in one or more pieces. */
+type Chunk = { seq: number; data: Buffer[] };
+
 export interface WrittenBody {
   readonly bodyId: number;
   /** Stored bytes. */
@@ -102,9 +105,11 @@ export async function shareBody(client: PoolClient, mailboxId: number, body: Wri
  * with COPY ... TO STDOUT in binary format: node-postgres returns bytea
  * query results as hex text (twice the bytes, and a string per chunk for the
  * garbage collector), where COPY hands over the stored bytes as they are.
+ * The rows are parsed as the socket's buffers arrive and a chunk's data stay
+ * views into those buffers: nothing is copied or joined.
  * COPY takes no parameters: the ids are integers this process checked.
  */
-async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: number): Promise<{ seq: number; data: Buffer }[]> {
+async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: number): Promise<Chunk[]> {
   for (const n of [mailboxId, bodyId, from]) if (!Number.isSafeInteger(n) || n < 0) throw new RangeError('bad id');
   const sql = `COPY (SELECT seq, data FROM poplar_body_chunks WHERE mailbox_id = ${mailboxId} AND body_id = ${bodyId} AND seq >= ${from}
     ORDER BY seq LIMIT ${CHUNKS_PER_QUERY}) TO STDOUT (FORMAT binary)`;
@@ -113,15 +118,18 @@ async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: 
   try {
     const stream = client.query(copyTo(sql));
     const timer = setTimeout(() => stream.destroy(new Error('reading a message body timed out')), COPY_TIMEOUT_MS);
-    const parts: Buffer[] = [];
+    const parser = new BinaryCopyParser();
+    let octets = 0;
     try {
-      for await (const part of stream) parts.push(part as Buffer);
+      for await (const part of stream) {
+        parser.push(part as Buffer);
+        octets += (part as Buffer).length;
+      }
     } finally {
       clearTimeout(timer);
     }
-    const all = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
-    bodyBytesRead(all.length);
-    return parseBinaryCopy(all);
+    bodyBytesRead(octets);
+    return parser.finish();
   } catch (e) {
     broken = true; // a COPY cut short leaves the connection in an unknown state
     throw e;
@@ -132,30 +140,93 @@ async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: 
 
 const COPY_SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
 
-/** Rows (seq int4, data bytea) of a binary COPY (PostgreSQL docs, "Binary Format"); the data are views into `buf`. */
-export function parseBinaryCopy(buf: Buffer): { seq: number; data: Buffer }[] {
-  const bad = (): never => {
-    throw new Error('malformed COPY data from the server');
-  };
-  if (buf.length < 19 || !buf.subarray(0, 11).equals(COPY_SIGNATURE)) bad();
-  // Signature, flags (int32), header extension length (int32) and the extension.
-  let at = 19 + buf.readUInt32BE(15);
-  const rows: { seq: number; data: Buffer }[] = [];
-  for (;;) {
-    if (at + 2 > buf.length) bad();
-    const fields = buf.readInt16BE(at);
-    at += 2;
-    if (fields === -1) return rows;
-    if (fields !== 2 || at + 8 > buf.length || buf.readInt32BE(at) !== 4) bad();
-    const seq = buf.readInt32BE(at + 4);
-    at += 8;
-    if (at + 4 > buf.length) bad();
-    const len = buf.readInt32BE(at);
-    at += 4;
-    if (len < 0 || at + len > buf.length) bad();
-    rows.push({ seq, data: buf.subarray(at, at + len) });
-    at += len;
+/** What the parser waits for next. */
+const SIGNATURE = 0; // 11 bytes of signature, flags (int32), header extension length (int32)
+const SKIP = 1; // the header extension
+const FIELDS = 2; // a row's field count (int16), -1 after the last row
+const ROW = 3; // length (int32) = 4 and value of seq, length of data (int32)
+const DATA = 4; // the data
+const END = 5;
+
+/**
+ * Rows (seq int4, data bytea) of a binary COPY (PostgreSQL docs, "Binary
+ * Format"), fed in parts of any size; a row's data is a list of views into
+ * the parts. Anything else than two such fields per row, a NULL, bytes after
+ * the trailer or a missing trailer is an error.
+ */
+export class BinaryCopyParser {
+  readonly #rows: Chunk[] = [];
+  readonly #scratch = Buffer.alloc(19);
+  #state = SIGNATURE;
+  #need = 19;
+  #have = 0;
+  #left = 0;
+
+  push(part: Buffer): void {
+    let at = 0;
+    while (at < part.length) {
+      if (this.#state === DATA || this.#state === SKIP) {
+        const n = Math.min(this.#left, part.length - at);
+        if (this.#state === DATA) this.#rows[this.#rows.length - 1]!.data.push(part.subarray(at, at + n));
+        at += n;
+        this.#left -= n;
+        if (this.#left === 0) this.#expect(FIELDS, 2);
+        continue;
+      }
+      if (this.#state === END) bad();
+      const n = Math.min(this.#need - this.#have, part.length - at);
+      part.copy(this.#scratch, this.#have, at, at + n);
+      this.#have += n;
+      at += n;
+      if (this.#have === this.#need) this.#complete();
+    }
   }
+
+  /** The rows, once the whole COPY output was pushed. */
+  finish(): Chunk[] {
+    if (this.#state !== END) bad();
+    return this.#rows;
+  }
+
+  #expect(state: number, bytes: number): void {
+    this.#state = state;
+    this.#need = bytes;
+    this.#have = 0;
+  }
+
+  #complete(): void {
+    const b = this.#scratch;
+    switch (this.#state) {
+      case SIGNATURE: {
+        if (!b.subarray(0, 11).equals(COPY_SIGNATURE)) bad();
+        const ext = b.readUInt32BE(15);
+        if (ext > 0) {
+          this.#state = SKIP;
+          this.#left = ext;
+        } else this.#expect(FIELDS, 2);
+        return;
+      }
+      case FIELDS: {
+        const fields = b.readInt16BE(0);
+        if (fields === -1) return this.#expect(END, 0);
+        if (fields !== 2) bad();
+        return this.#expect(ROW, 12);
+      }
+      default: {
+        // ROW
+        const len = b.readInt32BE(8);
+        if (b.readInt32BE(0) !== 4 || len < 0) bad();
+        this.#rows.push({ seq: b.readInt32BE(4), data: [] });
+        if (len === 0) return this.#expect(FIELDS, 2);
+        this.#state = DATA;
+        this.#left = len;
+      }
+    }
+  }
+}
+
+function bad(): never {
+  throw new Error('malformed COPY data from the server');
 }
 
 /**
@@ -170,7 +241,6 @@ export async function openBody(pool: Pool, mailboxId: number, bodyId: number, si
   return new BodyStream(pool, mailboxId, bodyId, first, signal);
 }
 
-type Chunk = { seq: number; data: Buffer };
 
 /**
  * The chunks of one body in order. While one batch goes out, the next is
@@ -224,7 +294,7 @@ class BodyStream extends Readable {
         return;
       }
       this.#next++;
-      this.push(r.data);
+      for (const piece of r.data) this.push(piece);
     }
     if (last) this.push(null);
   }
