@@ -573,6 +573,11 @@ export function pgPlainTable(rs: PgRow[]): string {
   return [fmt(head), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(fmt)].join('\n');
 }
 
+/** Whether the Maildir servers' windows saw much CPU used by other processes (PostgreSQL is idle then). */
+function busyPg(r: Results): boolean {
+  return (['poplar', 'dovecot'] as const).some((k) => (r[k].sessions?.otherCpuS ?? 0) > 0.1 * (r[k].sessions?.windowS ?? 1) || (r[k].retr?.otherCpuS ?? 0) > 0.1 * (r[k].retr?.windowS ?? 1));
+}
+
 export const PG_SECTION_START = '<!-- bench: PostgreSQL section -->';
 export const PG_SECTION_END = '<!-- bench: end of the PostgreSQL section -->';
 
@@ -582,7 +587,7 @@ export function pgSection(r: Results, o: Options, when: Date, runtimeS: number, 
   const p = o.params;
   const d: string[] = [];
   const cpuLine = (what: string, x: WindowCpu | undefined): void => {
-    if (x) d.push(`- ${what}: CPU in the ${x.windowS} s window: Poplar ${x.serverCpuS.toFixed(2)} s, load generator ${x.genCpuS.toFixed(2)} s, everything else (PostgreSQL included) ${x.otherCpuS.toFixed(2)} s.`);
+    if (x) d.push(`- ${what}: CPU in the ${x.windowS} s window: the server ${x.serverCpuS.toFixed(2)} s, load generator ${x.genCpuS.toFixed(2)} s, everything else (PostgreSQL included) ${x.otherCpuS.toFixed(2)} s.`);
   };
   if (G.sessions) d.push(`- Poplar on PostgreSQL, sessions: ${G.sessions.sessions} sessions in ${G.sessions.windowS} s, ${G.sessions.errors} failed${G.sessions.errorSamples.length ? ` (${G.sessions.errorSamples.join('; ')})` : ''}.`);
   cpuLine('Poplar on PostgreSQL, sessions', G.sessions);
@@ -622,6 +627,15 @@ Written by \`npm run bench\` when it measures Poplar on PostgreSQL beside the tw
 (a full run, or \`--only\` with sessions, retr and bigdrop and without \`--quick\`).
 Last written: ${when.toISOString().replace(/\.\d+Z$/, 'Z')} (that run took ${runtimeS.toFixed(0)} s). PostgreSQL: ${env.postgres}, on the same machine,
 with the settings it was installed with (nothing tuned for the bench). HAProxy: ${env.haproxy}.
+Before measuring, the bench runs \`VACUUM (ANALYZE)\` on its schema, as autovacuum (on by PostgreSQL's
+default) would after a bulk load: without statistics the planner lists the 100,000-message
+maildrop with a sort on disk instead of the covering primary key.
+${busyPg(r) ? `
+**Caution:** other processes used a large share of the ${env.cores} cores while this run measured (the
+Maildir servers' windows below show it: "everything else" there is neither the server nor
+PostgreSQL). The rates are low and their ratios vary from run to run; run again on an idle machine
+for figures to quote.
+` : ''}
 
 ${pgMarkdownTable(pgRows(r, p))}
 

@@ -21,7 +21,7 @@ import { dovecotAvailable } from '../test/helpers/dovecot.js';
 import { formatProfile, summariseProfile } from './cpu-profile.js';
 import { allUsers, BIG_MESSAGES, BIG_USER, copyMaildirs, ensureTemplate, moveDir, prepareBigCopy, RETR_USERS, type Manifest } from './data.js';
 import { haproxyAvailable, haproxyConfig, haproxyVersion, startHaproxy } from './haproxy.js';
-import { benchClient, ensurePgData, freeLeases, PG_SCHEMA, postgresReachable, storeConfig } from './pgdata.js';
+import { benchClient, ensurePgData, freeLeases, maintain, PG_SCHEMA, postgresReachable, storeConfig } from './pgdata.js';
 import { childrenOf, machineInfo, memoryOf, openFileLimit, processGroup, systemBusySeconds } from './procfs.js';
 import type { BenchUser } from './protocol.js';
 import type { BigDropResult, FromWorker, IdleReady, RetrJob, RetrResult, SessionsResult, ToWorker } from './protocol.js';
@@ -871,6 +871,7 @@ async function main(): Promise<number> {
 
   const results: Results = { poplar: {}, dovecot: {}, 'poplar-pg': {} };
   let pgVersion = '';
+  let pgAutovacuum = '';
   if (o.servers.includes('poplar-pg')) {
     const why = await postgresReachable();
     if (why !== null && o.serversGiven) throw new Error(`poplar-pg: PostgreSQL does not answer (${why}); set POPLAR_BENCH_PG_URL or leave poplar-pg out`);
@@ -882,8 +883,12 @@ async function main(): Promise<number> {
       const loaded = await ensurePgData({ root: ROOT, work: WORK, templateDir: TEMPLATE, manifest: m, log });
       results['poplar-pg'].pgLoad = { loadedAt: loaded.loadedAt, loadS: loaded.loadS };
       const c = await benchClient();
-      pgVersion = ((await c.query<{ v: string }>(`SELECT current_setting('server_version') AS v`)).rows[0]?.v ?? '?').split(' ')[0]!;
+      const setting = async (name: string): Promise<string> => (await c.query<{ v: string }>(`SELECT current_setting($1) AS v`, [name])).rows[0]?.v ?? '?';
+      pgVersion = (await setting('server_version')).split(' ')[0]!;
+      pgAutovacuum = await setting('autovacuum');
       await c.end();
+      const vacS = await maintain();
+      log(`PostgreSQL ${pgVersion} (autovacuum = ${pgAutovacuum}); VACUUM (ANALYZE) of schema ${PG_SCHEMA} took ${vacS.toFixed(1)} s`);
     }
   }
   if (o.cpuProf) {
@@ -926,7 +931,7 @@ async function main(): Promise<number> {
   log('\n' + plainTable(rows(results, o.params)));
   const withPg = o.servers.includes('poplar-pg');
   if (withPg) log('\nPoplar on PostgreSQL:\n' + pgPlainTable(pgRows(results, o.params)));
-  const env = { postgres: `PostgreSQL ${pgVersion}`, haproxy: haproxyAvailable() ? `HAProxy ${haproxyVersion()}` : 'not installed', cores: mi.cores };
+  const env = { postgres: `PostgreSQL ${pgVersion} (autovacuum = ${pgAutovacuum})`, haproxy: haproxyAvailable() ? `HAProxy ${haproxyVersion()}` : 'not installed', cores: mi.cores };
   const pgText = withPg ? pgSection(results, o, started, runtimeS, env) : undefined;
   const complete = !o.quick && o.servers.length === SERVERS.length && o.figures.length === FIGURES.length;
   const target = complete ? DOC : path.join(WORK, 'last-run.md');
