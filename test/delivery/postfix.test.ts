@@ -67,11 +67,12 @@ for (const kind of ['maildir', 'postgres'] as StoreKind[]) {
     const postfixes: PostfixHandle[] = [];
     beforeAll(async () => {
       const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-pf-'));
-      // Postfix's lmtp client (user postfix) must reach the socket; the pipe runs as nobody.
+      // Postfix's lmtp client (user postfix) must reach the socket. Poplar runs as nobody, and the
+      // pipe transport runs poplar deliver as nobody too, as docs/delivery.md says to set it up.
       await fs.chmod(dir, 0o755);
       await fs.mkdir(path.join(dir, 'mail'), { mode: 0o700 });
       await fs.chown(path.join(dir, 'mail'), 65534, 65534);
-      p = await startLmtpPoplar(kind, [{ name: 'alice' }, { name: 'bob' }], { dir });
+      p = await startLmtpPoplar(kind, [{ name: 'alice' }, { name: 'bob' }], { dir, user: 'nobody' });
     }, 60_000);
     afterAll(async () => {
       for (const pf of postfixes) await pf.stop();

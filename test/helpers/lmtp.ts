@@ -45,13 +45,14 @@ export function passwdLine(u: LmtpUser): string {
 }
 
 /** Config text for a Poplar with LMTP on 127.0.0.1:0 and a UNIX socket in `dir`. */
-export function lmtpConfig(dir: string, store: StoreKind, schema: string | undefined, extra: { lmtp?: string[]; quota?: string[]; fsync?: boolean } = {}): string {
+export function lmtpConfig(dir: string, store: StoreKind, schema: string | undefined, extra: { lmtp?: string[]; quota?: string[]; fsync?: boolean; user?: string } = {}): string {
   return [
     `data_dir = ${JSON.stringify(dir)}`,
     'log_format = "json"',
     '[server]',
     'listen = ["127.0.0.1:0"]',
     'listen_tls = []',
+    ...(extra.user !== undefined ? [`user = "${extra.user}"`] : []),
     '[auth]',
     `users = ${JSON.stringify(path.join(dir, 'users'))}`,
     '[store]',
@@ -87,7 +88,7 @@ export async function dropSchema(schema: string): Promise<void> {
 export async function startLmtpPoplar(
   store: StoreKind,
   users: LmtpUser[],
-  extra: { lmtp?: string[]; quota?: string[]; dir?: string; fsync?: boolean; schema?: string; env?: NodeJS.ProcessEnv } = {},
+  extra: { lmtp?: string[]; quota?: string[]; dir?: string; fsync?: boolean; schema?: string; env?: NodeJS.ProcessEnv; user?: string } = {},
 ): Promise<LmtpPoplar> {
   const dir = extra.dir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-lmtp-')));
   const schema = store === 'postgres' ? (extra.schema ?? (await createSchema())) : undefined;
