@@ -24,7 +24,7 @@ import { MaildirMaildrop, type MaildropOwner } from './maildrop.js';
 import { baseName, uniqueName } from './names.js';
 import { scanWithCache, statScanKey, type ScanKey } from './scan-cache.js';
 import { syncUidlist } from './uidlist-sync.js';
-import { checkQuota, maildropUsage, quotaLimits } from './usage.js';
+import { checkQuota, inQuotaTurn, maildropUsage, quotaLimits } from './usage.js';
 import { NO_LINK, newName, publish, writeTmp } from './writer.js';
 
 export { dovecotUidl } from './entry.js';
@@ -222,13 +222,18 @@ export class MaildirStore implements MailStore, MaildropOwner {
     const quota = options?.quota;
     const source = Buffer.isBuffer(message) ? [message] : (message as AsyncIterable<Buffer>);
     const written = await writeTmp(dir, source, { mode: 0o600, fsync: this.#fsync, signal });
-    try {
-      if (quotaLimits(quota)) checkQuota(await maildropUsage(dir), written.crlfSize, quota);
-    } catch (e) {
-      await fs.unlink(written.tmp).catch(() => undefined);
-      throw e;
+    if (!quotaLimits(quota)) await publish(written, signal);
+    else {
+      await inQuotaTurn(dir, async () => {
+        try {
+          checkQuota(await maildropUsage(dir), written.crlfSize, quota);
+        } catch (e) {
+          await fs.unlink(written.tmp).catch(() => undefined);
+          throw e;
+        }
+        await publish(written, signal);
+      });
     }
-    await publish(written, signal);
     if (this.#fsync) await fsyncDir(path.join(dir, 'new'));
   }
 
@@ -259,14 +264,17 @@ export class MaildirStore implements MailStore, MaildropOwner {
         const dir = dirs[i];
         if (dir === undefined) continue;
         try {
-          if (quotaLimits(t.quota)) checkQuota(await maildropUsage(dir), shared.crlfSize, t.quota);
-          signal?.throwIfAborted();
-          const name = newName({ ...shared, dir, base: uniqueName() });
-          await fs.link(shared.tmp, path.join(dir, 'new', name)).catch(async (e: NodeJS.ErrnoException) => {
-            if (e.code !== 'EXDEV' && !NO_LINK.has(e.code ?? '')) throw e;
-            // Another file system (or none with links): a copy of its own.
-            await publish(await writeTmp(dir, [message], { mode: 0o600, fsync: this.#fsync, signal }), signal);
-          });
+          const link = async (): Promise<void> => {
+            if (quotaLimits(t.quota)) checkQuota(await maildropUsage(dir), shared.crlfSize, t.quota);
+            signal?.throwIfAborted();
+            const name = newName({ ...shared, dir, base: uniqueName() });
+            await fs.link(shared.tmp, path.join(dir, 'new', name)).catch(async (e: NodeJS.ErrnoException) => {
+              if (e.code !== 'EXDEV' && !NO_LINK.has(e.code ?? '')) throw e;
+              // Another file system (or none with links): a copy of its own.
+              await publish(await writeTmp(dir, [message], { mode: 0o600, fsync: this.#fsync, signal }), signal);
+            });
+          };
+          await (quotaLimits(t.quota) ? inQuotaTurn(dir, link) : link());
           linked.set(dir, [...(linked.get(dir) ?? []), i]);
         } catch (e) {
           out[i] = this.#deliveryFailure(e, dir);

@@ -4,6 +4,10 @@
  * the fetch sink write), without reading any message. A file whose name
  * carries no `,W=` is stat'ed (its size on disk stands in). Temporary files
  * in tmp/ do not count.
+ *
+ * Within one process, the check and the link into new/ of deliveries to one
+ * maildrop run one at a time (inQuotaTurn), so they cannot both take the last
+ * free room; deliveries from other processes at the same moment can.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -53,4 +57,21 @@ export function quotaLimits(q: Quota | undefined): q is Quota {
 export function checkQuota(usage: Usage, size: number, quota: Quota): void {
   if (quota.messages > 0 && usage.messages + 1 > quota.messages) throw new QuotaExceeded('Mailbox is full (message count quota)');
   if (quota.bytes > 0 && usage.bytes + size > quota.bytes) throw new QuotaExceeded('Mailbox is full (size quota)');
+}
+
+const turns = new Map<string, Promise<unknown>>();
+
+/** Runs `fn` after the quota checks of earlier deliveries to `dir` in this process have finished. */
+export function inQuotaTurn<T>(dir: string, fn: () => Promise<T>): Promise<T> {
+  const before = turns.get(dir) ?? Promise.resolve();
+  const mine = before.then(fn, fn);
+  const settled = mine.then(
+    () => undefined,
+    () => undefined,
+  );
+  turns.set(dir, settled);
+  void settled.then(() => {
+    if (turns.get(dir) === settled) turns.delete(dir);
+  });
+  return mine;
 }
