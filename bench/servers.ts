@@ -168,6 +168,13 @@ export async function startPoplar(o: PoplarOptions): Promise<BenchServer> {
     }
     await new Promise((r) => setTimeout(r, 50));
   }
+  // The first worker greets before the others are up; a figure taken now would time the others'
+  // start-up. Wait for every worker process, then give them a moment to load and listen.
+  const workers = o.serverWorkers ?? 1;
+  if (workers > 1) {
+    while (groupMembers(pid).length < workers + 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 3000));
+  }
   return {
     name: o.postgres !== undefined ? 'Poplar-PG' : 'Poplar',
     port,
