@@ -7,7 +7,7 @@
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { MIGRATIONS, SCHEMA_VERSION, migrate, schemaVersion } from '../../src/auth/postgres/migrations.js';
 import { InUseError, MessageUnavailable, TemporaryFailure } from '../../src/errors.js';
 import { silentLogger } from '../../src/observability/log.js';
@@ -224,6 +224,40 @@ describe.skipIf(PG_DOWN)('PostgreSQL store', async () => {
       await db.admin.query(`DELETE FROM poplar_body_chunks WHERE seq = 4 AND mailbox_id = (SELECT mailbox_id FROM poplar_mailboxes WHERE username = 'gap')`);
       const md = await store.open({ username: 'gap' });
       await expect(bytes(await md.read(0))).rejects.toBeInstanceOf(MessageUnavailable);
+      await md.release();
+    });
+
+    it('reads a body of exactly four chunks with one query, and one of five with two', async () => {
+      const store = db.store();
+      const four = Buffer.alloc(4 * 256 * 1024, 0x62);
+      const five = Buffer.alloc(4 * 256 * 1024 + 1, 0x63);
+      await store.deliver('exact', four);
+      await store.deliver('exact', five);
+      const md = await store.open({ username: 'exact' });
+      const connect = vi.spyOn(store.pool, 'connect');
+      try {
+        expect((await bytes(await md.read(0))).equals(four)).toBe(true);
+        expect(connect).toHaveBeenCalledTimes(1);
+        connect.mockClear();
+        expect((await bytes(await md.read(1))).equals(five)).toBe(true);
+        expect(connect).toHaveBeenCalledTimes(2);
+      } finally {
+        connect.mockRestore();
+        await md.release();
+      }
+    });
+
+    it('a body whose last chunk is gone fails the stream instead of sending a shorter message', async () => {
+      const store = db.store();
+      await store.deliver('tail', Buffer.alloc(4 * 256 * 1024 + 5, 0x64));
+      await store.deliver('tail', Buffer.alloc(2 * 256 * 1024 + 5, 0x65));
+      await db.admin.query(
+        `DELETE FROM poplar_body_chunks k USING poplar_bodies b WHERE b.mailbox_id = k.mailbox_id AND b.body_id = k.body_id AND k.seq = b.chunks - 1
+           AND k.mailbox_id = (SELECT mailbox_id FROM poplar_mailboxes WHERE username = 'tail')`,
+      );
+      const md = await store.open({ username: 'tail' });
+      await expect(bytes(await md.read(0))).rejects.toBeInstanceOf(MessageUnavailable);
+      await expect(bytes(await md.read(1))).rejects.toBeInstanceOf(MessageUnavailable);
       await md.release();
     });
 

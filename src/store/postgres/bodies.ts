@@ -30,8 +30,8 @@ const CHUNKS_PER_QUERY = 4;
 const COPY_TIMEOUT_MS = 30_000;
 const copyTo = copyStreams.to;
 
-/** A stored chunk as it came off the database connection: its data in one or more pieces. */
-type Chunk = { seq: number; data: Buffer[] };
+/** A stored chunk as it came off the database connection: its data in one or more pieces; `last` for the body's last chunk. */
+type Chunk = { seq: number; last: boolean; data: Buffer[] };
 
 export interface WrittenBody {
   readonly bodyId: number;
@@ -111,8 +111,12 @@ export async function shareBody(client: PoolClient, mailboxId: number, body: Wri
  */
 async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: number): Promise<Chunk[]> {
   for (const n of [mailboxId, bodyId, from]) if (!Number.isSafeInteger(n) || n < 0) throw new RangeError('bad id');
-  const sql = `COPY (SELECT seq, data FROM poplar_body_chunks WHERE mailbox_id = ${mailboxId} AND body_id = ${bodyId} AND seq >= ${from}
-    ORDER BY seq LIMIT ${CHUNKS_PER_QUERY}) TO STDOUT (FORMAT binary)`;
+  // The body's last chunk comes with its seq as -1 - seq, so a reader knows it has the whole body
+  // without asking again (a body of exactly CHUNKS_PER_QUERY chunks would otherwise cost an empty query).
+  const sql = `COPY (SELECT CASE WHEN k.seq = b.chunks - 1 THEN -1 - k.seq ELSE k.seq END, k.data
+    FROM poplar_body_chunks k JOIN poplar_bodies b ON b.mailbox_id = k.mailbox_id AND b.body_id = k.body_id
+    WHERE k.mailbox_id = ${mailboxId} AND k.body_id = ${bodyId} AND k.seq >= ${from}
+    ORDER BY k.seq LIMIT ${CHUNKS_PER_QUERY}) TO STDOUT (FORMAT binary)`;
   const client = await pool.connect();
   let broken = false;
   try {
@@ -216,7 +220,8 @@ export class BinaryCopyParser {
         // ROW
         const len = b.readInt32BE(8);
         if (b.readInt32BE(0) !== 4 || len < 0) bad();
-        this.#rows.push({ seq: b.readInt32BE(4), data: [] });
+        const seq = b.readInt32BE(4);
+        this.#rows.push(seq < 0 ? { seq: -1 - seq, last: true, data: [] } : { seq, last: false, data: [] });
         if (len === 0) return this.#expect(FIELDS, 2);
         this.#state = DATA;
         this.#left = len;
@@ -279,7 +284,7 @@ class BodyStream extends Readable {
       (rows) => {
         this.#busy = false;
         if (this.destroyed) return;
-        const last = rows.length < CHUNKS_PER_QUERY;
+        const last = rows.length < CHUNKS_PER_QUERY || rows[rows.length - 1]!.last;
         if (!last) this.#ready = this.#fetch(this.#next + rows.length);
         this.#pushBatch(rows, last);
       },
@@ -295,6 +300,11 @@ class BodyStream extends Readable {
       }
       this.#next++;
       for (const piece of r.data) this.push(piece);
+    }
+    // The end of the rows must be the body's last chunk: anything else is a body cut short.
+    if (last && this.#next > 0 && rows[rows.length - 1]?.last !== true) {
+      this.destroy(new MessageUnavailable('Message body is damaged (its end is missing).'));
+      return;
     }
     if (last) this.push(null);
   }
