@@ -15,9 +15,19 @@
  * its statement only, from a pool of its own (one connection), so that
  * renewals never queue behind sessions' queries on a busy pool and a lease
  * is not lost because the node is merely loaded.
+ *
+ * Acquisition, renewal and release commit without waiting for the WAL flush
+ * (synchronous_commit off for those statements only). That is safe because
+ * every acquisition's token is unique: it grows by one plus a random 32-bit
+ * step, so an acquisition lost in a database crash is never issued again to
+ * anyone, this node included. The session that held it finds its token gone
+ * (a lost lease: its UPDATE removes nothing), never a second holder with the
+ * same token. Every transaction that removes or adds mail keeps the site's
+ * synchronous_commit, and its COMMIT makes the acquisition before it durable
+ * too (WAL is flushed in order).
  */
 import { hostname } from 'node:os';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomInt } from 'node:crypto';
 import type { Pool } from 'pg';
 import { InUseError } from '../../errors.js';
 import type { Logger } from '../../observability/log.js';
@@ -43,10 +53,21 @@ export class Lease {
   }
 }
 
-const ACQUIRE = `UPDATE poplar_mailboxes
-    SET lease_holder = $2, lease_token = lease_token + 1, lease_expires = now() + $3 * interval '1 millisecond'
-  WHERE mailbox_id = $1 AND (lease_expires IS NULL OR lease_expires <= now())
+/** In a statement's FROM: that statement's transaction commits without waiting for the WAL flush. */
+export const NO_FLUSH_WAIT = `(SELECT set_config('synchronous_commit', 'off', true)) AS no_flush_wait`;
+
+/** The SET and WHERE of an acquisition ($1 mailbox, $2 holder, $3 lifetime ms, $4 random step). */
+export const ACQUIRE_SET = `lease_holder = $2, lease_token = lease_token + 1 + $4::bigint, lease_expires = now() + $3 * interval '1 millisecond'`;
+export const ACQUIRE_WHERE = `mailbox_id = $1 AND (lease_expires IS NULL OR lease_expires <= now())`;
+
+const ACQUIRE = `UPDATE poplar_mailboxes SET ${ACQUIRE_SET} FROM ${NO_FLUSH_WAIT}
+  WHERE ${ACQUIRE_WHERE}
   RETURNING lease_token`;
+
+/** The random part of a new token: 0 to 2^32 - 1 (a bigint token lasts some 2^31 acquisitions of one mailbox). */
+export function tokenStep(): number {
+  return randomInt(0, 2 ** 32);
+}
 
 /**
  * Renewal skips rows locked at the moment (a delivery, an UPDATE or a sweep
@@ -60,14 +81,14 @@ const RENEW = `WITH mine AS (
      WHERE m.lease_token = l.token AND m.lease_holder = $3 AND m.lease_expires > now()
        FOR UPDATE OF m SKIP LOCKED)
   UPDATE poplar_mailboxes AS m SET lease_expires = now() + $4 * interval '1 millisecond'
-    FROM mine WHERE m.mailbox_id = mine.mailbox_id
+    FROM mine, ${NO_FLUSH_WAIT} WHERE m.mailbox_id = mine.mailbox_id
   RETURNING m.mailbox_id`;
 
 const STILL_HELD = `SELECT m.mailbox_id FROM poplar_mailboxes AS m
     JOIN unnest($1::bigint[], $2::bigint[]) AS l(mailbox_id, token) ON m.mailbox_id = l.mailbox_id
    WHERE m.lease_token = l.token AND m.lease_holder = $3 AND m.lease_expires > now()`;
 
-const RELEASE = `UPDATE poplar_mailboxes SET lease_holder = NULL, lease_expires = NULL
+const RELEASE = `UPDATE poplar_mailboxes SET lease_holder = NULL, lease_expires = NULL FROM ${NO_FLUSH_WAIT}
   WHERE mailbox_id = $1 AND lease_token = $2 AND lease_holder = $3`;
 
 /** At most this many leases per renewal statement. */
@@ -105,14 +126,31 @@ export class LeaseKeeper {
   async acquire(mailboxId: number): Promise<Lease | null> {
     if (this.#closed) throw new Error('store is closed');
     const t = performance.now();
-    const r = await this.#pool.query<{ lease_token: string }>(ACQUIRE, [mailboxId, this.holder, this.timeoutMs]);
+    const r = await this.#pool.query<{ lease_token: string }>(ACQUIRE, [mailboxId, this.holder, this.timeoutMs, tokenStep()]);
     const row = r.rows[0];
     if (row === undefined) {
       const exists = await this.#pool.query('SELECT 1 FROM poplar_mailboxes WHERE mailbox_id = $1', [mailboxId]);
       if (exists.rowCount === 0) return null;
       throw new InUseError('Maildrop is locked by another session');
     }
-    const lease = new Lease(mailboxId, String(row.lease_token), t);
+    return this.taken(mailboxId, String(row.lease_token), t);
+  }
+
+  /** The arguments of an acquisition statement ($1 to $4: ACQUIRE_SET, ACQUIRE_WHERE) for a caller that runs its own. */
+  acquireArguments(mailboxId: number): [number, string, number, number] {
+    if (this.#closed) throw new Error('store is closed');
+    return [mailboxId, this.holder, this.timeoutMs, tokenStep()];
+  }
+
+  /**
+   * Records a lease a caller's statement took (`at`: performance.now() before
+   * it was sent). A lease this instance still held on that mailbox cannot be
+   * valid any more (the database gave the mailbox out again): it is marked lost.
+   */
+  taken(mailboxId: number, token: string, at: number): Lease {
+    const before = this.#held.get(mailboxId);
+    if (before !== undefined) this.#lose(before, 'the mailbox was given out again');
+    const lease = new Lease(mailboxId, token, at);
     this.#held.set(mailboxId, lease);
     this.#schedule();
     return lease;
