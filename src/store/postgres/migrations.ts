@@ -70,6 +70,53 @@ CREATE TABLE poplar_messages (
 CREATE INDEX poplar_messages_body ON poplar_messages (mailbox_id, body_id);
 `,
   },
+  {
+    version: 2,
+    name: 'store_002_listing_stamp',
+    // A node may keep a big maildrop's listing in memory and reuse it while the mailbox row's
+    // listing_stamp is the one it read with it. Triggers give the row a new random stamp in the same
+    // transaction as any change to what a listing holds (uid, UIDL, size, body), whoever writes the
+    // rows. Random rather than counted: a commit lost in a crash or a failover can never come back as
+    // the same stamp over different messages. NULL (rows from before this version): never reused.
+    sql: `
+ALTER TABLE poplar_mailboxes ADD COLUMN listing_stamp uuid;
+ALTER TABLE poplar_mailboxes ALTER COLUMN listing_stamp SET DEFAULT gen_random_uuid();
+
+CREATE FUNCTION poplar_messages_inserted_or_deleted() RETURNS trigger LANGUAGE plpgsql
+  SET search_path FROM CURRENT AS $$
+BEGIN
+  UPDATE poplar_mailboxes SET listing_stamp = gen_random_uuid()
+   WHERE mailbox_id IN (SELECT DISTINCT mailbox_id FROM poplar_changed_messages);
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION poplar_messages_updated() RETURNS trigger LANGUAGE plpgsql
+  SET search_path FROM CURRENT AS $$
+BEGIN
+  UPDATE poplar_mailboxes SET listing_stamp = gen_random_uuid() WHERE mailbox_id IN (OLD.mailbox_id, NEW.mailbox_id);
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION poplar_messages_truncated() RETURNS trigger LANGUAGE plpgsql
+  SET search_path FROM CURRENT AS $$
+BEGIN
+  UPDATE poplar_mailboxes SET listing_stamp = gen_random_uuid();
+  RETURN NULL;
+END $$;
+
+CREATE TRIGGER poplar_messages_insert_stamp AFTER INSERT ON poplar_messages
+  REFERENCING NEW TABLE AS poplar_changed_messages FOR EACH STATEMENT EXECUTE FUNCTION poplar_messages_inserted_or_deleted();
+CREATE TRIGGER poplar_messages_delete_stamp AFTER DELETE ON poplar_messages
+  REFERENCING OLD TABLE AS poplar_changed_messages FOR EACH STATEMENT EXECUTE FUNCTION poplar_messages_inserted_or_deleted();
+-- first_retrieved_at (set at QUIT) is not part of a listing: such updates keep the stamp.
+CREATE TRIGGER poplar_messages_update_stamp AFTER UPDATE OF mailbox_id, uid, uidl, size, body_id ON poplar_messages
+  FOR EACH ROW WHEN (OLD.mailbox_id IS DISTINCT FROM NEW.mailbox_id OR OLD.uid IS DISTINCT FROM NEW.uid
+    OR OLD.uidl IS DISTINCT FROM NEW.uidl OR OLD.size IS DISTINCT FROM NEW.size OR OLD.body_id IS DISTINCT FROM NEW.body_id)
+  EXECUTE FUNCTION poplar_messages_updated();
+CREATE TRIGGER poplar_messages_truncate_stamp AFTER TRUNCATE ON poplar_messages
+  FOR EACH STATEMENT EXECUTE FUNCTION poplar_messages_truncated();
+`,
+  },
 ]);
 
 export const STORE_SCHEMA_VERSION = STORE_MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);

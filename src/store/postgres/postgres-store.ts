@@ -4,7 +4,9 @@
  * the open maildrop (maildrop.ts) and the migration side (migration.ts).
  *
  * open() takes the maildrop lease and reads the whole listing in one
- * indexed query; deliver() writes the body in chunks and the message row in
+ * statement (one round trip); a big maildrop's listing kept on this node is
+ * reused without reading it when the mailbox row's listing_stamp shows
+ * nothing changed (listing-cache.ts); deliver() writes the body in chunks and the message row in
  * one transaction, durable at COMMIT, after the quota check (with the mailbox
  * row locked) when a quota is given. No pool client is kept between
  * queries, so an idle session costs no database connection.
@@ -12,14 +14,15 @@
 import type { Readable } from 'node:stream';
 import type { Pool, PoolClient } from 'pg';
 import type { Principal } from '../../auth/types.js';
-import { MailError, PermanentFailure, QuotaExceeded, TemporaryFailure } from '../../errors.js';
+import { InUseError, MailError, PermanentFailure, QuotaExceeded, TemporaryFailure } from '../../errors.js';
 import type { Logger } from '../../observability/log.js';
 import { dovecotUidl } from '../maildir/entry.js';
 import type { MigratableStore, MigrationSource, MigrationTarget } from '../migration.js';
 import type { DeliverOptions, MailStore, Maildrop, Quota } from '../types.js';
 import { shareBody, sweepBodies, writeBody, type WrittenBody } from './bodies.js';
 import { createStorePool, PostgresStoreConfigSchema, type PostgresStoreConfigInput } from './config.js';
-import { LeaseKeeper, type Lease } from './lease.js';
+import { ACQUIRE_SET, ACQUIRE_WHERE, LeaseKeeper, NO_FLUSH_WAIT, type Lease } from './lease.js';
+import { ListingCache, type ListingCacheOptions } from './listing-cache.js';
 import { PostgresMaildrop } from './maildrop.js';
 import { migrateStore } from './migrations.js';
 import { openMigrationSource, openMigrationTarget, type KeptMessage } from './migration.js';
@@ -36,6 +39,8 @@ export interface PostgresStoreOptions {
   readonly sweepIntervalMs?: number;
   /** A pool (one connection is enough) for lease renewals only; default the main pool. Ended by close() with ownsPool. */
   readonly leasePool?: Pool;
+  /** Which listings of big maildrops this node keeps in memory. */
+  readonly listingCache?: ListingCacheOptions;
 }
 
 /** A mailbox row as the store caches it: the id and UIDVALIDITY never change. */
@@ -44,7 +49,34 @@ interface Mailbox {
   readonly uidValidity: number;
 }
 
-const LISTING = 'SELECT uid, uidl, size, body_id FROM poplar_messages WHERE mailbox_id = $1 ORDER BY uid';
+/**
+ * The lease and the listing in one statement ($1 to $4 as in lease.ts; $5
+ * the stamp of the listing this node keeps, or NULL). The first row, uid -1,
+ * carries the row's listing_stamp, the new token (NULL: the lease is held
+ * by someone else) and whether the row the UPDATE took is the one the
+ * statement's snapshot shows (1) or a newer one it waited for (0: the
+ * listing of that snapshot may be out of date, so it is not sent). The
+ * messages follow, in uid order, only when the lease was taken and the kept
+ * listing is not current. The lease commits without waiting for the WAL
+ * flush (lease.ts).
+ */
+const OPEN = `WITH taken AS (
+    UPDATE poplar_mailboxes SET ${ACQUIRE_SET} FROM ${NO_FLUSH_WAIT}
+     WHERE ${ACQUIRE_WHERE}
+    RETURNING lease_token, listing_stamp),
+  box AS (
+    SELECT b.listing_stamp AS stamp, t.lease_token AS token, t.listing_stamp IS NOT DISTINCT FROM b.listing_stamp AS same
+      FROM poplar_mailboxes AS b LEFT JOIN taken AS t ON true WHERE b.mailbox_id = $1)
+  SELECT -1::bigint, stamp::text, token, same::int::bigint FROM box
+  UNION ALL
+  (SELECT uid, uidl, size, body_id FROM poplar_messages
+    WHERE mailbox_id = $1 AND (SELECT token IS NOT NULL AND same AND NOT coalesce(stamp = $5::uuid, false) FROM box)
+    ORDER BY uid)`;
+/** The listing alone, with the stamp of the same snapshot in a first row of uid -1. */
+const LISTING = `WITH box AS (SELECT listing_stamp AS stamp FROM poplar_mailboxes WHERE mailbox_id = $1)
+  SELECT -1::bigint, stamp::text, NULL::bigint, NULL::bigint FROM box
+  UNION ALL
+  (SELECT uid, uidl, size, body_id FROM poplar_messages WHERE mailbox_id = $1 ORDER BY uid)`;
 const MAILBOX = 'SELECT mailbox_id, uid_validity FROM poplar_mailboxes WHERE username = $1';
 const CREATE_MAILBOX = `INSERT INTO poplar_mailboxes (username, uid_validity) VALUES ($1, $2)
   ON CONFLICT (username) DO NOTHING RETURNING mailbox_id, uid_validity`;
@@ -68,6 +100,7 @@ export class PostgresStore implements MailStore, MigratableStore {
   readonly #ownsPool: boolean;
   readonly #leasePool: Pool | undefined;
   readonly #mailboxes = new Map<string, Mailbox>();
+  readonly #listings: ListingCache;
   #sweepTimer: NodeJS.Timeout | undefined;
   #sweeping: Promise<number> | undefined;
 
@@ -76,6 +109,7 @@ export class PostgresStore implements MailStore, MigratableStore {
     this.#log = options.logger;
     this.#ownsPool = options.ownsPool ?? false;
     this.#leasePool = options.leasePool;
+    this.#listings = new ListingCache(options.listingCache);
     this.#leases = new LeaseKeeper(pool, Math.round((options.leaseTimeout ?? 30) * 1000), options.logger, options.leasePool);
     const every = options.sweepIntervalMs ?? 60_000;
     if (every > 0) {
@@ -110,15 +144,55 @@ export class PostgresStore implements MailStore, MigratableStore {
     return this.#leases;
   }
 
+  /** Listings of big maildrops kept on this node (tests, metrics). */
+  get listingCache(): ListingCache {
+    return this.#listings;
+  }
+
   async open(user: Principal, signal?: AbortSignal): Promise<Maildrop> {
-    const { mailbox, lease } = await this.#lock(user.username);
+    const { lease, listed } = await this.#openListed(user.username);
     try {
       signal?.throwIfAborted();
-      const listed = await this.#listing(mailbox.id);
       return new PostgresMaildrop(this.pool, this.#leases, lease, listed, this.#log);
     } catch (e) {
       await this.#leases.release(lease).catch(() => undefined);
       throw this.#failure(e, 'opening a maildrop failed', user.username);
+    }
+  }
+
+  /** The lease and the listing (OPEN), or InUseError while another session holds the lease. */
+  async #openListed(username: string): Promise<{ lease: Lease; listed: readonly ListedMessage[] }> {
+    let lease: Lease | undefined;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        const mailbox = await this.mailbox(username);
+        const kept = this.#listings.stamp(mailbox.id) ?? null;
+        const t = performance.now();
+        const { rows } = await this.pool.query<unknown[]>({ text: OPEN, values: [...this.#leases.acquireArguments(mailbox.id), kept], rowMode: 'array' });
+        const head = rows[0];
+        if (head === undefined || head[0] !== '-1') {
+          // The row went away (removed by an operator): forget it and make it again, once.
+          this.#mailboxes.delete(username);
+          this.#listings.forget(mailbox.id);
+          if (attempt > 0) throw new TemporaryFailure('Cannot open the maildrop, try again later.');
+          continue;
+        }
+        if (head[2] === null) throw new InUseError('Maildrop is locked by another session');
+        lease = this.#leases.taken(mailbox.id, String(head[2]), t);
+        const stamp = typeof head[1] === 'string' ? head[1] : null;
+        if (head[3] !== '1') return { lease, listed: await this.#listing(mailbox.id) };
+        if (rows.length === 1 && stamp !== null && stamp === kept) {
+          const listed = this.#listings.take(mailbox.id, stamp);
+          if (listed !== undefined) return { lease, listed };
+          return { lease, listed: await this.#listing(mailbox.id) }; // dropped meanwhile by another login
+        }
+        const listed = this.#checked(mailbox.id, rows, 1);
+        this.#listings.keep(mailbox.id, stamp, listed);
+        return { lease, listed };
+      }
+    } catch (e) {
+      if (lease !== undefined) await this.#leases.release(lease).catch(() => undefined);
+      throw this.#failure(e, 'opening a maildrop failed', username);
     }
   }
 
@@ -138,18 +212,30 @@ export class PostgresStore implements MailStore, MigratableStore {
     }
   }
 
-  /** One indexed read: uid, UIDL, size and body of every message, in uid order; rows POP3 cannot use are skipped and logged. */
+  /** The listing alone (LISTING), kept when big enough. */
   async #listing(mailboxId: number): Promise<ListedMessage[]> {
     const { rows } = await this.pool.query<unknown[]>({ text: LISTING, values: [mailboxId], rowMode: 'array' });
+    const head = rows[0];
+    const listed = this.#checked(mailboxId, rows, head?.[0] === '-1' ? 1 : 0);
+    this.#listings.keep(mailboxId, head?.[0] === '-1' && typeof head[1] === 'string' ? head[1] : null, listed);
+    return listed;
+  }
+
+  /** Listing rows from `from` on: uid, UIDL, size and body of every message, in uid order; rows POP3 cannot use are skipped and logged. */
+  #checked(mailboxId: number, rows: readonly unknown[][], from: number): ListedMessage[] {
     const out: ListedMessage[] = [];
-    for (const row of rows) {
+    let sorted = true;
+    for (let i = from; i < rows.length; i++) {
+      const row = rows[i]!;
       const m = listedMessage(row);
       if (typeof m === 'string') {
         this.#log.error({ mailbox: mailboxId, uid: String(row[0]).slice(0, 24) }, `postgres store: message row skipped: ${m}`);
         continue;
       }
+      if (out.length > 0 && out[out.length - 1]!.uid >= m.uid) sorted = false;
       out.push(m);
     }
+    if (!sorted) out.sort((a, b) => a.uid - b.uid);
     return out;
   }
 
