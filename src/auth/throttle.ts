@@ -53,6 +53,14 @@ export interface ThrottleStore {
   close?(): Promise<void>;
 }
 
+/** What isBlocked() read: the decision, and the user's count when it was read. */
+export interface ThrottleCheck {
+  readonly blocked: boolean;
+  /** The user's counter key and its count as read (absent when no count was read). */
+  readonly userKey?: string;
+  readonly userFailures?: number;
+}
+
 interface Counter {
   count: number;
   last: number;
@@ -235,19 +243,32 @@ export class LoginThrottle {
     return this.#delay(Math.max(0, ...counts));
   }
 
-  /** A successful login clears the user's counter (the address keeps its count). */
-  async recordSuccess(_ip: string, username: string): Promise<void> {
+  /**
+   * A successful login clears the user's counter (the address keeps its
+   * count). With `checked`, what check() read for this login: when that
+   * showed no failures for this user, there is nothing to clear and the
+   * store is not asked (a shared store saves a round trip per login).
+   */
+  async recordSuccess(_ip: string, username: string, checked?: ThrottleCheck): Promise<void> {
     const key = this.#userKey(username);
-    if (key !== undefined) await this.store.reset([key]);
+    if (key === undefined) return;
+    if (checked !== undefined && checked.userKey === key && checked.userFailures === 0) return;
+    await this.store.reset([key]);
   }
 
   /** True when logins from this address, or for this user, are to be refused without checking credentials. */
   async isBlocked(ip: string, username: string): Promise<boolean> {
-    if (this.ipBlockAfter <= 0 && this.userBlockAfter <= 0) return false;
+    return (await this.check(ip, username)).blocked;
+  }
+
+  /** isBlocked() with the user's count it read, for recordSuccess(). */
+  async check(ip: string, username: string): Promise<ThrottleCheck> {
+    if (this.ipBlockAfter <= 0 && this.userBlockAfter <= 0) return { blocked: false };
     const ipKey = this.#ipKey(ip);
     const userKey = this.#userKey(username);
     const [ipCount = 0, userCount = 0] = await this.store.counts(userKey === undefined ? [ipKey] : [ipKey, userKey], this.#now(), this.windowMs);
-    return (this.ipBlockAfter > 0 && ipCount >= this.ipBlockAfter) || (this.userBlockAfter > 0 && userCount >= this.userBlockAfter);
+    const blocked = (this.ipBlockAfter > 0 && ipCount >= this.ipBlockAfter) || (this.userBlockAfter > 0 && userCount >= this.userBlockAfter);
+    return userKey === undefined ? { blocked } : { blocked, userKey, userFailures: userCount };
   }
 
   async close(): Promise<void> {

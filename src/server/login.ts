@@ -1,5 +1,6 @@
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { ThrottleCheck } from '../auth/throttle.js';
 import type { ConnectionInfo, Credentials } from '../auth/types.js';
 import { usernameSyntaxProblem } from '../auth/username.js';
 import { InUseError, MailError } from '../errors.js';
@@ -42,6 +43,8 @@ export class LoginHalf extends ChannelReplies implements LoginPort {
   #deadlinePassed = false;
   /** When the client's latest line arrived: a login attempt's answer time is measured from here. */
   #inputAt = 0;
+  /** What the failure throttle read for the last login attempt (recordSuccess skips clearing a clean counter). */
+  #throttleChecked: ThrottleCheck | undefined;
 
   constructor(channel: Channel, ctx: LoginContext, client: ClientInfo, observer: SessionObserver, enter: EnterMail) {
     super(channel);
@@ -185,8 +188,10 @@ export class LoginHalf extends ChannelReplies implements LoginPort {
     return decoded;
   }
 
-  isBlocked(username: string): Promise<boolean> {
-    return this.#ctx.throttle.isBlocked(this.#client.remoteAddress, username);
+  async isBlocked(username: string): Promise<boolean> {
+    const checked = await this.#ctx.throttle.check(this.#client.remoteAddress, username);
+    this.#throttleChecked = checked;
+    return checked.blocked;
   }
 
   async lookupSecret(username: string): Promise<string | undefined> {
@@ -299,7 +304,7 @@ export class LoginHalf extends ChannelReplies implements LoginPort {
     }
     await Promise.all([
       loginDelay?.recordLogin(name).catch(() => undefined),
-      this.#ctx.throttle.recordSuccess(this.#client.remoteAddress, name).catch(() => undefined),
+      this.#ctx.throttle.recordSuccess(this.#client.remoteAddress, name, this.#throttleChecked).catch(() => undefined),
     ]);
     this.#mail = mail;
     this.#handedOff = true;
