@@ -8,8 +8,28 @@ import { UIDL } from '../maildir/entry.js';
 
 /** A bigint column (pg returns it as a string) as a safe non-negative integer, or null. */
 export function count(v: unknown): number | null {
-  const n = typeof v === 'number' ? v : typeof v === 'string' && /^[0-9]{1,16}$/.test(v) ? Number(v) : NaN;
-  return Number.isSafeInteger(n) && n >= 0 ? n : null;
+  if (typeof v === 'string') {
+    const n = decimal(v);
+    return n >= 0 ? n : null;
+  }
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : null;
+}
+
+/**
+ * 1 to 16 ASCII digits as a number when it is a safe integer, else -1. A
+ * loop over the characters: a listing checks three of these per message,
+ * and this costs a fraction of a regular expression and Number().
+ */
+function decimal(v: string): number {
+  const len = v.length;
+  if (len === 0 || len > 16) return -1;
+  let n = 0;
+  for (let i = 0; i < len; i++) {
+    const d = v.charCodeAt(i) - 48;
+    if (d < 0 || d > 9) return -1;
+    n = n * 10 + d;
+  }
+  return n <= Number.MAX_SAFE_INTEGER ? n : -1;
 }
 
 /** RFC 1939 §7: 1 to 70 characters 0x21..0x7E. */
