@@ -5,6 +5,12 @@ import { loadConfig, type ServeFlags } from '../config/load.js';
 import { dropPrivileges, resolveServiceIdentity } from './privileges.js';
 import { PrimaryLimits } from '../auth/throttle-cluster.js';
 import { ScanRelay, shareScans } from './scan-sharing.js';
+import { parseScanFile } from '../store/maildir/scan-file.js';
+import { Channel, ChannelReplies } from '../server/channel.js';
+import type { Connection } from '../server/connection.js';
+import { TRANSACTION_COMMANDS, TransactionState, type MailPort } from '../server/transaction.js';
+import type { Maildrop } from '../store/types.js';
+import type { Principal } from '../auth/types.js';
 
 /**
  * `poplar serve --workers N`: N worker processes share the listening sockets
@@ -146,9 +152,40 @@ export async function runPrimary(flags: ServeFlags, workers: number): Promise<vo
 
 export const isClusterWorker = (): boolean => cluster.isWorker;
 
-/** Tell the primary this worker listens (and from now on share maildrop scans with the siblings). */
+/** Messages in the made-up maildrop of warmUpListings; WARM_ROUNDS passes over it. */
+const WARM_MESSAGES = 20_000;
+const WARM_ROUNDS = 3;
+
+/**
+ * Run the code of a big maildrop's first login once, on a made-up saved scan
+ * and into no connection: reading a saved scan (scan-file.ts), then STAT,
+ * LIST and UIDL. Without it, the first big LIST a worker answers runs in
+ * V8's interpreter and takes twice as long as the next ones; the sibling of
+ * the worker that served the first login would make a user wait for that.
+ * A few hundred milliseconds of CPU, once, before the worker reports ready.
+ */
+export async function warmUpListings(messages = WARM_MESSAGES, rounds = WARM_ROUNDS): Promise<void> {
+  const lines = [`poplar-scan 2 ${messages} warm-up`];
+  for (let i = 1; i <= messages; i++) lines.push(`${i} ${2000 + (i % 5000)} - ${(0x10000000 + i).toString(16)}${i} 1700000000.M${i}P4242.warm-up,S=${2000 + (i % 5000)}:2,S`);
+  lines.push('');
+  const text = lines.join('\n');
+  const sink = { write: () => true, needsDrain: false, drain: async () => true, end: () => undefined, destroy: () => undefined };
+  const replies = new ChannelReplies(new Channel(sink as unknown as Connection, 10)) as unknown as MailPort;
+  for (let r = 0; r < rounds; r++) {
+    const entries = parseScanFile(text, 'warm-up');
+    if (!Array.isArray(entries)) throw new Error('the warm-up scan does not parse');
+    const state = new TransactionState({} as Principal, { messages: entries } as unknown as Maildrop);
+    for (const command of ['STAT', 'LIST', 'UIDL']) await TRANSACTION_COMMANDS.get(command)!(replies, state, '');
+  }
+}
+
+/** Tell the primary this worker listens (and from now on share maildrop scans with the siblings), once its listing code is warm. */
 export function reportReady(): void {
   if (!cluster.isWorker) return;
-  shareScans();
-  process.send?.({ type: 'ready' });
+  void warmUpListings()
+    .catch(() => undefined) // only a head start: a failure costs the first big login some time, nothing else
+    .finally(() => {
+      shareScans();
+      process.send?.({ type: 'ready' });
+    });
 }
