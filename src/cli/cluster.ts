@@ -163,13 +163,24 @@ const WARM_ROUNDS = 3;
  * V8's interpreter and takes twice as long as the next ones; the sibling of
  * the worker that served the first login would make a user wait for that.
  * A few hundred milliseconds of CPU, once, before the worker reports ready.
+ * Resolves to the number of reply lines it made (and threw away).
  */
-export async function warmUpListings(messages = WARM_MESSAGES, rounds = WARM_ROUNDS): Promise<void> {
+export async function warmUpListings(messages = WARM_MESSAGES, rounds = WARM_ROUNDS): Promise<number> {
   const lines = [`poplar-scan 2 ${messages} warm-up`];
   for (let i = 1; i <= messages; i++) lines.push(`${i} ${2000 + (i % 5000)} - ${(0x10000000 + i).toString(16)}${i} 1700000000.M${i}P4242.warm-up,S=${2000 + (i % 5000)}:2,S`);
   lines.push('');
   const text = lines.join('\n');
-  const sink = { write: () => true, needsDrain: false, drain: async () => true, end: () => undefined, destroy: () => undefined };
+  let replyLines = 0;
+  const sink = {
+    write: (data: string) => {
+      for (let i = data.indexOf('\n'); i >= 0; i = data.indexOf('\n', i + 1)) replyLines++;
+      return true;
+    },
+    needsDrain: false,
+    drain: async () => true,
+    end: () => undefined,
+    destroy: () => undefined,
+  };
   const replies = new ChannelReplies(new Channel(sink as unknown as Connection, 10)) as unknown as MailPort;
   for (let r = 0; r < rounds; r++) {
     const entries = parseScanFile(text, 'warm-up');
@@ -177,6 +188,7 @@ export async function warmUpListings(messages = WARM_MESSAGES, rounds = WARM_ROU
     const state = new TransactionState({} as Principal, { messages: entries } as unknown as Maildrop);
     for (const command of ['STAT', 'LIST', 'UIDL']) await TRANSACTION_COMMANDS.get(command)!(replies, state, '');
   }
+  return replyLines;
 }
 
 /** Tell the primary this worker listens (and from now on share maildrop scans with the siblings), once its listing code is warm. */
