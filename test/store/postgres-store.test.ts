@@ -11,9 +11,9 @@ import { describe, expect, it, vi } from 'vitest';
 import { MIGRATIONS, SCHEMA_VERSION, migrate, schemaVersion } from '../../src/auth/postgres/migrations.js';
 import { InUseError, MessageUnavailable, TemporaryFailure } from '../../src/errors.js';
 import { silentLogger } from '../../src/observability/log.js';
-import { STORE_HISTORY_TABLE, STORE_SCHEMA_VERSION, storeSchemaVersion } from '../../src/store/postgres/migrations.js';
+import { STORE_HISTORY_TABLE, STORE_MIGRATIONS, STORE_SCHEMA_VERSION, storeSchemaVersion } from '../../src/store/postgres/migrations.js';
 import { PostgresStore } from '../../src/store/postgres/postgres-store.js';
-import { lacksPostgres } from '../helpers/peers.js';
+import { lacksPostgres, POSTGRES_CONNECTION } from '../helpers/peers.js';
 import { pgSchema } from './pg.js';
 
 const PG_DOWN = await lacksPostgres();
@@ -44,6 +44,23 @@ describe.skipIf(PG_DOWN)('PostgreSQL store', async () => {
       expect(await storeSchemaVersion(db.admin)).toBe(STORE_SCHEMA_VERSION);
       const { rows } = await db.admin.query<{ n: string }>(`SELECT count(*) AS n FROM ${STORE_HISTORY_TABLE}`);
       expect(Number(rows[0]!.n)).toBe(STORE_SCHEMA_VERSION);
+    });
+
+    it('gives mailboxes made before the listing stamp existed a stamp, so their listings can be kept', async () => {
+      const schema = `${db.name}_old`;
+      await db.admin.query(`CREATE SCHEMA ${schema}`);
+      const pool = new pg.Pool({ ...POSTGRES_CONNECTION, max: 2, options: `-c search_path=${schema}` });
+      try {
+        // Version 1 only, a mailbox made then, then the rest.
+        await migrate(pool, { migrations: STORE_MIGRATIONS.filter((m) => m.version === 1), historyTable: STORE_HISTORY_TABLE });
+        await pool.query(`INSERT INTO poplar_mailboxes (username, uid_validity) VALUES ('early', 1)`);
+        await migrate(pool, { migrations: STORE_MIGRATIONS, historyTable: STORE_HISTORY_TABLE });
+        const { rows } = await pool.query<{ stamp: string | null }>(`SELECT listing_stamp AS stamp FROM poplar_mailboxes WHERE username = 'early'`);
+        expect(rows[0]!.stamp).toMatch(/^[0-9a-f-]{36}$/);
+      } finally {
+        await pool.end();
+        await db.admin.query(`DROP SCHEMA ${schema} CASCADE`);
+      }
     });
 
     it('puts mailbox_id first in every key of every store table', async () => {

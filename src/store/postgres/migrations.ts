@@ -117,6 +117,13 @@ CREATE TRIGGER poplar_messages_truncate_stamp AFTER TRUNCATE ON poplar_messages
   FOR EACH STATEMENT EXECUTE FUNCTION poplar_messages_truncated();
 `,
   },
+  {
+    version: 3,
+    name: 'store_003_listing_stamp_for_existing_mailboxes',
+    // Mailboxes made before version 2 have no stamp, so their listings were never kept: give them
+    // one. No node holds a listing of theirs yet, so any new value is right.
+    sql: `UPDATE poplar_mailboxes SET listing_stamp = gen_random_uuid() WHERE listing_stamp IS NULL;`,
+  },
 ]);
 
 export const STORE_SCHEMA_VERSION = STORE_MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);
