@@ -9,6 +9,7 @@
  * schema of the connection's search_path.
  */
 import type { Pool, PoolClient } from 'pg';
+import { inTransaction } from './tx.js';
 
 export interface Migration {
   readonly version: number;
@@ -90,23 +91,7 @@ export interface MigrateOptions {
 export async function migrate(pool: Pool, options: MigrateOptions = {}): Promise<number[]> {
   const migrations = [...(options.migrations ?? MIGRATIONS)].sort((a, b) => a.version - b.version);
   const table = historyTable(options.historyTable);
-  const client = await pool.connect();
-  let broken = false;
-  try {
-    await client.query('BEGIN');
-    try {
-      const applied = await applyPending(client, table, migrations, options.logger);
-      await client.query('COMMIT');
-      return applied;
-    } catch (e) {
-      await client.query('ROLLBACK').catch(() => {
-        broken = true;
-      });
-      throw e;
-    }
-  } finally {
-    client.release(broken);
-  }
+  return inTransaction(pool, (client) => applyPending(client, table, migrations, options.logger));
 }
 
 async function applyPending(client: PoolClient, table: string, migrations: readonly Migration[], logger: MigrateOptions['logger']): Promise<number[]> {

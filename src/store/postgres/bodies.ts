@@ -22,7 +22,7 @@ import copyStreams from 'pg-copy-streams';
 import { MessageUnavailable } from '../../errors.js';
 import { CrlfSizeCounter } from '../../protocol/message-size.js';
 import { bodyBytesRead } from './collect.js';
-import { inTransaction } from './tx.js';
+import { inTransaction } from '../../auth/postgres/tx.js';
 
 export const CHUNK_SIZE = 256 * 1024;
 const CHUNKS_PER_QUERY = 4;

@@ -12,7 +12,7 @@ import type { CommitOptions, Maildrop, MessageInfo } from '../types.js';
 import { openBody } from './bodies.js';
 import type { Lease, LeaseKeeper } from './lease.js';
 import type { ListedMessage } from './rows.js';
-import { inTransaction } from './tx.js';
+import { inTransaction } from '../../auth/postgres/tx.js';
 
 const HOLDS_LEASE = `SELECT lease_token = $2 AND lease_holder = $3 AND lease_expires > now() AS held
   FROM poplar_mailboxes WHERE mailbox_id = $1 FOR UPDATE`;

@@ -11,7 +11,7 @@ import type { MigratedMessage, MigrationSource, MigrationTarget } from '../migra
 import { openBody, writeBody, type WrittenBody } from './bodies.js';
 import type { Lease, LeaseKeeper } from './lease.js';
 import { count, validUidl } from './rows.js';
-import { inTransaction } from './tx.js';
+import { inTransaction } from '../../auth/postgres/tx.js';
 
 const FULL_LISTING = `SELECT uid, uidl, size, body_id, arrived_at, first_retrieved_at
   FROM poplar_messages WHERE mailbox_id = $1 ORDER BY uid`;

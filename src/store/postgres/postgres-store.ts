@@ -27,7 +27,7 @@ import { PostgresMaildrop } from './maildrop.js';
 import { migrateStore } from './migrations.js';
 import { openMigrationSource, openMigrationTarget, type KeptMessage } from './migration.js';
 import { count, listedMessage, type ListedMessage } from './rows.js';
-import { inTransaction } from './tx.js';
+import { inTransaction } from '../../auth/postgres/tx.js';
 
 export interface PostgresStoreOptions {
   readonly logger: Logger;

@@ -1,4 +1,4 @@
-/** One transaction on a client taken from the pool for its duration only. */
+/** One transaction on a client taken from the pool for its duration only (the users backend's migrations and the PostgreSQL store). */
 import type { Pool, PoolClient } from 'pg';
 
 /** Runs `fn` between BEGIN and COMMIT; ROLLBACK when it throws (a client that cannot roll back is discarded). */
