@@ -7,6 +7,7 @@ import { SERVER_MECHANISM_NAMES } from '../protocol/sasl/index.js';
 
 import { ConfigError } from './errors.js';
 import { parseCidr } from './cidr.js';
+import type { SniCertificate } from './sni.js';
 
 export { ConfigError };
 
@@ -34,6 +35,8 @@ export interface ResolvedConfig extends Config {
   readonly tlsCertFile: string;
   readonly tlsKeyFile: string;
   readonly clientCaFile: string | undefined;
+  /** `[[tls.sni]]`: a certificate per server name, files resolved. */
+  readonly sniCertificates: readonly SniCertificate[];
   /** True when the certificate is ours to create (no cert configured). */
   readonly generateCertificate: boolean;
 }
@@ -117,6 +120,11 @@ export function loadConfig(flags: ServeFlags, cwd = process.cwd()): ResolvedConf
   if (c.server.proxy_protocol && c.server.trusted_proxies.length === 0) {
     throw new ConfigError('invalid configuration: server.proxy_protocol = true needs server.trusted_proxies (the load balancers\' addresses)');
   }
+  const sniNames = new Set<string>();
+  for (const e of c.tls.sni) {
+    if (sniNames.has(e.name.toLowerCase())) throw new ConfigError(`invalid configuration: tls.sni: ${e.name} is listed twice`);
+    sniNames.add(e.name.toLowerCase());
+  }
   const dataDir = path.resolve(base, c.data_dir);
   const generateCertificate = c.tls.cert === undefined;
   return {
@@ -127,6 +135,7 @@ export function loadConfig(flags: ServeFlags, cwd = process.cwd()): ResolvedConf
     tlsCertFile: path.resolve(base, c.tls.cert ?? path.join(dataDir, 'tls', 'cert.pem')),
     tlsKeyFile: path.resolve(base, c.tls.key ?? path.join(dataDir, 'tls', 'key.pem')),
     clientCaFile: c.tls.client_ca !== undefined ? path.resolve(base, c.tls.client_ca) : undefined,
+    sniCertificates: c.tls.sni.map((e) => ({ name: e.name, certFile: path.resolve(base, e.cert), keyFile: path.resolve(base, e.key) })),
     generateCertificate,
   };
 }

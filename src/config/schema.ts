@@ -3,6 +3,7 @@ import { OAuthConfigSchema } from '../auth/oauth/config.js';
 import { PostgresConfigSchema } from '../auth/postgres/config.js';
 import { LmtpConfigSchema, QuotaConfigSchema } from '../delivery/config.js';
 import { PostgresStoreConfigSchema } from '../store/postgres/config.js';
+import { SniEntrySchema } from './sni.js';
 
 /** host:port, IPv6 in brackets: `[::1]:110`. */
 const listenAddress = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'expected HOST:PORT');
@@ -70,6 +71,8 @@ export const ConfigSchema = z
         min_version: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
         /** CA bundle (PEM) for client certificates; when set, clients are asked for one and SASL EXTERNAL is offered to those that present a valid one. */
         client_ca: z.string().min(1).optional(),
+        /** Certificates chosen by the name the client asks for (SNI): `[[tls.sni]] name, cert, key`. */
+        sni: z.array(SniEntrySchema).default([]),
       })
       .strict()
       .prefault({}),

@@ -1,6 +1,6 @@
 import type net from 'node:net';
 import type tls from 'node:tls';
-import { handshake, peerAuthorized, serverTlsSocket } from './tls-accept.js';
+import { handshake, peerAuthorized, serverTlsSocket, type ServerNameCallback } from './tls-accept.js';
 import { LineReader, type LineEvent } from '../protocol/line-reader.js';
 
 /** Lines queued beyond this pause reading from the socket (input backpressure for pipelining). */
@@ -202,7 +202,7 @@ export class Connection {
    * RFC 2595 §4: after `+OK` to STLS the handshake starts at once, and any
    * plaintext already received after the STLS line is thrown away.
    */
-  async startTls(context: tls.SecureContext, handshakeTimeoutMs: number, requestCert = false): Promise<boolean> {
+  async startTls(context: tls.SecureContext, handshakeTimeoutMs: number, requestCert = false, sni?: ServerNameCallback): Promise<boolean> {
     // The client may have gone while STLS waited its turn: no handshake to wait for then.
     if (this.#closed) return false;
     this.#queue.length = 0;
@@ -210,7 +210,7 @@ export class Connection {
     this.#uncork();
     const raw = this.#sock;
     raw.removeListener('data', this.#onData);
-    const secure = serverTlsSocket(raw, context, requestCert);
+    const secure = serverTlsSocket(raw, context, requestCert, sni);
     this.#sock = secure;
     this.#paused = false;
     this.#attach(secure);

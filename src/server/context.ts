@@ -5,6 +5,7 @@ import type { Logger } from '../observability/log.js';
 import type { LoginDelayPolicy } from './login-delay.js';
 import type { LoginThrottle, RecentMaximum } from '../auth/throttle.js';
 import type { MechanismInfo } from '../protocol/sasl/index.js';
+import type { ServerNameCallback } from './tls-accept.js';
 
 /** The settings a session reads; a subset of the config so tests can build one directly. */
 export type ServerSettings = ResolvedConfig['server'];
@@ -28,6 +29,8 @@ export interface LoginContext {
   readonly loginDelay?: LoginDelayPolicy | undefined;
   /** The current certificate for STLS (re-read on SIGHUP), or null when TLS is not configured. */
   tlsContext(): tls.SecureContext | null;
+  /** Chooses a certificate by the client's server name (SNI), when any is configured per name. */
+  tlsServerName(): ServerNameCallback | undefined;
   /** Whether TLS handshakes ask for a client certificate (SASL EXTERNAL). */
   requestClientCertificate(): boolean;
 }

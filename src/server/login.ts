@@ -163,7 +163,7 @@ export class LoginHalf extends ChannelReplies implements LoginPort {
     const ctx = this.#ctx.tlsContext();
     if (ctx === null) return false;
     const conn = this.#ch.conn;
-    const ok = await conn.startTls(ctx, Math.max(1, this.#ctx.settings.login_timeout) * 1000, this.#ctx.requestClientCertificate());
+    const ok = await conn.startTls(ctx, Math.max(1, this.#ctx.settings.login_timeout) * 1000, this.#ctx.requestClientCertificate(), this.#ctx.tlsServerName());
     if (ok) this.#obs.tlsStarted?.(conn.tls?.protocol ?? '', conn.tls?.cipher ?? '');
     return ok;
   }

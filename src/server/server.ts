@@ -17,6 +17,7 @@ import { handshake, peerAuthorized, serverTlsSocket } from './tls-accept.js';
 import { dummyVerify } from '../auth/schemes.js';
 import { LoginThrottle, RecentMaximum, normalizeAddress as addressKey, type ThrottleStore } from '../auth/throttle.js';
 import type { LoginDelayStore } from '../auth/throttle-login-delay.js';
+import { matchServerName } from '../config/sni.js';
 import { DEFAULT_ENABLED_MECHANISMS, serverMechanisms, type MechanismInfo } from '../protocol/sasl/index.js';
 import { Session } from './session.js';
 
@@ -29,6 +30,22 @@ export interface TlsMaterial {
   minVersion?: 'TLSv1.2' | 'TLSv1.3';
   /** CA certificates for client certificates: when set, clients are asked for one (SASL EXTERNAL). */
   clientCa?: string | Buffer | undefined;
+  /** Certificates chosen by the server name the client asks for (SNI); the default is `cert` and `key`. */
+  sni?: readonly { name: string; cert: string | Buffer; key: string | Buffer }[] | undefined;
+}
+
+/** Per server name: the contexts for STLS and for implicit TLS. */
+interface SniContexts {
+  readonly name: string;
+  readonly stls: tls.SecureContext;
+  readonly implicit: tls.SecureContext;
+}
+
+/** What SIGHUP may change for new sessions (see Pop3Server.reconfigure). */
+export interface Reconfiguration {
+  settings: ServerSettings;
+  authenticator: Authenticator;
+  oauth: boolean;
 }
 
 export interface Pop3ServerOptions {
@@ -97,7 +114,8 @@ function implicitTlsOptions(m: TlsMaterial): tls.SecureContextOptions {
  */
 export class Pop3Server {
   readonly #opts: Pop3ServerOptions;
-  readonly #ctx: LoginContext;
+  /** Replaced whole by reconfigure(): a running session keeps the one it started with. */
+  #ctx: LoginContext;
   readonly #store: MailStore;
   readonly #observer: ServerObserver;
   readonly #servers: net.Server[] = [];
@@ -111,6 +129,7 @@ export class Pop3Server {
   /** For implicit-TLS listeners. */
   #implicitContext: tls.SecureContext | null = null;
   #tlsMaterial: TlsMaterial | undefined;
+  #sniContexts: readonly SniContexts[] = [];
   /** Peers whose PROXY header is believed; null when the listeners take no header. */
   readonly #trustedProxies: net.BlockList | null;
 
@@ -118,33 +137,58 @@ export class Pop3Server {
     this.#opts = opts;
     this.#tlsMaterial = opts.tls;
     this.#trustedProxies = opts.settings.proxy_protocol ? blockListOf(opts.settings.trusted_proxies) : null;
-    if (opts.tls) {
-      this.#secureContext = tls.createSecureContext(tlsOptions(opts.tls));
-      this.#implicitContext = tls.createSecureContext(implicitTlsOptions(opts.tls));
-    }
+    if (opts.tls) this.reloadTls(opts.tls);
     this.#store = opts.store;
     this.#observer = fanOut([logObserver(opts.logger), ...(opts.observers ?? [])]);
-    this.#ctx = {
-      settings: opts.settings,
-      authenticator: opts.authenticator,
-      logger: opts.logger,
-      mechanisms: selectMechanisms(opts.settings, opts.oauth ?? false),
+    this.#ctx = this.#context({ settings: opts.settings, authenticator: opts.authenticator, oauth: opts.oauth ?? false }, opts.throttle, new RecentMaximum());
+  }
+
+  #context(r: Reconfiguration, throttle: LoginThrottle | undefined, decisionTimes: RecentMaximum): LoginContext {
+    const s = r.settings;
+    return {
+      settings: s,
+      authenticator: r.authenticator,
+      logger: this.#opts.logger,
+      mechanisms: selectMechanisms(s, r.oauth),
       throttle:
-        opts.throttle ??
+        throttle ??
         new LoginThrottle({
-          baseDelayMs: opts.settings.auth_failure_delay * 1000,
-          maxDelayMs: Math.max(opts.settings.auth_failure_max_delay, opts.settings.auth_failure_delay) * 1000,
-          ipBlockAfter: opts.settings.auth_block_after,
-          ipv4PrefixLength: opts.settings.ipv4_prefix,
-          ipv6PrefixLength: opts.settings.ipv6_prefix,
-          store: opts.throttleStore,
+          baseDelayMs: s.auth_failure_delay * 1000,
+          maxDelayMs: Math.max(s.auth_failure_max_delay, s.auth_failure_delay) * 1000,
+          ipBlockAfter: s.auth_block_after,
+          ipv4PrefixLength: s.ipv4_prefix,
+          ipv6PrefixLength: s.ipv6_prefix,
+          store: this.#opts.throttleStore,
         }),
-      decisionTimes: new RecentMaximum(),
-      loginDelay: opts.settings.login_delay !== undefined ? new LoginDelayPolicy(opts.settings.login_delay, opts.loginDelayStore) : undefined,
+      decisionTimes,
+      loginDelay: s.login_delay !== undefined ? new LoginDelayPolicy(s.login_delay, this.#opts.loginDelayStore) : undefined,
       tlsContext: () => this.#secureContext,
+      tlsServerName: () => (this.#sniContexts.length > 0 ? this.#sniStls : undefined),
       requestClientCertificate: () => this.#tlsMaterial?.clientCa !== undefined,
     };
   }
+
+  /**
+   * New settings, user database and SASL mechanisms for the sessions that
+   * start from now on (limits, timeouts, throttle, plaintext_auth, ...);
+   * running sessions finish with what they started with. The failure
+   * counters themselves (in the throttle's store) are kept. Settings bound to
+   * the listeners (addresses, PROXY protocol) are not changed here.
+   */
+  reconfigure(r: Reconfiguration): void {
+    // A throttle given from outside (tests) is kept; otherwise a new one over the same store.
+    this.#ctx = this.#context(r, this.#opts.throttle, this.#ctx.decisionTimes);
+    for (const server of this.#servers) server.maxConnections = r.settings.max_connections + 64;
+  }
+
+  /** The context for `servername` on STLS or implicit TLS; undefined keeps the default certificate. */
+  #sniFor(servername: string, implicit: boolean): tls.SecureContext | undefined {
+    const hit = matchServerName(this.#sniContexts, servername);
+    return hit === undefined ? undefined : implicit ? hit.implicit : hit.stls;
+  }
+
+  readonly #sniStls = (servername: string, cb: (err: Error | null, ctx?: tls.SecureContext) => void): void => cb(null, this.#sniFor(servername, false));
+  readonly #sniImplicit = (servername: string, cb: (err: Error | null, ctx?: tls.SecureContext) => void): void => cb(null, this.#sniFor(servername, true));
 
   get connectionCount(): number {
     return this.#sockets.size;
@@ -155,13 +199,26 @@ export class Pop3Server {
     return this.#sessions.size;
   }
 
-  /** Replace the certificate and key; sessions already running keep theirs. */
+  /**
+   * Replace the certificates and keys (the default one and those chosen by
+   * SNI); sessions already running keep theirs. Every context is made before
+   * any is swapped in, so a bad file changes nothing (it throws).
+   */
   reloadTls(material: TlsMaterial): void {
     const ctx = tls.createSecureContext(tlsOptions(material));
     const implicit = tls.createSecureContext(implicitTlsOptions(material));
+    const sni = (material.sni ?? []).map((e) => {
+      const m = { ...material, cert: e.cert, key: e.key };
+      try {
+        return { name: e.name, stls: tls.createSecureContext(tlsOptions(m)), implicit: tls.createSecureContext(implicitTlsOptions(m)) };
+      } catch (err) {
+        throw new Error(`the certificate for ${e.name}: ${(err as Error).message}`);
+      }
+    });
     this.#tlsMaterial = material;
     this.#secureContext = ctx;
     this.#implicitContext = implicit;
+    this.#sniContexts = sni;
   }
 
   async listen(specs: ListenSpec[]): Promise<BoundListener[]> {
@@ -189,7 +246,7 @@ export class Pop3Server {
           if (this.#admit(sock, client)) this.#start(new Connection(sock, false, this.#maxLine()), client);
         });
       }
-      server.maxConnections = this.#opts.settings.max_connections + 64; // our own check answers first
+      server.maxConnections = this.#ctx.settings.max_connections + 64; // our own check answers first
       server.listen({ host: spec.host, port: spec.port, backlog: 1024 });
       await once(server, 'listening');
       this.#servers.push(server);
@@ -204,7 +261,7 @@ export class Pop3Server {
    * `counted`: the socket is already in the total (a proxied one, counted before its header was read).
    */
   #admit(sock: net.Socket, client: ClientInfo, counted = false): boolean {
-    const s = this.#opts.settings;
+    const s = this.#ctx.settings;
     const rip = client.remoteAddress;
     // One prefix (by default an IPv4 address, an IPv6 /64) is one client for this limit.
     const ip = addressKey(rip, s.ipv6_prefix, s.ipv4_prefix);
@@ -246,13 +303,13 @@ export class Pop3Server {
       sock.destroy();
       return;
     }
-    if (this.#sockets.size >= this.#opts.settings.max_connections) {
+    if (this.#sockets.size >= this.#ctx.settings.max_connections) {
       this.#opts.logger.warn({ rip: peer.remoteAddress, limit: 'total' }, 'connection refused: limit reached');
       sock.destroy();
       return;
     }
     this.#countSocket(sock);
-    const timeoutMs = Math.min(Math.max(1, this.#opts.settings.login_timeout), PROXY_HEADER_TIMEOUT_S) * 1000;
+    const timeoutMs = Math.min(Math.max(1, this.#ctx.settings.login_timeout), PROXY_HEADER_TIMEOUT_S) * 1000;
     void readProxyHeader(sock, timeoutMs).then((r) => {
       if (r instanceof Error) {
         this.#opts.logger.warn({ rip: peer.remoteAddress, err: r.message }, 'trusted proxy sent no valid PROXY header');
@@ -271,7 +328,7 @@ export class Pop3Server {
   }
 
   #maxLine(): number {
-    const s = this.#opts.settings;
+    const s = this.#ctx.settings;
     return Math.max(s.max_line_length, s.max_auth_line_length);
   }
 
@@ -281,10 +338,10 @@ export class Pop3Server {
    */
   #acceptTls(raw: net.Socket, client: ClientInfo): void {
     const requestCert = this.#tlsMaterial?.clientCa !== undefined;
-    const secure = serverTlsSocket(raw, this.#implicitContext!, requestCert);
+    const secure = serverTlsSocket(raw, this.#implicitContext!, requestCert, this.#sniContexts.length > 0 ? this.#sniImplicit : undefined);
     // Kept for the socket's life: an error between the handshake and the session must not go unheard.
     secure.on('error', () => secure.destroy());
-    void handshake(secure, Math.max(1, this.#opts.settings.login_timeout) * 1000).then((failed) => {
+    void handshake(secure, Math.max(1, this.#ctx.settings.login_timeout) * 1000).then((failed) => {
       if (failed !== null) {
         this.#opts.logger.debug({ rip: client.remoteAddress, err: failed.message }, 'TLS handshake failed');
         // Without this a client that never sends a ClientHello would hold its slot.

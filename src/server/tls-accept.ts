@@ -7,10 +7,13 @@ import tls from 'node:tls';
  * after `+OK`). The listener decides when TLS starts, so anything that must
  * come first (a PROXY protocol header) can be read before it.
  */
-export function serverTlsSocket(raw: net.Socket, context: tls.SecureContext, requestCert: boolean): tls.TLSSocket {
+export function serverTlsSocket(raw: net.Socket, context: tls.SecureContext, requestCert: boolean, sni?: ServerNameCallback): tls.TLSSocket {
   // A client certificate is asked for, never required: without one the client logs in otherwise.
-  return new tls.TLSSocket(raw, { isServer: true, secureContext: context, requestCert, rejectUnauthorized: false });
+  return new tls.TLSSocket(raw, { isServer: true, secureContext: context, requestCert, rejectUnauthorized: false, ...(sni !== undefined ? { SNICallback: sni } : {}) });
 }
+
+/** Chooses the context for the name in the ClientHello; no context keeps the default one. */
+export type ServerNameCallback = (servername: string, cb: (err: Error | null, ctx?: tls.SecureContext) => void) => void;
 
 /**
  * Resolves once the handshake is done: null when it completed, else why it
