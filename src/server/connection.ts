@@ -35,6 +35,8 @@ export class Connection {
   #peerAuthorized = false;
   /** Bytes handed to the socket so far (the observer's per-command figure). */
   #bytesOut = 0;
+  /** Bytes received so far (after TLS), for the admin `who` listing. */
+  #bytesIn = 0;
   readonly #onData = (chunk: Buffer): void => this.#ingest(chunk);
 
   /**
@@ -78,6 +80,9 @@ export class Connection {
   get bytesOut(): number {
     return this.#bytesOut;
   }
+  get bytesIn(): number {
+    return this.#bytesIn;
+  }
   /** Aborted when the connection is gone: cancels pending storage and auth work. */
   get signal(): AbortSignal {
     if (this.#abort === undefined) {
@@ -99,6 +104,7 @@ export class Connection {
   }
 
   #ingest(chunk: Buffer): void {
+    this.#bytesIn += chunk.length;
     this.#reader.push(chunk, this.#queue);
     this.#deliver();
     if (!this.#paused && this.#queue.length >= HIGH_WATER_LINES) {

@@ -165,6 +165,7 @@ export class LoginHalf extends ChannelReplies implements LoginPort {
     const conn = this.#ch.conn;
     const ok = await conn.startTls(ctx, Math.max(1, this.#ctx.settings.login_timeout) * 1000, this.#ctx.requestClientCertificate(), this.#ctx.tlsServerName());
     if (ok) this.#obs.tlsStarted?.(conn.tls?.protocol ?? '', conn.tls?.cipher ?? '');
+    else this.#obs.tlsFailed?.();
     return ok;
   }
 
@@ -333,6 +334,7 @@ export class LoginHalf extends ChannelReplies implements LoginPort {
     // Measured from the attempt's start, not from now: however long this user's check took (a cheap
     // scheme, a dummy argon2id for an unknown name, a slow backend), the answer comes at the same time.
     const wait = this.#inputAt + Math.max(delay, floor) - performance.now();
+    this.#obs.failureDelayed?.(Math.max(0, wait));
     if (wait > 0) await sleep(wait, undefined, { signal: this.#ch.conn.signal }).catch(() => undefined);
     this.err('Authentication failed.', 'AUTH');
   }

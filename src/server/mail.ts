@@ -66,6 +66,7 @@ export class MailHalf extends ChannelReplies implements MailPort {
   /** QUIT in TRANSACTION: the UPDATE state (RFC 1939 §6). Never `+OK` unless every marked message is gone. */
   async update(): Promise<void> {
     const state = this.state;
+    this.#deps.observer.updateStarted?.();
     const expire = this.#deps.settings.expire;
     const retrieved = state.retrievedIndexes();
     // RFC 2449 §6.7: EXPIRE 0 means a retrieved message does not stay on the server after a clean QUIT.
@@ -78,6 +79,7 @@ export class MailHalf extends ChannelReplies implements MailPort {
       this.#ch.close('QUIT', `+OK Logging out, ${deleted.length} message${deleted.length === 1 ? '' : 's'} deleted.\r\n`);
     } catch (e) {
       this.#deps.logger.error({ err: e, user: state.principal.username }, 'UPDATE failed');
+      this.#deps.observer.updateFailed?.(e);
       const msg = e instanceof MailError ? e.message : 'Removing deleted messages failed';
       await state.maildrop.release().catch(() => undefined);
       this.#ch.close('QUIT (update failed)', `-ERR [SYS/TEMP] ${msg}; logging out.\r\n`);

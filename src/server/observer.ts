@@ -23,9 +23,13 @@ export const BLOCKED: LoginFailure = Object.freeze({ reason: 'blocked' });
 export interface SessionObserver {
   /** TLS is on: at once on an implicit-TLS port, after the handshake for STLS. */
   tlsStarted?(protocol: string, cipher: string): void;
+  /** The STLS handshake failed (the connection is dropped). */
+  tlsFailed?(): void;
   loginSucceeded?(user: string, mechanism: string, messages: number): void;
   /** `user` is undefined when the attempt never named one. */
   loginFailed?(user: string | undefined, mechanism: string, failure: LoginFailure): void;
+  /** A failed login is answered after this wait (the failure throttle's delay, or the least decision time). */
+  failureDelayed?(ms: number): void;
   /** How long opening (locking and listing) the maildrop took, and how it ended ('in-use': [IN-USE]). */
   maildropOpened?(user: string, ms: number, outcome: 'opened' | 'in-use' | 'failed'): void;
   /**
@@ -37,21 +41,47 @@ export interface SessionObserver {
   messageSent?(command: 'RETR' | 'TOP', bytes: number): void;
   /** DELE or RSET: how many messages are now marked for deletion. */
   deletionsMarked?(count: number): void;
+  /** QUIT in TRANSACTION: the UPDATE state begins. */
+  updateStarted?(): void;
   /** UPDATE removed this many messages. */
   updated?(expunged: number): void;
+  /** UPDATE failed: nothing was removed, the client got -ERR. */
+  updateFailed?(error: unknown): void;
   /** The session is over (`reason`: QUIT, idle timeout, server shutdown, ...). */
   ended?(reason: string): void;
 }
 
+/** What an observer may read from, or do to, the session it watches (admin `who` and `kick`). */
+export interface SessionControl {
+  /** Octets received from the client so far (after TLS decryption). */
+  readonly bytesIn: number;
+  /** Octets written to the client so far. */
+  readonly bytesOut: number;
+  /** End the session without UPDATE, as a server shutdown does: nothing marked is removed. */
+  kick(): void;
+}
+
 /** Attached to a server: told of each new connection, it returns the observer for that session. */
 export interface ServerObserver {
-  connected(client: ClientInfo): SessionObserver;
+  connected(client: ClientInfo, control: SessionControl): SessionObserver;
+  /** An implicit-TLS handshake failed before any session began. */
+  handshakeFailed?(client: ClientInfo): void;
+  /** A connection was refused by a connection limit before any session began. */
+  refused?(client: ClientInfo, limit: 'total' | 'per-ip'): void;
 }
 
 /** Several observers as one: each event goes to each, in order. */
 export function fanOut(observers: readonly ServerObserver[]): ServerObserver {
   if (observers.length === 1) return observers[0]!;
-  return { connected: (client) => new FanOutSession(observers.map((o) => o.connected(client))) };
+  return {
+    connected: (client, control) => new FanOutSession(observers.map((o) => o.connected(client, control))),
+    handshakeFailed: (client) => {
+      for (const o of observers) o.handshakeFailed?.(client);
+    },
+    refused: (client, limit) => {
+      for (const o of observers) o.refused?.(client, limit);
+    },
+  };
 }
 
 class FanOutSession implements Required<SessionObserver> {
@@ -61,6 +91,18 @@ class FanOutSession implements Required<SessionObserver> {
   }
   tlsStarted(protocol: string, cipher: string): void {
     for (const o of this.#all) o.tlsStarted?.(protocol, cipher);
+  }
+  tlsFailed(): void {
+    for (const o of this.#all) o.tlsFailed?.();
+  }
+  failureDelayed(ms: number): void {
+    for (const o of this.#all) o.failureDelayed?.(ms);
+  }
+  updateStarted(): void {
+    for (const o of this.#all) o.updateStarted?.();
+  }
+  updateFailed(error: unknown): void {
+    for (const o of this.#all) o.updateFailed?.(error);
   }
   loginSucceeded(user: string, mechanism: string, messages: number): void {
     for (const o of this.#all) o.loginSucceeded?.(user, mechanism, messages);

@@ -12,7 +12,7 @@ import { Connection } from './connection.js';
 import type { LoginContext, ServerSettings } from './context.js';
 import { logObserver } from './log-observer.js';
 import { LoginDelayPolicy } from './login-delay.js';
-import { fanOut, type ServerObserver } from './observer.js';
+import { fanOut, type ServerObserver, type SessionControl } from './observer.js';
 import { handshake, peerAuthorized, serverTlsSocket } from './tls-accept.js';
 import { dummyVerify } from '../auth/schemes.js';
 import { LoginThrottle, RecentMaximum, normalizeAddress as addressKey, type ThrottleStore } from '../auth/throttle.js';
@@ -269,6 +269,7 @@ export class Pop3Server {
     const over = !counted && this.#sockets.size >= s.max_connections ? 'total' : n >= s.max_connections_per_ip ? 'per-ip' : null;
     if (over !== null) {
       this.#opts.logger.warn({ rip, limit: over }, 'connection refused: limit reached');
+      this.#observer.refused?.(client, over);
       if (client.tls) sock.destroy();
       else sock.end('-ERR [SYS/TEMP] Too many connections, try again later.\r\n');
       sock.on('error', () => undefined);
@@ -305,6 +306,7 @@ export class Pop3Server {
     }
     if (this.#sockets.size >= this.#ctx.settings.max_connections) {
       this.#opts.logger.warn({ rip: peer.remoteAddress, limit: 'total' }, 'connection refused: limit reached');
+      this.#observer.refused?.(peer, 'total');
       sock.destroy();
       return;
     }
@@ -344,6 +346,7 @@ export class Pop3Server {
     void handshake(secure, Math.max(1, this.#ctx.settings.login_timeout) * 1000).then((failed) => {
       if (failed !== null) {
         this.#opts.logger.debug({ rip: client.remoteAddress, err: failed.message }, 'TLS handshake failed');
+        this.#observer.handshakeFailed?.(client);
         // Without this a client that never sends a ClientHello would hold its slot.
         secure.destroy();
         raw.destroy();
@@ -355,7 +358,16 @@ export class Pop3Server {
 
   #start(conn: Connection, client: ClientInfo): void {
     this.#connections.add(conn);
-    const session = new Session(conn, client, this.#ctx, this.#store, this.#observer.connected(client));
+    const control: SessionControl = {
+      get bytesIn() {
+        return conn.bytesIn;
+      },
+      get bytesOut() {
+        return conn.bytesOut;
+      },
+      kick: () => session.shutdown('kicked'),
+    };
+    const session: Session = new Session(conn, client, this.#ctx, this.#store, this.#observer.connected(client, control));
     this.#running.add(session);
     const p = session.run().finally(() => {
       this.#running.delete(session);

@@ -45,11 +45,13 @@ export class Session {
   /**
    * The server stops: a session waiting for a command is told so, one in the
    * middle of a reply is cut off. Neither enters UPDATE (RFC 1939 §6: only QUIT does).
+   * `kicked`: the administrator ended it (`poplar kick`), the same way.
    */
-  shutdown(): void {
+  shutdown(why: 'server shutdown' | 'kicked' = 'server shutdown'): void {
     if (this.#ch.ended) return;
-    if (this.#conn.awaitingInput) return this.#ch.close('server shutdown', '-ERR [SYS/TEMP] Server shutting down.\r\n');
-    this.#ch.abandon('server shutdown');
+    const last = why === 'kicked' ? '-ERR Disconnected by the administrator.\r\n' : '-ERR [SYS/TEMP] Server shutting down.\r\n';
+    if (this.#conn.awaitingInput) return this.#ch.close(why, last);
+    this.#ch.abandon(why);
     this.#conn.destroy();
   }
 
