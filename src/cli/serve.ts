@@ -10,9 +10,10 @@ import type { Authenticator } from '../auth/types.js';
 import { addUser, listUsers } from '../auth/passwd-file/passwd-file.js';
 import { hashPassword } from '../auth/schemes.js';
 import { ConfigError, loadConfig, parseHostPort, type ResolvedConfig, type ServeFlags } from '../config/load.js';
-import { ensureSelfSignedCertificate, readTlsFiles } from '../config/tls-material.js';
+import { ensureSelfSignedCertificate } from '../config/tls-material.js';
+import { readTlsMaterial, Reloader } from './reload.js';
 import { createLogger, type Logger } from '../observability/log.js';
-import { Pop3Server, type BoundListener, type ListenSpec } from '../server/server.js';
+import { Pop3Server, type BoundListener, type ListenSpec, type TlsMaterial } from '../server/server.js';
 import { fileCodec } from '../server/retr-file.js';
 import { MaildirStore } from '../store/maildir/maildir-store.js';
 import { PostgresStore } from '../store/postgres/postgres-store.js';
@@ -56,7 +57,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   await handover.mkdir(config.dataDir, 0o700);
   if (store instanceof MaildirStore) await handover.mkdir(config.maildirRoot, 0o700);
   const needTls = config.server.listen_tls.length > 0 || !config.generateCertificate || config.server.listen.length > 0;
-  let tls: { cert: Buffer; key: Buffer; minVersion: 'TLSv1.2' | 'TLSv1.3'; clientCa?: Buffer } | undefined;
+  let tls: TlsMaterial | undefined;
   if (needTls) {
     if (config.generateCertificate) {
       await handover.mkdir(path.dirname(config.tlsCertFile), 0o700);
@@ -68,11 +69,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     }
     // Read now, while still root: the key may be readable by root only.
     try {
-      tls = {
-        ...(await readTlsFiles(config.tlsCertFile, config.tlsKeyFile)),
-        minVersion: config.tls.min_version,
-        ...(config.clientCaFile !== undefined ? { clientCa: await fs.readFile(config.clientCaFile) } : {}),
-      };
+      tls = await readTlsMaterial(config);
     } catch (e) {
       await handover.commit(); // what was created is still the service user's on the next start
       throw new ConfigError(`cannot read TLS certificate or key: ${(e as Error).message}`);
@@ -146,33 +143,25 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     out('');
   }
 
-  const reload = async (): Promise<void> => {
-    if (!tls) return;
-    try {
-      const fresh = await readTlsFiles(config.tlsCertFile, config.tlsKeyFile);
-      server.reloadTls({ ...tls, ...fresh });
-      logger.info('TLS certificate and key reloaded');
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      logger.error(
-        { err: e },
-        code === 'EACCES' && identity !== null
-          ? `TLS reload failed: user ${identity.user} cannot read the certificate or key; keeping the previous certificate`
-          : 'TLS reload failed; keeping the previous certificate',
-      );
-    }
-  };
+  // SIGHUP (src/cli/reload.ts): the file again; certificates, users, limits, mechanisms and log level for new sessions.
+  const reloader = new Reloader(
+    { flags, server, logger, tls: tls !== undefined, lmtp: lmtp !== null, serviceUser: identity?.user, buildAuthenticator: (c) => buildAuthenticator(c, logger) },
+    config,
+    authenticator,
+  );
   return {
     server,
     listeners,
     config,
     logger,
-    reload,
+    reload: () => reloader.reload(),
     stop: async () => {
-      await lmtp?.close(config.server.shutdown_grace * 1000);
-      await server.close(config.server.shutdown_grace * 1000);
+      const graceMs = reloader.config.server.shutdown_grace * 1000;
+      await lmtp?.close(graceMs);
+      await server.close(graceMs);
       await store.close?.();
-      await authenticator.close?.();
+      await reloader.authenticator.close?.();
+      await reloader.close();
       await limits.close();
     },
   };
