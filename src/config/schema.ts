@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { AdminConfigSchema } from '../admin/config.js';
 import { OAuthConfigSchema } from '../auth/oauth/config.js';
 import { PostgresConfigSchema } from '../auth/postgres/config.js';
 import { LmtpConfigSchema, QuotaConfigSchema } from '../delivery/config.js';
@@ -93,6 +94,8 @@ export const ConfigSchema = z
       .prefault({}),
     /** The LMTP server for the MTA (docs/delivery.md); off until `listen` names an address. */
     lmtp: LmtpConfigSchema.prefault({}),
+    /** The admin listener and socket (docs/monitoring.md): metrics, health, who and kick; off until configured. */
+    admin: AdminConfigSchema.prefault({}),
     /** Default limits of every maildrop (a user's own from the user database come first). */
     quota: QuotaConfigSchema.prefault({}),
     auth: z
