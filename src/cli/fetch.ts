@@ -2,6 +2,7 @@
 import path from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../config/errors.js';
+import { registerAuthorizeCommand } from './fetch-authorize.js';
 import type { AccountFlags, ResolvedAccount, ResolvedFetchConfig, SinkSpecValue } from '../fetch/config.js';
 import type { SessionDeps } from '../fetch/session.js';
 import type { SinkSpecInput } from '../fetch/sinks/index.js';
@@ -57,7 +58,7 @@ function sinkSpecFor(spec: SinkSpecValue, acct: ResolvedAccount): SinkSpecValue 
 }
 
 export function registerFetchCommand(program: Command): void {
-  program
+  const fetch = program
     .command('fetch')
     .description('fetch mail from POP3 accounts into Maildir, mbox, an MDA or LMTP (see docs/fetch.md)')
     .option('--config <file>', 'TOML file with [[account]] tables')
@@ -99,6 +100,7 @@ export function registerFetchCommand(program: Command): void {
     .action(async (opts: FetchFlags) => {
       process.exitCode = await fetchCommand(opts);
     });
+  registerAuthorizeCommand(fetch);
 }
 
 async function fetchCommand(opts: FetchFlags): Promise<number> {

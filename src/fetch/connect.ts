@@ -16,6 +16,11 @@ export interface ConnectDeps {
   tokenSources?: Map<string, TokenSource>;
 }
 
+/** The account's OAuth token cache: beside its ledger. `poplar fetch authorize` writes the first refresh token there. */
+export function tokenCacheFile(acct: { readonly state: string }): string {
+  return `${acct.state}.token`;
+}
+
 /** A client logged in to the account's server; the caller closes it. */
 export async function connectAndLogin(acct: ResolvedAccount, deps: ConnectDeps): Promise<Pop3Client> {
   const env = deps.env ?? process.env;
@@ -41,7 +46,7 @@ export async function connectAndLogin(acct: ResolvedAccount, deps: ConnectDeps):
     } else {
       let tokens = deps.tokenSources?.get(acct.name);
       if (tokens === undefined) {
-        tokens = new TokenSource(acct.oauth2!, { env, cacheFile: `${acct.state}.token` });
+        tokens = new TokenSource(acct.oauth2!, { env, cacheFile: tokenCacheFile(acct), account: acct.name });
         deps.tokenSources?.set(acct.name, tokens);
       }
       const mechanism = acct.oauth2!.mechanism ?? (acct.auth === 'XOAUTH2' || acct.auth === 'OAUTHBEARER' ? acct.auth : undefined);

@@ -5,18 +5,11 @@
  * until shortly before they expire.
  */
 import { spawn } from 'node:child_process';
-import { promises as fs } from 'node:fs';
-import path from 'node:path';
+import { CredentialError } from './credential-error.js';
+import { oauthEndpoints, type OAuthEndpointSettings } from './oauth-presets.js';
+import { OAuthGrantError, readTokenCache, requestToken, writeTokenCache, type CachedToken } from './oauth-token.js';
 
-/** A secret could not be obtained. `temporary`: a command failed or the endpoint was unreachable. */
-export class CredentialError extends Error {
-  override name = 'CredentialError';
-  readonly temporary: boolean;
-  constructor(message: string, temporary: boolean, options?: ErrorOptions) {
-    super(message, options);
-    this.temporary = temporary;
-  }
-}
+export { CredentialError } from './credential-error.js';
 
 export interface SecretSource {
   readonly value?: string | undefined;
@@ -61,9 +54,8 @@ export async function readSecret(src: SecretSource, what: string, env: NodeJS.Pr
   throw new CredentialError(`${what}: no source configured`, false);
 }
 
-export interface OAuth2Settings {
+export interface OAuth2Settings extends OAuthEndpointSettings {
   readonly token_command?: string | undefined;
-  readonly token_endpoint?: string | undefined;
   readonly client_id?: string | undefined;
   readonly client_secret?: string | undefined;
   readonly client_secret_env?: string | undefined;
@@ -71,15 +63,27 @@ export interface OAuth2Settings {
   readonly refresh_token?: string | undefined;
   readonly refresh_token_env?: string | undefined;
   readonly refresh_token_command?: string | undefined;
-  readonly scope?: string | undefined;
 }
 
-interface CachedToken {
-  access_token: string;
-  /** ms since the epoch */
-  expires_at: number;
-  /** A refresh token the endpoint rotated to; it replaces the configured one. */
-  refresh_token?: string;
+/** The client secret, when one is configured (installed apps of some providers need one; it is not really secret). */
+export async function clientSecret(o: OAuth2Settings, env: NodeJS.ProcessEnv, signal?: AbortSignal): Promise<string | undefined> {
+  const hasSecret = o.client_secret !== undefined || o.client_secret_env !== undefined || o.client_secret_command !== undefined;
+  return hasSecret ? readSecret({ value: o.client_secret, env: o.client_secret_env, command: o.client_secret_command }, 'client secret', env, signal) : undefined;
+}
+
+/** What to tell the user for an OAuth error of the token endpoint. */
+export function grantErrorMessage(e: OAuthGrantError, account: string): string {
+  switch (e.error) {
+    case 'invalid_grant':
+      return `the refresh token was revoked or expired (invalid_grant): run \`poplar fetch authorize ${account}\``;
+    case 'invalid_client':
+    case 'unauthorized_client':
+      return `the provider refused the client (${e.error}): check client_id and client_secret`;
+    case 'invalid_scope':
+      return `the provider refused the scope (invalid_scope): check scope`;
+    default:
+      return e.message;
+  }
 }
 
 /** Refresh this long before the stated expiry, so a token never dies mid-session. */
@@ -89,68 +93,68 @@ const EXPIRY_MARGIN_MS = 60_000;
  * Access tokens for one account. With a token command the command is asked
  * every time (it keeps its own cache). With a token endpoint the token is
  * cached in memory and in `cacheFile` (mode 0600) until shortly before it
- * expires; a refresh token the endpoint rotates is kept there too.
+ * expires. The refresh token comes from that file when it holds one (put
+ * there by `poplar fetch authorize`, or rotated by the endpoint), else from
+ * the config.
  */
 export class TokenSource {
   readonly #o: OAuth2Settings;
   readonly #cacheFile: string | undefined;
   readonly #env: NodeJS.ProcessEnv;
   readonly #now: () => number;
+  readonly #account: string;
   #cached: CachedToken | undefined;
   #loaded = false;
   /** Requests made to the token endpoint (for tests and the summary). */
   refreshes = 0;
 
-  constructor(o: OAuth2Settings, opts: { cacheFile?: string; env?: NodeJS.ProcessEnv; now?: () => number } = {}) {
+  constructor(o: OAuth2Settings, opts: { cacheFile?: string; env?: NodeJS.ProcessEnv; now?: () => number; account?: string } = {}) {
     this.#o = o;
     this.#cacheFile = opts.cacheFile;
     this.#env = opts.env ?? process.env;
     this.#now = opts.now ?? Date.now;
+    this.#account = opts.account ?? 'ACCOUNT';
   }
 
   /** A current access token. `fresh`: ignore the cache (the server refused the cached one). */
   async get(signal?: AbortSignal, fresh = false): Promise<{ token: string; cached: boolean }> {
     if (this.#o.token_command !== undefined) return { token: await commandOutput(this.#o.token_command, 'OAuth token', signal), cached: false };
     await this.#load();
-    if (!fresh && this.#cached !== undefined && this.#cached.expires_at - EXPIRY_MARGIN_MS > this.#now()) return { token: this.#cached.access_token, cached: true };
+    if (!fresh && this.#cached !== undefined && this.#cached.access_token !== '' && this.#cached.expires_at - EXPIRY_MARGIN_MS > this.#now()) {
+      return { token: this.#cached.access_token, cached: true };
+    }
     return { token: await this.#refresh(signal), cached: false };
   }
 
   async #refresh(signal?: AbortSignal): Promise<string> {
     const o = this.#o;
-    const refreshToken =
-      this.#cached?.refresh_token ?? (await readSecret({ value: o.refresh_token, env: o.refresh_token_env, command: o.refresh_token_command }, 'refresh token', this.#env, signal));
-    const hasSecret = o.client_secret !== undefined || o.client_secret_env !== undefined || o.client_secret_command !== undefined;
-    const body = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken, client_id: o.client_id ?? '' });
-    if (hasSecret) body.set('client_secret', await readSecret({ value: o.client_secret, env: o.client_secret_env, command: o.client_secret_command }, 'client secret', this.#env, signal));
-    if (o.scope !== undefined) body.set('scope', o.scope);
-    this.refreshes++;
-    let res: Response;
+    let ep;
     try {
-      res = await fetch(o.token_endpoint!, {
-        method: 'POST',
-        headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
-        body,
-        signal: signal ? AbortSignal.any([signal, AbortSignal.timeout(30_000)]) : AbortSignal.timeout(30_000),
-      });
+      ep = oauthEndpoints(o);
     } catch (e) {
-      throw new CredentialError(`token endpoint ${o.token_endpoint!}: ${(e as Error).message}`, true, { cause: e });
+      throw new CredentialError((e as Error).message, false);
     }
-    const text = await res.text();
-    let json: Record<string, unknown> = {};
+    const configured = o.refresh_token !== undefined || o.refresh_token_env !== undefined || o.refresh_token_command !== undefined;
+    let refreshToken = this.#cached?.refresh_token;
+    if (refreshToken === undefined) {
+      if (!configured) throw new CredentialError(`no refresh token yet: run \`poplar fetch authorize ${this.#account}\``, false);
+      refreshToken = await readSecret({ value: o.refresh_token, env: o.refresh_token_env, command: o.refresh_token_command }, 'refresh token', this.#env, signal);
+    }
+    const body = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken, client_id: o.client_id ?? '' });
+    const secret = await clientSecret(o, this.#env, signal);
+    if (secret !== undefined) body.set('client_secret', secret);
+    if (ep.refresh_scope !== undefined) body.set('scope', ep.refresh_scope);
+    this.refreshes++;
+    let grant;
     try {
-      json = JSON.parse(text) as Record<string, unknown>;
-    } catch {
-      // reported below
-    }
-    if (!res.ok || typeof json['access_token'] !== 'string' || json['access_token'] === '') {
+      grant = await requestToken(ep.token_endpoint, body, signal);
+    } catch (e) {
       // RFC 6749 §5.2: invalid_grant etc. are permanent; 5xx is worth retrying.
-      const why = typeof json['error'] === 'string' ? json['error'] : `HTTP ${res.status}`;
-      throw new CredentialError(`token endpoint refused the refresh: ${why}`, res.status >= 500);
+      if (e instanceof OAuthGrantError) throw new CredentialError(grantErrorMessage(e, this.#account), e.temporary, { cause: e });
+      throw e;
     }
-    const expiresIn = typeof json['expires_in'] === 'number' ? json['expires_in'] : Number(json['expires_in'] ?? 3600);
-    const next: CachedToken = { access_token: json['access_token'], expires_at: this.#now() + (Number.isFinite(expiresIn) ? expiresIn : 3600) * 1000 };
-    const rotated = typeof json['refresh_token'] === 'string' ? json['refresh_token'] : this.#cached?.refresh_token;
+    const next: CachedToken = { access_token: grant.access_token, expires_at: this.#now() + grant.expires_in * 1000 };
+    const rotated = grant.refresh_token ?? this.#cached?.refresh_token;
     if (rotated !== undefined) next.refresh_token = rotated;
     this.#cached = next;
     await this.#save();
@@ -160,21 +164,15 @@ export class TokenSource {
   async #load(): Promise<void> {
     if (this.#loaded || this.#cacheFile === undefined) return;
     this.#loaded = true;
-    try {
-      const j = JSON.parse(await fs.readFile(this.#cacheFile, 'utf8')) as Partial<CachedToken>;
-      if (typeof j.access_token === 'string' && typeof j.expires_at === 'number') {
-        this.#cached = { access_token: j.access_token, expires_at: j.expires_at, ...(typeof j.refresh_token === 'string' ? { refresh_token: j.refresh_token } : {}) };
-      }
-    } catch {
-      // no cache yet, or unreadable: refresh
-    }
+    this.#cached = await readTokenCache(this.#cacheFile);
   }
 
   async #save(): Promise<void> {
     if (this.#cacheFile === undefined || this.#cached === undefined) return;
-    await fs.mkdir(path.dirname(this.#cacheFile), { recursive: true, mode: 0o700 });
-    const tmp = `${this.#cacheFile}.tmp${process.pid}`;
-    await fs.writeFile(tmp, JSON.stringify(this.#cached), { mode: 0o600 });
-    await fs.rename(tmp, this.#cacheFile);
+    try {
+      await writeTokenCache(this.#cacheFile, this.#cached);
+    } catch (e) {
+      throw new CredentialError(`cannot write the token cache ${this.#cacheFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, true, { cause: e });
+    }
   }
 }
