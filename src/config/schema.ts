@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { AdminConfigSchema } from '../admin/config.js';
 import { OAuthConfigSchema } from '../auth/oauth/config.js';
+import { AutoconfigConfigSchema } from '../autoconfig/config.js';
 import { PostgresConfigSchema } from '../auth/postgres/config.js';
 import { LmtpConfigSchema, QuotaConfigSchema } from '../delivery/config.js';
 import { PostgresStoreConfigSchema } from '../store/postgres/config.js';
@@ -96,6 +97,8 @@ export const ConfigSchema = z
     lmtp: LmtpConfigSchema.prefault({}),
     /** The admin listener and socket (docs/monitoring.md): metrics, health, who and kick; off until configured. */
     admin: AdminConfigSchema.prefault({}),
+    /** Mail-client setup over HTTP (docs/client-setup.md); off until `listen` or `listen_tls` names an address. */
+    autoconfig: AutoconfigConfigSchema.prefault({}),
     /** Default limits of every maildrop (a user's own from the user database come first). */
     quota: QuotaConfigSchema.prefault({}),
     auth: z
