@@ -22,6 +22,7 @@ import { dropPrivileges, Handover, resolveServiceIdentity, usable, type ServiceI
 import { sharedLimits } from './shared-limits.js';
 import { bindLmtp } from '../delivery/serve-lmtp.js';
 import type { LmtpServer } from '../delivery/lmtp-server.js';
+import { bindAutoconfig, type AutoconfigService } from '../autoconfig/serve-autoconfig.js';
 
 export interface RunningServer {
   readonly server: Pop3Server;
@@ -88,6 +89,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   let server: Pop3Server;
   let listeners: BoundListener[];
   let lmtp: LmtpServer | null = null;
+  let autoconfig: AutoconfigService | null = null;
   try {
     server = new Pop3Server({
       settings: config.server,
@@ -106,6 +108,8 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     if (cluster.isWorker) switchUser(identity, logger);
     // LMTP (docs/delivery.md) is bound with the POP3 listeners and serves only after the switch.
     lmtp = await bindLmtp(config, { store, authenticator, logger, worker: cluster.isWorker });
+    // Mail-client setup over HTTP (docs/client-setup.md): bound before the switch (ports 80 and 443 need root).
+    autoconfig = await bindAutoconfig(config, { logger, tls });
     listeners = await server.listen(listenSpecs);
     if (!cluster.isWorker) switchUser(identity, logger);
     lmtp?.start();
@@ -154,10 +158,14 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     listeners,
     config,
     logger,
-    reload: () => reloader.reload(),
+    reload: async () => {
+      await reloader.reload();
+      await autoconfig?.reload(reloader.config);
+    },
     stop: async () => {
       const graceMs = reloader.config.server.shutdown_grace * 1000;
       await lmtp?.close(graceMs);
+      await autoconfig?.close(graceMs);
       await server.close(graceMs);
       await store.close?.();
       await reloader.authenticator.close?.();
