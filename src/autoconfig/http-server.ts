@@ -29,6 +29,7 @@ export interface AutoconfigTls {
 }
 
 export interface AutoconfigServerOptions {
+  /** The first settings (replaced by update()). */
   readonly settings: ClientSettings;
   readonly logger: Logger;
   /** Needed for listeners with `tls`. */
@@ -57,11 +58,23 @@ class HttpError extends Error {
 
 export class AutoconfigServer {
   readonly #opts: AutoconfigServerOptions;
+  #settings: ClientSettings;
   readonly #servers: (http.Server | https.Server)[] = [];
   readonly #bound: HttpListenSpec[] = [];
 
   constructor(opts: AutoconfigServerOptions) {
     this.#opts = opts;
+    this.#settings = opts.settings;
+  }
+
+  /** Answer with these settings from the next request on (after a reload of the configuration). */
+  update(settings: ClientSettings): void {
+    this.#settings = settings;
+  }
+
+  /** Whether any listener is HTTPS (and so has a certificate to reload). */
+  get https(): boolean {
+    return this.#bound.some((b) => b.tls);
   }
 
   /** Bind every address; the bound ports (useful with port 0). */
@@ -154,7 +167,7 @@ export class AutoconfigServer {
     const path = url.pathname;
     const method = req.method ?? 'GET';
     const log = (status: number): void => this.#opts.logger.debug({ method, path, status }, 'autoconfig request');
-    const s = this.#opts.settings;
+    const s = this.#settings;
 
     // Outlook writes the path in either case.
     if (path.toLowerCase() === '/autodiscover/autodiscover.xml') {
@@ -233,7 +246,7 @@ export class AutoconfigServer {
   /** The address in `text` when it is one of the configured domains, else null. */
   #ours(text: string): MailAddress | null {
     const a = parseAddress(text);
-    return a !== null && this.#opts.settings.domains.includes(a.domain) ? a : null;
+    return a !== null && this.#settings.domains.includes(a.domain) ? a : null;
   }
 }
 

@@ -5,7 +5,8 @@
  * POP3 listeners use.
  */
 import { ConfigError } from '../config/errors.js';
-import type { Config } from '../config/schema.js';
+import type { ResolvedConfig } from '../config/load.js';
+import { readTlsFiles } from '../config/tls-material.js';
 import type { Logger } from '../observability/log.js';
 import { AutoconfigServer, type AutoconfigTls, type HttpListenSpec } from './http-server.js';
 import { clientSettings } from './settings.js';
@@ -24,7 +25,15 @@ function spec(a: string, tls: boolean): HttpListenSpec {
   return { host, port, tls };
 }
 
-export async function bindAutoconfig(config: Config, deps: AutoconfigDeps): Promise<AutoconfigServer | null> {
+/** The running listener, as `poplar serve` holds it. */
+export interface AutoconfigService {
+  readonly server: AutoconfigServer;
+  /** After SIGHUP: settings derived again from the configuration in force (mechanisms, APOP, EXPIRE may have changed), the certificate read again. */
+  reload(config: ResolvedConfig): Promise<void>;
+  close(graceMs: number): Promise<void>;
+}
+
+export async function bindAutoconfig(config: ResolvedConfig, deps: AutoconfigDeps): Promise<AutoconfigService | null> {
   const a = config.autoconfig;
   if (a.listen.length === 0 && a.listen_tls.length === 0) return null;
   const specs = [...a.listen.map((x) => spec(x, false)), ...a.listen_tls.map((x) => spec(x, true))];
@@ -36,5 +45,22 @@ export async function bindAutoconfig(config: Config, deps: AutoconfigDeps): Prom
   const server = new AutoconfigServer({ settings, logger: deps.logger, tls: deps.tls, maxConnections: a.max_connections });
   const bound = await server.listen(specs);
   for (const b of bound) deps.logger.info({ autoconfig: `${b.host.includes(':') ? `[${b.host}]` : b.host}:${b.port}`, tls: b.tls }, 'autoconfig listening');
-  return server;
+  const stls = deps.tls !== undefined;
+  return {
+    server,
+    close: (graceMs) => server.close(graceMs),
+    reload: async (fresh) => {
+      try {
+        server.update(clientSettings(fresh, { stls }));
+      } catch (e) {
+        deps.logger.error({ err: (e as Error).message }, 'autoconfig: the reloaded configuration gives no client settings; keeping the previous ones');
+      }
+      if (!server.https) return;
+      try {
+        server.reloadTls({ ...(await readTlsFiles(fresh.tlsCertFile, fresh.tlsKeyFile)), minVersion: fresh.tls.min_version });
+      } catch (e) {
+        deps.logger.error({ err: (e as Error).message }, 'autoconfig: TLS reload failed; the HTTPS listener keeps the previous certificate');
+      }
+    },
+  };
 }
