@@ -46,6 +46,7 @@ const BINARIES = {
   swaks: { install: 'apt-get install swaks' },
   postfix: { path: '/usr/sbin/postfix', install: 'apt-get install postfix' },
   'dovecot-lmtpd': { path: '/usr/lib/dovecot/lmtp', install: 'apt-get install dovecot-lmtpd' },
+  chromium: { path: '/usr/bin/chromium', install: 'apt-get install chromium' },
 } satisfies Record<string, { path?: string; install: string }>;
 
 export type BinaryPeer = keyof typeof BINARIES;
