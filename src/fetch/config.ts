@@ -197,7 +197,7 @@ function expandHome(p: string): string {
 }
 
 /** Keys in a sink spec that are paths (resolved against the config file's directory). */
-const PATH_KEYS = new Set(['path', 'dir', 'directory', 'file', 'maildir', 'mbox']);
+const PATH_KEYS = new Set(['path', 'dir', 'directory', 'file', 'maildir', 'mbox', 'ca']);
 
 function resolveSpec(spec: SinkSpecValue, base: string): SinkSpecValue {
   const out: SinkSpecValue = { ...spec };

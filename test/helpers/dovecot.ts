@@ -33,6 +33,11 @@ export interface DovecotUser {
 export interface DovecotHandle {
   port: number;
   tlsPort: number;
+  /** With `imap`: IMAP with STARTTLS offered, and IMAP over implicit TLS; 0 otherwise. */
+  imapPort: number;
+  imapsPort: number;
+  /** The server's self-signed certificate (CN and subjectAltName localhost, IP 127.0.0.1), PEM. */
+  certFile: string;
   dir: string;
   /** uid/gid Dovecot's pop3 processes use to access the maildirs (see file header). */
   mailUid: number;
@@ -48,6 +53,14 @@ export interface StartDovecotOptions {
   extraConf?: string;
   /** Use Dovecot's documented high-performance login/service mode (for benchmarks). */
   highPerformance?: boolean;
+  /** Also serve IMAP (needs dovecot-imapd): `imapPort` (STARTTLS offered) and `imapsPort` (implicit TLS). */
+  imap?: boolean;
+  /**
+   * Also accept OAuth 2.0 bearer tokens (XOAUTH2, OAUTHBEARER) through Dovecot's
+   * oauth2 passdb, which POSTs each token to this introspection URL and expects
+   * `{"active": true, "username": "<user>"}` back.
+   */
+  oauth2IntrospectionUrl?: string;
 }
 
 export const DOVECOT_BIN = '/usr/sbin/dovecot';
@@ -187,6 +200,9 @@ function buildConfig(o: {
   loginUser: string;
   mailUid: number;
   mailGid: number;
+  imapPort: number;
+  imapsPort: number;
+  oauth2: boolean;
 }): string {
   const q = escapeConfValue;
   const cores = Math.max(1, availableParallelism());
@@ -198,7 +214,7 @@ function buildConfig(o: {
     `log_path = ${q(path.join(o.dir, 'dovecot.log'))}`,
     `info_log_path = ${q(path.join(o.dir, 'dovecot.log'))}`,
     `debug_log_path = ${q(path.join(o.dir, 'dovecot.log'))}`,
-    'protocols = pop3',
+    `protocols = pop3${o.imapPort !== 0 ? ' imap' : ''}`,
     'listen = 127.0.0.1',
     '# No stats service connections needed; a process still doing the stats',
     '# handshake when the instance stops would otherwise wait 5 s for it.',
@@ -215,7 +231,7 @@ function buildConfig(o: {
     '',
     `mail_location = maildir:${o.maildirRoot}/%u`,
     'disable_plaintext_auth = no',
-    'auth_mechanisms = plain login',
+    `auth_mechanisms = plain login${o.oauth2 ? ' xoauth2 oauthbearer' : ''}`,
     'auth_verbose = yes',
     '',
     'ssl = yes',
@@ -224,8 +240,10 @@ function buildConfig(o: {
     '',
     'passdb {',
     '  driver = passwd-file',
+    ...(o.oauth2 ? ['  mechanisms = plain login'] : []),
     `  args = scheme=PLAIN username_format=%u ${path.join(o.dir, 'users.passwd')}`,
     '}',
+    ...(o.oauth2 ? ['passdb {', '  driver = oauth2', '  mechanisms = xoauth2 oauthbearer', `  args = ${path.join(o.dir, 'oauth2.conf.ext')}`, '}'] : []),
     'userdb {',
     '  driver = passwd-file',
     `  args = username_format=%u ${path.join(o.dir, 'users.passwd')}`,
@@ -252,6 +270,21 @@ function buildConfig(o: {
     );
   }
   lines.push('}');
+  if (o.imapPort !== 0) {
+    lines.push(
+      'service imap-login {',
+      '  inet_listener imap {',
+      '    address = 127.0.0.1',
+      `    port = ${o.imapPort}`,
+      '  }',
+      '  inet_listener imaps {',
+      '    address = 127.0.0.1',
+      `    port = ${o.imapsPort}`,
+      '    ssl = yes',
+      '  }',
+      '}',
+    );
+  }
   if (o.highPerformance) {
     lines.push(
       'service pop3 {',
@@ -298,6 +331,7 @@ export async function startDovecot(opts: StartDovecotOptions): Promise<DovecotHa
     [
       'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
       '-subj', '/CN=localhost',
+      '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
       '-keyout', path.join(dir, 'key.pem'),
       '-out', path.join(dir, 'cert.pem'),
     ],
@@ -311,9 +345,32 @@ export async function startDovecot(opts: StartDovecotOptions): Promise<DovecotHa
     .join('\n');
   await writeFile(path.join(dir, 'users.passwd'), passwd + '\n', { mode: 0o600 });
 
-  const port = await freePort();
-  let tlsPort = await freePort();
-  while (tlsPort === port) tlsPort = await freePort();
+  const taken = new Set<number>();
+  const another = async (): Promise<number> => {
+    let p = await freePort();
+    while (taken.has(p)) p = await freePort();
+    taken.add(p);
+    return p;
+  };
+  const port = await another();
+  const tlsPort = await another();
+  const imapPort = opts.imap === true ? await another() : 0;
+  const imapsPort = opts.imap === true ? await another() : 0;
+  if (opts.oauth2IntrospectionUrl !== undefined) {
+    await writeFile(
+      path.join(dir, 'oauth2.conf.ext'),
+      [
+        `introspection_url = ${opts.oauth2IntrospectionUrl}`,
+        'introspection_mode = post',
+        'force_introspection = yes',
+        'username_attribute = username',
+        'active_attribute = active',
+        'active_value = true',
+        '',
+      ].join('\n'),
+      { mode: 0o600 },
+    );
+  }
 
   const confPath = path.join(dir, 'dovecot.conf');
   await writeFile(
@@ -328,6 +385,9 @@ export async function startDovecot(opts: StartDovecotOptions): Promise<DovecotHa
       loginUser: await pickLoginUser(),
       mailUid: mail.uid,
       mailGid: mail.gid,
+      imapPort,
+      imapsPort,
+      oauth2: opts.oauth2IntrospectionUrl !== undefined,
     }),
   );
 
@@ -402,5 +462,5 @@ export async function startDovecot(opts: StartDovecotOptions): Promise<DovecotHa
     await new Promise((r) => setTimeout(r, 50));
   }
 
-  return { port, tlsPort, dir, mailUid: mail.uid, mailGid: mail.gid, stop };
+  return { port, tlsPort, imapPort, imapsPort, certFile: path.join(dir, 'cert.pem'), dir, mailUid: mail.uid, mailGid: mail.gid, stop };
 }

@@ -47,6 +47,7 @@ const BINARIES = {
   postfix: { path: '/usr/sbin/postfix', install: 'apt-get install postfix' },
   'dovecot-lmtpd': { path: '/usr/lib/dovecot/lmtp', install: 'apt-get install dovecot-lmtpd' },
   chromium: { path: '/usr/bin/chromium', install: 'apt-get install chromium' },
+  'dovecot-imapd': { path: '/usr/lib/dovecot/imap', install: 'apt-get install dovecot-imapd' },
 } satisfies Record<string, { path?: string; install: string }>;
 
 export type BinaryPeer = keyof typeof BINARIES;

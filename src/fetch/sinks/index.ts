@@ -5,13 +5,17 @@
  *
  * ```toml
  * [sink]                          # or [accounts.x.sink]
- * type = "maildir"                # maildir | mbox | mda | lmtp
+ * type = "maildir"                # maildir | mbox | mda | lmtp | imap
  * path = "/home/me/Maildir"
  * fsync = "group"                 # true | false | "group"
  * ```
  */
+import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import type { Logger } from '../../observability/log.js';
+import { CredentialError, readSecret, TokenSource } from '../credentials.js';
+import { OAuth2Schema } from '../oauth2-schema.js';
+import { ImapSink, type ImapCredentials } from './imap.js';
 import { LmtpSink } from './lmtp.js';
 import { MaildirSink } from './maildir.js';
 import { MboxSink } from './mbox.js';
@@ -26,6 +30,7 @@ export { MaildirSink, maildirFolderPath, type MaildirSinkOptions } from './maild
 export { MboxSink, MboxrdQuoter, asctime, senderFromHead, type MboxSinkOptions } from './mbox.js';
 export { MdaSink, type MdaSinkOptions } from './mda.js';
 export { LmtpSink, type LmtpSinkOptions, type LmtpAddress } from './lmtp.js';
+export { ImapSink, type ImapSinkOptions, type ImapCredentials } from './imap.js';
 export { fcntlAvailable } from './fcntl-lock.js';
 
 const seconds = z.number().nonnegative();
@@ -98,7 +103,42 @@ export const LmtpSinkSchema = z
     }
   });
 
-export const SinkSpecSchema = z.discriminatedUnion('type', [MaildirSinkSchema, MboxSinkSchema, MdaSinkSchema, LmtpSinkSchema]);
+export const ImapSinkSchema = z
+  .object({
+    type: z.literal('imap'),
+    host: z.string().min(1),
+    /** Default 993 with tls = "implicit", else 143. */
+    port: z.number().int().min(1).max(65535).optional(),
+    tls: z.enum(['none', 'starttls', 'implicit']).default('implicit'),
+    /** Trust anchors (PEM file) instead of the system CAs. */
+    ca: z.string().min(1).optional(),
+    insecure: z.boolean().default(false),
+    servername: z.string().min(1).optional(),
+    /** Allow credentials without TLS to a host that is not loopback. */
+    allow_plaintext_password: z.boolean().default(false),
+    user: z.string().min(1),
+    password: z.string().min(1).optional(),
+    password_env: z.string().min(1).optional(),
+    password_command: z.string().min(1).optional(),
+    oauth2: OAuth2Schema.optional(),
+    folder: z.string().regex(/^[^\x00-\x1f\x7f]+$/, 'expected a folder name such as "INBOX" or "Archive/POP"').default('INBOX'),
+    /** Create the folder if the server says it does not exist. */
+    create: z.boolean().default(false),
+    /** The appended message's internal date (what Gmail sorts by): its Date header, or the time of the APPEND. */
+    internal_date: z.enum(['date', 'now']).default('date'),
+    timeout: seconds.positive().default(300),
+    /** Messages are held in memory for APPEND: larger ones are refused. */
+    max_size: z.union([z.number().int().positive(), z.string().regex(/^\s*\d+\s*[kKmMgG]?\s*$/, 'expected a size such as "100M"')]).default(100 * 1024 * 1024),
+  })
+  .strict()
+  .superRefine((v, ctx) => {
+    const pw = [v.password, v.password_env, v.password_command].filter((x) => x !== undefined).length;
+    if (v.oauth2 === undefined && pw !== 1) ctx.addIssue({ code: 'custom', message: 'an IMAP sink needs exactly one of password, password_env, password_command (or oauth2)', path: ['password'] });
+    if (v.oauth2 !== undefined && pw !== 0) ctx.addIssue({ code: 'custom', message: 'oauth2 and a password exclude each other', path: ['oauth2'] });
+    if (v.insecure && v.ca !== undefined) ctx.addIssue({ code: 'custom', message: 'ca and insecure exclude each other', path: ['ca'] });
+  });
+
+export const SinkSpecSchema = z.discriminatedUnion('type', [MaildirSinkSchema, MboxSinkSchema, MdaSinkSchema, LmtpSinkSchema, ImapSinkSchema]);
 
 /** A sink as written in the configuration (defaults may be left out). */
 export type SinkSpecInput = z.input<typeof SinkSpecSchema>;
@@ -108,6 +148,29 @@ export type SinkSpec = z.output<typeof SinkSpecSchema>;
 export interface SinkDeps {
   /** Where the MDA sink logs an MDA that exited 0 before reading the whole message. */
   readonly logger?: Logger;
+  /** Where password_env and the OAuth secrets' _env settings are read (default process.env). */
+  readonly env?: NodeJS.ProcessEnv;
+  /**
+   * The account's ledger file: an IMAP sink with a token endpoint caches its
+   * access token beside it (`<ledger>.imap-<user>@<host>.token`, mode 0600).
+   */
+  readonly stateFile?: string;
+}
+
+function sizeOf(v: number | string): number {
+  if (typeof v === 'number') return v;
+  const m = /^\s*(\d+)\s*([kKmMgG])?/.exec(v)!;
+  return Number(m[1]) * ({ k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[(m[2] ?? '').toLowerCase() as 'k'] ?? 1);
+}
+
+function imapCredentials(s: z.output<typeof ImapSinkSchema>, deps: SinkDeps): ImapCredentials {
+  const env = deps.env ?? process.env;
+  if (s.oauth2 === undefined) {
+    return { kind: 'password', get: (signal) => readSecret({ value: s.password, env: s.password_env, command: s.password_command }, 'IMAP sink password', env, signal) };
+  }
+  const cacheFile = deps.stateFile !== undefined && s.oauth2.token_command === undefined ? `${deps.stateFile}.imap-${`${s.user}@${s.host}`.replace(/[^A-Za-z0-9._@+-]/g, '_')}.token` : undefined;
+  const tokens = new TokenSource(s.oauth2, { env, ...(cacheFile !== undefined ? { cacheFile } : {}) });
+  return { kind: 'oauth2', get: (signal, fresh) => tokens.get(signal, fresh) };
 }
 
 /**
@@ -160,6 +223,32 @@ export async function createSink(spec: SinkSpecInput, deps: SinkDeps = {}): Prom
       return s.socket_path !== undefined
         ? new LmtpSink({ socketPath: s.socket_path, ...common })
         : new LmtpSink({ host: s.host!, port: s.port ?? 24, ...common });
+    }
+    case 'imap': {
+      let ca: Buffer | undefined;
+      if (s.ca !== undefined) {
+        try {
+          ca = await readFile(s.ca);
+        } catch (e) {
+          throw new CredentialError(`IMAP sink: cannot read CA file ${s.ca}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, false);
+        }
+      }
+      return new ImapSink({
+        host: s.host,
+        tls: s.tls,
+        insecure: s.insecure,
+        allowPlaintextPassword: s.allow_plaintext_password,
+        user: s.user,
+        credentials: imapCredentials(s, deps),
+        folder: s.folder,
+        create: s.create,
+        internalDate: s.internal_date,
+        timeoutMs: s.timeout * 1000,
+        maxMessageOctets: sizeOf(s.max_size),
+        ...(s.port !== undefined ? { port: s.port } : {}),
+        ...(ca !== undefined ? { ca } : {}),
+        ...(s.servername !== undefined ? { servername: s.servername } : {}),
+      });
     }
   }
 }

@@ -1,0 +1,253 @@
+/**
+ * The IMAP sink against a real IMAP server: Dovecot's imapd on loopback,
+ * with implicit TLS, STARTTLS and (loopback only) no TLS, a password or an
+ * OAuth 2.0 token (Dovecot's oauth2 passdb asks an introspection endpoint
+ * this test runs). What was appended is read back over IMAP and compared
+ * octet for octet; the crash probe is asked about messages that are there,
+ * twice over, and not there.
+ */
+import { promises as fs } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { ImapFlow } from 'imapflow';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resolveFetchConfig } from '../../src/fetch/config.js';
+import { fetchAccount, newReport } from '../../src/fetch/session.js';
+import { createSink, ImapSink, type ImapSinkOptions, type SinkSpecInput } from '../../src/fetch/sinks/index.js';
+import { bufferSource, SinkError } from '../../src/fetch/sinks/util.js';
+import { startDovecot, type DovecotHandle } from '../helpers/dovecot.js';
+import { lacks } from '../helpers/peers.js';
+import { fillMaildrop } from './crash-helpers.js';
+import { seqMessage } from './helpers.js';
+
+let root: string;
+let dc: DovecotHandle;
+let dcXoauth: DovecotHandle | undefined;
+let caPem: Buffer;
+let introspection: http.Server;
+/** Tokens the introspection endpoint calls active, and the user each stands for. */
+const tokens = new Map<string, string>([['good-token', 'oauthbox']]);
+const introspected: string[] = [];
+
+const info = (uidl: string) => ({ account: 'test', uidl, size: 0 });
+
+function msg(subject: string, extra = ''): Buffer {
+  return Buffer.from(`From: a@example.org\r\nTo: b@example.org\r\nSubject: ${subject}\r\nMessage-ID: <${subject.replace(/\W/g, '')}@example.org>\r\nDate: Tue, 1 Jul 2025 10:00:00 +0000\r\n\r\nbody of ${subject}\r\n${extra}`, 'latin1');
+}
+
+/** Every message in `folder` of `user`'s mailbox, as stored (BODY[]), in UID order. */
+async function stored(user: string, folder = 'INBOX', port = dc.imapPort): Promise<Buffer[]> {
+  const c = new ImapFlow({ host: '127.0.0.1', port, secure: false, doSTARTTLS: false, auth: { user, pass: 'pw' }, logger: false });
+  c.on('error', () => undefined);
+  await c.connect();
+  const out: Buffer[] = [];
+  try {
+    const box = await c.mailboxOpen(folder, { readOnly: true }).catch(() => undefined);
+    if (box !== undefined && box.exists > 0) for await (const m of c.fetch('1:*', { source: true })) out.push(m.source!);
+  } finally {
+    await c.logout();
+  }
+  return out;
+}
+
+function sinkDefaults(): Omit<ImapSinkOptions, 'user'> {
+  return {
+    host: '127.0.0.1',
+    port: dc.imapsPort,
+    tls: 'implicit',
+    ca: caPem,
+    servername: 'localhost',
+    credentials: { kind: 'password', get: () => Promise.resolve('pw') },
+    timeoutMs: 20_000,
+  };
+}
+
+function sink(over: Partial<ImapSinkOptions> & { user: string }): ImapSink {
+  return new ImapSink({ ...sinkDefaults(), ...over });
+}
+
+describe.skipIf(lacks('dovecot') || lacks('dovecot-imapd'))('IMAP sink against Dovecot imapd', () => {
+  beforeAll(async () => {
+    root = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-imap-sink-'));
+    introspection = http.createServer((req, res) => {
+      let body = '';
+      req.on('data', (d: Buffer) => (body += d.toString()));
+      req.on('end', () => {
+        const token = new URLSearchParams(body).get('token') ?? /^Bearer (.*)$/.exec(req.headers.authorization ?? '')?.[1] ?? '';
+        introspected.push(token);
+        const user = tokens.get(token);
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify(user !== undefined ? { active: true, username: user } : { active: false }));
+      });
+    });
+    await new Promise<void>((r) => introspection.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(introspection.address() as AddressInfo).port}/introspect`;
+    const mail = path.join(root, 'mail');
+    await fillMaildrop(mail, 'popsrc', 30);
+    const users = ['box', 'tls', 'starttls', 'probe', 'oauthbox', 'dst', 'hostile', 'popsrc', 'popsrc2'].map((name) => ({ name, password: 'pw' }));
+    await fillMaildrop(mail, 'popsrc2', 12);
+    dc = await startDovecot({ maildirRoot: mail, users, imap: true, oauth2IntrospectionUrl: url, extraConf: 'auth_failure_delay = 0' });
+    caPem = await fs.readFile(dc.certFile);
+  }, 60_000);
+  afterAll(async () => {
+    await dc?.stop();
+    await dcXoauth?.stop();
+    introspection?.close();
+    await fs.rm(root, { recursive: true, force: true });
+  });
+
+  it('implicit TLS, verified against the server certificate: messages stored octet for octet, with their UIDs', async () => {
+    const s = sink({ user: 'tls' });
+    const a = msg('first one');
+    const b = Buffer.concat([msg('second, 8-bit \xe9 and long', 'x'.repeat(300_000) + '\r\n'), Buffer.from('\r\n.\r\n..dots\r\n', 'latin1')]);
+    await s.deliverBuffer(a, info('u1'));
+    const uid1 = s.lastUid;
+    await s.deliver(Readable.from([b.subarray(0, 1000), b.subarray(1000)]), info('u2'));
+    await s.close();
+    expect(await stored('tls')).toEqual([a, b]);
+    expect(s.connections).toBe(1);
+    expect(uid1).toBe(1);
+    expect(s.lastUid).toBe(2); // APPENDUID (UIDPLUS)
+  });
+
+  it('STARTTLS, and plain IMAP to loopback; plain IMAP to another host is refused before connecting', async () => {
+    const st = sink({ user: 'starttls', port: dc.imapPort, tls: 'starttls' });
+    await st.deliverBuffer(msg('over starttls'), info('s1'));
+    await st.close();
+    const plain = sink({ user: 'starttls', port: dc.imapPort, tls: 'none' });
+    await plain.deliverBuffer(msg('in the clear on loopback'), info('s2'));
+    await plain.close();
+    expect(await stored('starttls')).toEqual([msg('over starttls'), msg('in the clear on loopback')]);
+
+    const far = sink({ user: 'starttls', host: '192.0.2.1', port: 143, tls: 'none' });
+    const e = await far.deliverBuffer(msg('never'), info('s3')).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(SinkError);
+    expect((e as SinkError).message).toMatch(/without TLS/);
+    expect(far.connections).toBe(0);
+  });
+
+  it('a certificate the CA does not vouch for, a wrong password and a missing folder: typed errors, nothing stored', async () => {
+    const { ca: _ca, ...noCa } = { ...sinkDefaults(), user: 'box' };
+    const untrusted = new ImapSink(noCa);
+    const e1 = (await untrusted.deliverBuffer(msg('no'), info('b1')).catch((x: unknown) => x)) as SinkError;
+    expect(e1).toBeInstanceOf(SinkError);
+    expect(e1.temporary).toBe(true);
+    expect(e1.message).toMatch(/certificate/i);
+
+    const badpw = sink({ user: 'box', credentials: { kind: 'password', get: () => Promise.resolve('wrong') } });
+    const e2 = (await badpw.deliverBuffer(msg('no'), info('b2')).catch((x: unknown) => x)) as SinkError;
+    expect(e2).toBeInstanceOf(SinkError);
+    expect(e2.temporary).toBe(false);
+    expect(e2.message).toMatch(/login refused/);
+
+    const nofolder = sink({ user: 'box', folder: 'Missing' });
+    const e3 = (await nofolder.deliverBuffer(msg('no'), info('b3')).catch((x: unknown) => x)) as SinkError;
+    expect(e3).toBeInstanceOf(SinkError);
+    expect(e3.message).toMatch(/TRYCREATE/);
+    await nofolder.close();
+    expect(await stored('box')).toEqual([]);
+
+    const create = sink({ user: 'box', folder: 'Archive', create: true });
+    await create.deliverBuffer(msg('made the folder'), info('b4'));
+    await create.close();
+    expect(await stored('box', 'Archive')).toEqual([msg('made the folder')]);
+  });
+
+  it('the crash probe finds what is there (identical copies count once each), by Message-ID or by size and content', async () => {
+    const s = sink({ user: 'probe' });
+    const here = msg('delivered');
+    const noId = Buffer.from('From: a@example.org\r\nSubject: no message-id\r\n\r\nhello\r\n', 'latin1');
+    const sameSizeOther = Buffer.from('From: a@example.org\r\nSubject: no message-id\r\n\r\nHELLO\r\n', 'latin1');
+    const absent = msg('never delivered');
+    const sameIdOtherBody = Buffer.from(here.toString('latin1').replace('body of', 'BODY OF'), 'latin1');
+    await s.deliverBuffer(here, info('p1'));
+    await s.deliverBuffer(noId, info('p2'));
+    await s.deliverBuffer(msg('unrelated'), info('p3'));
+    const since = Date.now();
+    const found = await s.findDelivered([
+      { uidl: 'A', since, folders: [undefined], content: bufferSource(here) },
+      { uidl: 'A-again', since, folders: [undefined], content: bufferSource(here) },
+      { uidl: 'B', since, folders: [undefined], content: bufferSource(noId) },
+      { uidl: 'C', since, folders: [undefined], content: bufferSource(absent) },
+      { uidl: 'D', since, folders: [undefined], content: bufferSource(sameSizeOther) },
+      { uidl: 'E', since, folders: [undefined], content: bufferSource(sameIdOtherBody) },
+    ]);
+    expect([...found].sort()).toEqual(['A', 'B']);
+    // The probe leaves the folder as it was.
+    expect(await stored('probe')).toHaveLength(3);
+    await s.close();
+    // A folder that does not exist holds nothing.
+    const none = sink({ user: 'probe', folder: 'Nowhere' });
+    expect(await none.findDelivered([{ uidl: 'A', since, folders: [undefined], content: bufferSource(here) }])).toEqual(new Set());
+    await none.close();
+  });
+
+  it('OAuth 2.0: OAUTHBEARER to Dovecot, which checks the token at the introspection endpoint; a refused token is a login error', async () => {
+    const tokenSink = (token: string): ImapSink =>
+      sink({ user: 'oauthbox', credentials: { kind: 'oauth2', get: () => Promise.resolve({ token, cached: false }) } });
+    const s = tokenSink('good-token');
+    await s.deliverBuffer(msg('with a bearer token'), info('o1'));
+    await s.close();
+    expect(introspected).toContain('good-token');
+    expect(await stored('oauthbox')).toEqual([msg('with a bearer token')]);
+    const log = await fs.readFile(path.join(dc.dir, 'dovecot.log'), 'utf8');
+    expect(log).toMatch(/imap-login: Info: Login: user=<oauthbox>, method=OAUTHBEARER/);
+
+    const bad = tokenSink('revoked-token');
+    const e = (await bad.deliverBuffer(msg('no'), info('o2')).catch((x: unknown) => x)) as SinkError;
+    expect(e).toBeInstanceOf(SinkError);
+    expect(e.temporary).toBe(false);
+    expect(e.message).toMatch(/login refused/);
+  });
+
+  it('OAuth 2.0: XOAUTH2 when the server offers only that (a second Dovecot); a refused cached token is replaced by a fresh one', async () => {
+    const url = `http://127.0.0.1:${(introspection.address() as AddressInfo).port}/introspect`;
+    dcXoauth = await startDovecot({ maildirRoot: path.join(root, 'mail2'), users: [{ name: 'oauthbox', password: 'pw' }], imap: true, oauth2IntrospectionUrl: url, extraConf: 'auth_mechanisms = plain login xoauth2\nauth_failure_delay = 0' });
+    const asked: boolean[] = [];
+    const s = new ImapSink({
+      host: '127.0.0.1',
+      port: dcXoauth.imapsPort,
+      ca: await fs.readFile(dcXoauth.certFile),
+      servername: 'localhost',
+      user: 'oauthbox',
+      credentials: {
+        kind: 'oauth2',
+        get: (_signal, fresh) => {
+          asked.push(fresh);
+          return Promise.resolve(fresh ? { token: 'good-token', cached: false } : { token: 'stale-token', cached: true });
+        },
+      },
+    });
+    await s.deliverBuffer(msg('xoauth2'), info('x1'));
+    await s.close();
+    expect(asked).toEqual([false, true]);
+    expect(await stored('oauthbox', 'INBOX', dcXoauth.imapPort)).toEqual([msg('xoauth2')]);
+    expect(await fs.readFile(path.join(dcXoauth.dir, 'dovecot.log'), 'utf8')).toMatch(/Login: user=<oauthbox>, method=XOAUTH2/);
+  }, 30_000);
+
+  it('poplar fetch: a POP3 account into an IMAP folder of another mailbox; a second fetch appends nothing', async () => {
+    const cfg = resolveFetchConfig(
+      {
+        sinks: { gmail: { type: 'imap', host: '127.0.0.1', port: dc.imapsPort, ca: dc.certFile, servername: 'localhost', user: 'dst', password_env: 'IMAP_PW', folder: 'POP', create: true } },
+        account: [{ name: 'src', host: '127.0.0.1', port: dc.port, tls: 'none', user: 'popsrc', password: 'pw', sink: 'gmail', state: path.join(root, 'src.ledger') }],
+      },
+      root,
+    );
+    const acct = cfg.accounts[0]!;
+    const deps = {
+      createSink: (spec: Record<string, unknown>) => createSink(spec as SinkSpecInput, { env: { IMAP_PW: 'pw' }, stateFile: acct.state }),
+      now: Date.now,
+      fsync: false,
+    };
+    const r1 = await fetchAccount(acct, deps, newReport('src'));
+    expect(r1.delivered).toBe(30);
+    const r2 = await fetchAccount(acct, deps, newReport('src'));
+    expect(r2.delivered).toBe(0);
+    const got = (await stored('dst', 'POP')).map((b) => Number(/^X-Seq: (\d+)\r$/m.exec(b.toString('latin1'))![1]));
+    expect(got.sort((x, y) => x - y)).toEqual(Array.from({ length: 30 }, (_, i) => i));
+    expect((await stored('dst', 'POP'))[0]).toEqual(Buffer.from(seqMessage(0, 120), 'latin1'));
+  });
+});
