@@ -27,8 +27,11 @@ const token = z
   .regex(/^[\x21-\x7e]+$/, 'not printable ASCII');
 const seconds = z.union([z.number().finite().nonnegative(), z.string().regex(/^\d{1,9}$/).transform(Number)]);
 
+/** RFC 6750 §2.1 b64token: what a bearer token may hold, and what XOAUTH2 and OAUTHBEARER can carry. */
+const accessToken = token.regex(/^[A-Za-z0-9\-._~+/]+=*$/, 'not a bearer token (RFC 6750 b64token)');
+
 const TokenSuccessSchema = z.object({
-  access_token: token,
+  access_token: accessToken,
   token_type: z
     .string()
     .regex(/^bearer$/i, 'not Bearer')
