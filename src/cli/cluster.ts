@@ -11,6 +11,9 @@ import type { Connection } from '../server/connection.js';
 import { TRANSACTION_COMMANDS, TransactionState, type MailPort } from '../server/transaction.js';
 import type { Maildrop } from '../store/types.js';
 import type { Principal } from '../auth/types.js';
+import { adminEnabled } from '../admin/process-admin.js';
+import { bindAdmin } from '../admin/bind.js';
+import { ClusterAdmin } from '../admin/cluster-admin.js';
 
 /**
  * `poplar serve --workers N`: N worker processes share the listening sockets
@@ -59,6 +62,11 @@ export async function runPrimary(flags: ServeFlags, workers: number): Promise<vo
   const live = new Set<Worker>();
   const scans = new ScanRelay();
   let badLimitsLogged = 0;
+  // The admin listener (docs/monitoring.md) is the primary's: one scrape, one `who`, over every worker.
+  // Bound here, as root, so a bad [admin] section stops the start before any worker runs.
+  const admin = adminEnabled(config)
+    ? await bindAdmin(config, new ClusterAdmin(() => live, workers, (config.admin.probe_timeout + 2) * 1000), logger, identity?.gid)
+    : null;
   const limits = new PrimaryLimits({
     onBadRequest: (why) => {
       // Only our own workers talk here; one line a minute at most if one ever misbehaves.
@@ -139,6 +147,7 @@ export async function runPrimary(flags: ServeFlags, workers: number): Promise<vo
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) return;
     stopping = true;
+    if (admin !== null) admin.draining = true;
     logger.info({ signal }, 'shutting down workers');
     for (const w of live) w.process.kill('SIGTERM');
   };

@@ -6,6 +6,7 @@ import { registerDeliverCommand } from './deliver.js';
 import { registerFetchCommand } from './fetch.js';
 import { registerMigrateCommand } from './migrate.js';
 import { registerUserCommands } from './user.js';
+import { registerAdminCommands } from '../admin/cli.js';
 
 const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
 
@@ -63,6 +64,7 @@ export function buildProgram(): Command {
   registerFetchCommand(program);
   registerMigrateCommand(program);
   registerDeliverCommand(program);
+  registerAdminCommands(program);
   return program;
 }
 

@@ -23,6 +23,10 @@ import { sharedLimits } from './shared-limits.js';
 import { bindLmtp } from '../delivery/serve-lmtp.js';
 import type { LmtpServer } from '../delivery/lmtp-server.js';
 import { bindAutoconfig, type AutoconfigService } from '../autoconfig/serve-autoconfig.js';
+import { adminEnabled, ProcessAdmin } from '../admin/process-admin.js';
+import { bindAdmin } from '../admin/bind.js';
+import { serveAdminRequests } from '../admin/cluster-admin.js';
+import type { AdminServer } from '../admin/http.js';
 
 export interface RunningServer {
   readonly server: Pop3Server;
@@ -40,8 +44,11 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   const identity = resolveServiceIdentity(config.server);
   const logger = createLogger({ level: config.log_level, format: config.log_format });
 
+  // Metrics, health and who/kick (docs/monitoring.md): the backends are timed by a decorator.
+  const admin = adminEnabled(config) ? new ProcessAdmin(config) : null;
+  const timedAuth = (a: Authenticator): Authenticator => admin?.registry.instrumentAuthenticator(a) ?? a;
   // The user database first: an unreachable one is reported before anything is created.
-  const authenticator = await buildAuthenticator(config, logger);
+  const authenticator = timedAuth(await buildAuthenticator(config, logger));
   // Then the mail store, for the same reason.
   const store = await buildStore(config, logger).catch(async (e: unknown) => {
     await authenticator.close?.().catch(() => undefined);
@@ -90,12 +97,15 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   let listeners: BoundListener[];
   let lmtp: LmtpServer | null = null;
   let autoconfig: AutoconfigService | null = null;
+  let adminServer: AdminServer | null = null;
+  const served = admin?.registry.instrumentStore(store) ?? store;
   try {
     server = new Pop3Server({
       settings: config.server,
       authenticator,
-      store,
+      store: served,
       logger,
+      observers: admin?.observers() ?? [],
       tls,
       oauth: config.auth.oauth !== undefined,
       throttleStore: limits.throttleStore,
@@ -107,10 +117,14 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     // a connection (Node binds synchronously; nothing here waits on I/O in between).
     if (cluster.isWorker) switchUser(identity, logger);
     // LMTP (docs/delivery.md) is bound with the POP3 listeners and serves only after the switch.
-    lmtp = await bindLmtp(config, { store, authenticator, logger, worker: cluster.isWorker });
+    // The admin listener of a single process (under --workers the primary has it).
+    if (admin !== null && !cluster.isWorker) adminServer = await bindAdmin(config, admin, logger, identity?.gid);
+    lmtp = await bindLmtp(config, { store: served, authenticator, logger, worker: cluster.isWorker, deliveries: admin?.registry.deliveryObserver() });
     // Mail-client setup over HTTP (docs/client-setup.md): bound before the switch (ports 80 and 443 need root).
     autoconfig = await bindAutoconfig(config, { logger, tls });
     listeners = await server.listen(listenSpecs);
+    admin?.listening();
+    if (admin !== null) serveAdminRequests(admin);
     if (!cluster.isWorker) switchUser(identity, logger);
     lmtp?.start();
   } catch (e) {
@@ -149,10 +163,13 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
 
   // SIGHUP (src/cli/reload.ts): the file again; certificates, users, limits, mechanisms and log level for new sessions.
   const reloader = new Reloader(
-    { flags, server, logger, tls: tls !== undefined, lmtp: lmtp !== null, serviceUser: identity?.user, buildAuthenticator: (c) => buildAuthenticator(c, logger) },
+    { flags, server, logger, tls: tls !== undefined, lmtp: lmtp !== null, serviceUser: identity?.user, buildAuthenticator: async (c) => timedAuth(await buildAuthenticator(c, logger)) },
     config,
     authenticator,
   );
+  // /readyz: a cheap call to each backend, through whichever user database is current.
+  admin?.probe('users', (signal) => reloader.authenticator.lookupPrincipal?.('poplar-readiness-probe', signal) ?? Promise.resolve());
+  admin?.probe('store', () => (store instanceof PostgresStore ? store.pool.query('SELECT 1') : fs.access(config.maildirRoot, fsc.R_OK | fsc.X_OK)));
   return {
     server,
     listeners,
@@ -163,6 +180,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
       await autoconfig?.reload(reloader.config);
     },
     stop: async () => {
+      if (adminServer !== null) adminServer.draining = true;
       const graceMs = reloader.config.server.shutdown_grace * 1000;
       await lmtp?.close(graceMs);
       await autoconfig?.close(graceMs);
@@ -171,6 +189,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
       await reloader.authenticator.close?.();
       await reloader.close();
       await limits.close();
+      await adminServer?.close();
     },
   };
 }

@@ -25,6 +25,7 @@ import { ConfigError } from '../config/errors.js';
 import { MailError } from '../errors.js';
 import type { Logger } from '../observability/log.js';
 import type { DeliveryTarget, MailStore } from '../store/types.js';
+import type { DeliveryObserver } from '../observability/metrics.js';
 import type { LmtpConfig, QuotaConfig } from './config.js';
 import { deliverToAll } from './deliver.js';
 import { quotaFor, resolveRecipient } from './recipients.js';
@@ -41,6 +42,8 @@ export interface LmtpServerOptions {
   readonly hostname: string;
   /** gid for socket_group (resolved by the caller); undefined: leave it. */
   readonly socketGid?: number | undefined;
+  /** Told of every recipient's outcome after DATA, and of recipients refused at RCPT (metrics). */
+  readonly deliveries?: DeliveryObserver | undefined;
 }
 
 export type LmtpListen = { readonly host: string; readonly port: number } | { readonly path: string };
@@ -195,7 +198,10 @@ export class LmtpServer {
     try {
       if (addressProblem(address.address) !== undefined) return cb(replyError({ code: 550, status: '5.1.1', text: 'No such user here' }));
       const user = await resolveRecipient(this.#o.authenticator, address.address, { format: c.recipient_format, delimiter: c.recipient_delimiter });
-      if (user === undefined) return cb(replyError({ code: 550, status: '5.1.1', text: 'No such user here' }, `<${address.address}>`));
+      if (user === undefined) {
+        this.#o.deliveries?.recipient('refused', 0);
+        return cb(replyError({ code: 550, status: '5.1.1', text: 'No such user here' }, `<${address.address}>`));
+      }
       this.#state(session).users.set(address.address.toLowerCase(), user);
       cb();
     } catch (e) {
@@ -246,6 +252,7 @@ export class LmtpServer {
       const outcome = r.user === undefined ? new Error('recipient lost') : outcomes[next++];
       const ok = outcome === undefined;
       const reply = ok ? DELIVERED : smtpReplyFor(outcome, this.#o.config.over_quota);
+      this.#o.deliveries?.recipient(reply.code < 400 ? 'accepted' : reply.code < 500 ? 'temp-failed' : 'refused', message.length);
       this.#o.logger.info(
         { from: sender, rcpt: r.address, user: r.user?.username, size: message.length, result: `${reply.code} ${reply.status}`, ...(ok ? {} : { err: outcome }) },
         ok ? 'lmtp: delivered' : 'lmtp: not delivered',

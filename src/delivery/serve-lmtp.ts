@@ -11,6 +11,7 @@ import { ConfigError } from '../config/errors.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../observability/log.js';
 import type { MailStore } from '../store/types.js';
+import type { DeliveryObserver } from '../observability/metrics.js';
 import { LmtpServer, lmtpListenSpecs } from './lmtp-server.js';
 
 export interface LmtpDeps {
@@ -19,6 +20,8 @@ export interface LmtpDeps {
   readonly logger: Logger;
   /** A --workers worker: TCP listeners come from the primary; UNIX sockets are refused. */
   readonly worker: boolean;
+  /** Told of every recipient's outcome (metrics). */
+  readonly deliveries?: DeliveryObserver | undefined;
 }
 
 export async function bindLmtp(config: Config, deps: LmtpDeps): Promise<LmtpServer | null> {
@@ -35,6 +38,7 @@ export async function bindLmtp(config: Config, deps: LmtpDeps): Promise<LmtpServ
     logger: deps.logger,
     hostname: config.server.hostname ?? os.hostname(),
     socketGid: config.lmtp.socket_group === undefined ? undefined : groupId(config.lmtp.socket_group),
+    deliveries: deps.deliveries,
   });
   const bound = await server.listen(specs);
   for (const b of bound) deps.logger.info(b.path !== undefined ? { lmtp: b.path } : { lmtp: `${b.host}:${b.port}` }, 'lmtp listening');
