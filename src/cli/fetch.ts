@@ -60,7 +60,7 @@ function sinkSpecFor(spec: SinkSpecValue, acct: ResolvedAccount): SinkSpecValue 
 export function registerFetchCommand(program: Command): void {
   const fetch = program
     .command('fetch')
-    .description('fetch mail from POP3 accounts into Maildir, mbox, an MDA or LMTP (see docs/fetch.md)')
+    .description('fetch mail from POP3 accounts into Maildir, mbox, an MDA, LMTP or an IMAP folder (see docs/fetch.md)')
     .option('--config <file>', 'TOML file with [[account]] tables')
     .option('--account <name>', 'only this account of the config (repeatable)', collect)
     .option('--once', 'fetch every account once and exit (default)')
@@ -136,7 +136,7 @@ async function fetchCommand(opts: FetchFlags): Promise<number> {
   process.on('SIGINT', onSignal);
 
   const deps: SessionDeps = {
-    createSink: (spec, acct): Promise<Sink> => createSink(sinkSpecFor(spec, acct) as SinkSpecInput),
+    createSink: (spec, acct): Promise<Sink> => createSink(sinkSpecFor(spec, acct) as SinkSpecInput, { env: process.env, stateFile: path.resolve(acct.state) }),
     now: fetchClock(),
     stop: soft.signal,
     signal: hard.signal,
