@@ -6,12 +6,17 @@
  * One private Dovecot (high-performance mode) serves one mailbox of 2000
  * messages of 8 KiB over loopback, plain POP3. Each client fetches the whole
  * mailbox in keep mode (nothing is deleted, so every run sees the same data)
- * into a fresh Maildir with fresh client state, RUNS times, in rounds that
- * rotate the client order. The figure is the median wall time of a client's
- * process (start to exit, startup included). Every run must leave exactly
- * MESSAGES files in the Maildir, or the benchmark fails.
+ * into a fresh Maildir with fresh client state, RUNS times on each of two
+ * file systems (a directory on the machine's own file system, and a fresh
+ * loop-mounted ext4), in rounds that rotate the client order. The figures are
+ * the median wall time of a client's process (start to exit, startup
+ * included) and its median CPU time (user + system, children included).
+ * Every run must leave exactly MESSAGES files in the Maildir, or the
+ * benchmark fails.
  *
- * Writes docs/benchmarks-fetch.md and prints it.
+ * Writes docs/benchmarks-fetch.md and prints it. For quick comparisons while
+ * working (no report written): `--runs N`, `--only poplar,mpop`,
+ * `--fs ordinary|loop`.
  */
 import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, chmodSync, writeFileSync } from 'node:fs';
@@ -21,7 +26,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { dovecotAvailable } from '../test/helpers/dovecot.js';
 import { run, which, shebangInterpreter, type RunResult } from '../test/interop/run.js';
-import { machineInfo } from './procfs.js';
+import { machineInfo, systemBusySeconds } from './procfs.js';
 import { startDovecotBench } from './servers.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -40,9 +45,9 @@ function flag(name: string): string | undefined {
 }
 const RUNS = Number(flag('--runs') ?? 3);
 const ONLY = flag('--only')?.split(',');
-/** `--dir DIR`: put the Maildirs (and everything else) under DIR instead of a scratch ext4 file system. */
+/** `--dir DIR`: the "ordinary" file system's runs (and Dovecot's mailbox) go under DIR instead of a new directory in /var/tmp. */
 const DIR = flag('--dir');
-/** Size of the scratch ext4 image. */
+/** Size of the loop-mounted ext4 image. */
 const SCRATCH_FS_BYTES = 2 * 1024 ** 3;
 const USER = 'bench';
 const PASSWORD = 'bench-secret';
@@ -358,20 +363,51 @@ const TOOL: Record<ToolKey, Tool> = { poplar, mpop, fetchmail, getmail6 };
 
 // --------------------------------------------------------------------------- where the Maildirs live
 
-interface Scratch {
+interface Place {
+  /** Short name for the tables. */
+  key: 'ordinary' | 'loop';
   dir: string;
   description: string;
+  /** Milliseconds to create one empty file there (measured before the runs). */
+  createMs: number;
   cleanup(): void;
 }
 
 /**
- * The file system the Maildirs are written to. By default a fresh ext4 made
- * for this run (an image file on a loop device, default mount options), so
- * that every client meets the same, ordinary file system rather than the
- * history of the machine's root file system; `--dir` chooses another place.
+ * The machine's own file system: a directory under /var/tmp (the root file
+ * system here, as it would be for a user's home), or `--dir`.
  */
-function scratchFileSystem(): Scratch {
-  if (DIR !== undefined) return { dir: DIR, description: `${DIR} (chosen with --dir)`, cleanup: () => undefined };
+function ordinaryFileSystem(): Omit<Place, 'createMs'> {
+  if (DIR !== undefined) return { key: 'ordinary', dir: DIR, description: `${DIR} (chosen with --dir)`, cleanup: () => undefined };
+  const dir = mkdtempSync(path.join('/var/tmp', 'poplar-bench-fetch-'));
+  chmodSync(dir, 0o755);
+  const fs = fsOf(dir);
+  return {
+    key: 'ordinary',
+    dir,
+    description: `a directory in /var/tmp on this machine's own, long-used ${fs} file system`,
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+/** The type and mount options of the file system holding `dir` (from /proc/self/mounts). */
+function fsOf(dir: string): string {
+  try {
+    const mounts = readFileSync('/proc/self/mounts', 'latin1').split('\n').map((l) => l.split(' '));
+    let best: string[] | undefined;
+    for (const m of mounts) if (m[1] !== undefined && (dir === m[1] || dir.startsWith(m[1].endsWith('/') ? m[1] : `${m[1]}/`)) && (best === undefined || m[1].length > best[1]!.length)) best = m;
+    return best !== undefined ? `${best[2]} (${best[3]})` : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+/**
+ * A fresh ext4 made for this run (an image file on a loop device, default
+ * mount options): every fsync there goes through the loop device to the
+ * image file, so it is slow, and inode allocation is cheap.
+ */
+function loopFileSystem(): Omit<Place, 'createMs'> | undefined {
   const img = path.join('/var/tmp', `poplar-bench-fetch-${process.pid}.img`);
   const mnt = mkdtempSync(path.join(os.tmpdir(), 'poplar-bench-fetch-mnt-'));
   const undo = (): void => {
@@ -389,14 +425,15 @@ function scratchFileSystem(): Scratch {
     execFileSync('mount', ['-o', 'loop', img, mnt], { stdio: 'ignore' });
     chmodSync(mnt, 0o755);
     return {
+      key: 'loop',
       dir: mnt,
-      description: `a fresh ${SCRATCH_FS_BYTES / 1024 ** 3} GiB ext4 file system made for this run (\`mkfs.ext4\` on an image file in /var/tmp, mounted through a loop device with default options: data=ordered journal, barriers on, so fsync reaches the disk)`,
+      description: `a fresh ${SCRATCH_FS_BYTES / 1024 ** 3} GiB ext4 made for this run (\`mkfs.ext4\` on an image file in /var/tmp, mounted through a loop device with default options: data=ordered journal, barriers on, so every fsync goes through the loop device to the image file)`,
       cleanup: undo,
     };
   } catch (e) {
     undo();
-    log(`no scratch file system (${(e as Error).message.split('\n')[0] ?? ''}); using ${os.tmpdir()}`);
-    return { dir: os.tmpdir(), description: `${os.tmpdir()} (no scratch file system could be made)`, cleanup: () => undefined };
+    log(`no loop-mounted file system (${(e as Error).message.split('\n')[0] ?? ''}); measuring the ordinary one only`);
+    return undefined;
   }
 }
 
@@ -410,10 +447,36 @@ function createCostMs(dir: string): number {
   return ms;
 }
 
+// --------------------------------------------------------------------------- CPU accounting
+
+const CLK_TCK = 100; // sysconf(_SC_CLK_TCK) on every Linux build Node supports
+
+/**
+ * CPU seconds (user, system) of this process's reaped children: each client
+ * run is a child that has been waited for when `run` resolves, so the
+ * difference around a run is that client's CPU time, with its own children
+ * (fetchmail's MDA shells, getmail's delivery children, mpop's passwordeval).
+ */
+function reapedChildrenCpu(): { user: number; sys: number } {
+  const s = readFileSync('/proc/self/stat', 'latin1');
+  const f = s.slice(s.lastIndexOf(')') + 2).trim().split(' ');
+  // fields 16 and 17 of stat (cutime, cstime) = index 13 and 14 here
+  return { user: Number(f[13]) / CLK_TCK, sys: Number(f[14]) / CLK_TCK };
+}
+
 // --------------------------------------------------------------------------- main
 
+interface Run {
+  ms: number;
+  /** CPU seconds of the client process (and its children). */
+  user: number;
+  sys: number;
+  /** Share of the machine's CPUs used by everything else (not this client, not Dovecot) during the run, 0..1. */
+  others: number;
+}
+
 interface ToolResult {
-  times: number[];
+  runs: Run[];
   failures: string[];
   /** A run that did not complete (killed at its timeout, or failed): what it delivered in how long. */
   partial?: { count: number; ms: number; why: string };
@@ -421,34 +484,51 @@ interface ToolResult {
   cut: boolean;
 }
 
+type Results = Record<Place['key'], Record<ToolKey, ToolResult>>;
+
+function emptyResults(): Record<ToolKey, ToolResult> {
+  return {
+    poplar: { runs: [], failures: [], cut: false },
+    mpop: { runs: [], failures: [], cut: false },
+    fetchmail: { runs: [], failures: [], cut: false },
+    getmail6: { runs: [], failures: [], cut: false },
+  };
+}
+
 async function main(): Promise<void> {
-  if (process.getuid?.() !== 0) throw new Error('bench:fetch needs root (private Dovecot, getmail user switch)');
+  if (process.getuid?.() !== 0) throw new Error('bench:fetch needs root (private Dovecot, loop mount, getmail user switch)');
   if (!dovecotAvailable()) throw new Error(`${DOVECOT_BIN} is not installed`);
   if (!poplar.available) throw new Error(`${POPLAR_MAIN} missing: run \`npm run build\` first`);
 
   const startedAt = Date.now();
-  const load = os.loadavg();
+  const loadStart = os.loadavg();
+  const busyStart = systemBusySeconds();
   const mi = machineInfo(DOVECOT_BIN);
-  const scratch = scratchFileSystem();
-  const createCost = { scratch: createCostMs(scratch.dir), tmp: scratch.dir === os.tmpdir() ? NaN : createCostMs(os.tmpdir()) };
-  log(`Maildirs on ${scratch.dir}; creating a file costs ${createCost.scratch.toFixed(3)} ms there, ${createCost.tmp.toFixed(3)} ms in ${os.tmpdir()}`);
-  const base = mkdtempSync(path.join(scratch.dir, 'poplar-bench-fetch-'));
-  chmodSync(base, 0o755); // getmail's delivery child (nobody) must reach the Maildirs
-  const mailRoot = path.join(base, 'mail');
+  const places: Place[] = [];
+  const cleanups: (() => void)[] = [];
+  const cleanupAll = (): void => {
+    for (const c of cleanups.splice(0).reverse()) c();
+  };
+  const ordinary = ordinaryFileSystem();
+  cleanups.push(ordinary.cleanup);
+  const loop = flag('--fs') === 'ordinary' ? undefined : loopFileSystem();
+  if (loop !== undefined) cleanups.push(loop.cleanup);
+  for (const p of [ordinary, loop]) {
+    if (p === undefined || (flag('--fs') !== undefined && flag('--fs') !== p.key)) continue;
+    const createMs = createCostMs(p.dir);
+    places.push({ ...p, createMs });
+    log(`${p.key}: ${p.dir}; creating a file costs ${(createMs * 1000).toFixed(0)} µs there`);
+  }
+  // Dovecot's mailbox is on the ordinary file system (it is read, and stays in the page cache).
+  const mailRoot = path.join(ordinary.dir, 'mail');
   log(`writing ${MESSAGES} messages of ${MESSAGE_SIZE} octets under ${mailRoot}`);
   writeMailbox(mailRoot);
   const dovecot = await startDovecotBench(mailRoot, [{ name: USER, password: PASSWORD }]);
-  const results: Record<ToolKey, ToolResult> = {
-    poplar: { times: [], failures: [], cut: false },
-    mpop: { times: [], failures: [], cut: false },
-    fetchmail: { times: [], failures: [], cut: false },
-    getmail6: { times: [], failures: [], cut: false },
-  };
+  const results: Results = { ordinary: emptyResults(), loop: emptyResults() };
   const onSignal = (sig: NodeJS.Signals): void => {
-    log(`${sig}: stopping Dovecot and removing ${base}`);
+    log(`${sig}: stopping Dovecot and removing the scratch directories`);
     void dovecot.stop().finally(() => {
-      rmSync(base, { recursive: true, force: true });
-      scratch.cleanup();
+      cleanupAll();
       process.exit(130);
     });
   };
@@ -466,54 +546,71 @@ async function main(): Promise<void> {
     let n = 0;
     for (let round = 0; round < RUNS; round++) {
       const order = TOOLS.map((_, i) => TOOLS[(i + round) % TOOLS.length]!);
-      for (const key of order) {
-        const tool = TOOL[key];
-        const res = results[key];
-        if (!tool.available || res.cut || (ONLY !== undefined && !ONLY.includes(key))) continue;
-        execFileSync('sync'); // the previous run's writes and deletions are not left for this one to wait on
-        const dir = path.join(base, `${key}-${round}-${n++}`);
-        mkdirSync(dir);
-        chmodSync(dir, 0o755);
-        const { r, maildir, note } = await tool.once(dir, dovecot.port);
-        const { count, tmp } = countDelivered(maildir);
-        const ok = r.code === 0 && count === MESSAGES && tmp === 0 && note === undefined;
-        log(`round ${round + 1} ${key}: ${r.ms} ms, exit ${String(r.code)}, ${count} files${tmp > 0 ? `, ${tmp} left in tmp/` : ''}${note !== undefined ? `, ${note}` : ''}`);
-        if (ok) res.times.push(r.ms);
-        else res.partial ??= { count, ms: r.ms, why: r.code === null ? `killed after ${r.ms} ms` : `exit ${String(r.code)}` };
-        if (r.ms > SLOW_RUN_MS || !ok) {
-          res.cut = true;
-          log(`${key}: ${ok ? `slower than ${SLOW_RUN_MS} ms` : 'failed'}, not run again`);
+      for (const place of round % 2 === 0 ? places : [...places].reverse()) {
+        for (const key of order) {
+          const tool = TOOL[key];
+          const res = results[place.key][key];
+          if (!tool.available || res.cut || (ONLY !== undefined && !ONLY.includes(key))) continue;
+          execFileSync('sync'); // the previous run's writes and deletions are not left for this one to wait on
+          const dir = path.join(place.dir, `${key}-${round}-${n++}`);
+          mkdirSync(dir);
+          chmodSync(dir, 0o755);
+          const cpu0 = reapedChildrenCpu();
+          const busy0 = systemBusySeconds();
+          const dove0 = dovecot.cpuSeconds();
+          const { r, maildir, note } = await tool.once(dir, dovecot.port);
+          const cpu1 = reapedChildrenCpu();
+          const busy = systemBusySeconds() - busy0;
+          const dove = dovecot.cpuSeconds() - dove0;
+          const user = cpu1.user - cpu0.user;
+          const sys = cpu1.sys - cpu0.sys;
+          const others = Math.min(1, Math.max(0, (busy - user - sys - dove) / ((r.ms / 1000) * mi.cores)));
+          const { count, tmp } = countDelivered(maildir);
+          const ok = r.code === 0 && count === MESSAGES && tmp === 0 && note === undefined;
+          log(
+            `round ${round + 1} ${place.key} ${key}: ${r.ms} ms, cpu ${(user * 1000).toFixed(0)}+${(sys * 1000).toFixed(0)} ms, ` +
+              `others ${(others * 100).toFixed(0)}%, exit ${String(r.code)}, ${count} files${tmp > 0 ? `, ${tmp} left in tmp/` : ''}${note !== undefined ? `, ${note}` : ''}`,
+          );
+          if (ok) res.runs.push({ ms: r.ms, user, sys, others });
+          else res.partial ??= { count, ms: r.ms, why: r.code === null ? `killed after ${r.ms} ms` : `exit ${String(r.code)}` };
+          if (r.ms > SLOW_RUN_MS || !ok) {
+            res.cut = true;
+            log(`${place.key} ${key}: ${ok ? `slower than ${SLOW_RUN_MS} ms` : 'failed'}, not run again`);
+          }
+          if (!ok) res.failures.push(`${place.key} round ${round + 1}: exit ${String(r.code)}, ${count} files, ${tmp} in tmp/${note !== undefined ? `, ${note}` : ''}\n${r.describe}`);
+          rmSync(dir, { recursive: true, force: true });
         }
-        if (!ok) res.failures.push(`round ${round + 1}: exit ${String(r.code)}, ${count} files, ${tmp} in tmp/${note !== undefined ? `, ${note}` : ''}\n${r.describe}`);
-        rmSync(dir, { recursive: true, force: true });
       }
     }
   } finally {
     await dovecot.stop();
-    rmSync(base, { recursive: true, force: true });
-    scratch.cleanup();
+    cleanupAll();
   }
 
   const runtimeS = (Date.now() - startedAt) / 1000;
-  const md = report(results, mi, load, runtimeS, scratch.description, createCost);
-  if (ONLY === undefined && flag('--runs') === undefined) writeFileSync(DOC, md);
+  const machineBusy = (systemBusySeconds() - busyStart) / (runtimeS * mi.cores);
+  const md = report(results, places, mi, { loadStart, loadEnd: os.loadavg(), machineBusy }, runtimeS);
+  if (ONLY === undefined && flag('--runs') === undefined && flag('--fs') === undefined) writeFileSync(DOC, md);
   process.stdout.write(md);
-  const failed = TOOLS.filter((k) => TOOL[k].available && results[k].failures.length > 0);
-  for (const k of failed) for (const f of results[k].failures) log(`${k} FAILED ${f}`);
-  if (failed.length > 0) process.exitCode = 1;
+  let failed = false;
+  for (const place of places) {
+    for (const k of TOOLS) for (const f of results[place.key][k].failures) log(`${place.key} ${k} FAILED ${f}`);
+    failed ||= TOOLS.some((k) => results[place.key][k].failures.length > 0);
+  }
+  if (failed) process.exitCode = 1;
 }
 
-function report(
-  results: Record<ToolKey, ToolResult>,
-  mi: ReturnType<typeof machineInfo>,
-  load: number[],
-  runtimeS: number,
-  where: string,
-  createCost: { scratch: number; tmp: number },
-): string {
-  const med = (k: ToolKey): number => median(results[k].times);
-  const mpopMs = med('mpop');
+interface Load {
+  loadStart: number[];
+  loadEnd: number[];
+  /** Share of all CPUs busy (every process) over the whole benchmark. */
+  machineBusy: number;
+}
+
+function report(results: Results, places: Place[], mi: ReturnType<typeof machineInfo>, load: Load, runtimeS: number): string {
   const fmt = (x: number, d = 0): string => (Number.isFinite(x) ? x.toFixed(d) : '–');
+  const medMs = (r: ToolResult): number => median(r.runs.map((x) => x.ms));
+  const medCpuMs = (r: ToolResult): number => median(r.runs.map((x) => (x.user + x.sys) * 1000));
   const lines: string[] = [];
   lines.push('# Fetcher benchmark: `poplar fetch` vs mpop, fetchmail, getmail6', '');
   lines.push(
@@ -524,60 +621,70 @@ function report(
       'loopback (plain POP3, USER/PASS, Dovecot high-performance mode from test/helpers/dovecot.ts) into a Maildir, ' +
       'in keep mode: nothing is deleted, so every run sees the same data. Every run starts from a fresh, empty Maildir ' +
       'and fresh client state (ledger, UIDL file, idfile, getmail dir). ' +
-      `Each client runs ${RUNS} times, in rounds that rotate the order of the clients; the figure is the median ` +
-      'wall time of the client process from start to exit (process start-up, login and QUIT included). ' +
+      `Each client runs ${RUNS} times on each file system, in rounds that rotate the order of the clients and alternate ` +
+      'the file systems; the figures are medians. Wall time is the client process from start to exit (process start-up, ' +
+      'login and QUIT included); CPU time is the user + system time of the client process and its children ' +
+      '(cutime/cstime of the benchmark, which reaps them). ' +
       `Every run is checked to leave exactly ${MESSAGES} files in new/+cur/ and none in tmp/. ` +
       '`sync` runs before each run, so no run waits on the writes and deletions of the one before it.',
     '',
-    `The Maildirs (and Dovecot's mailbox) are on ${where}. ` +
-      `Creating an empty file costs ${fmt(createCost.scratch * 1000)} µs there` +
-      (Number.isFinite(createCost.tmp)
-        ? `, against ${fmt(createCost.tmp * 1000)} µs in this machine's ${os.tmpdir()} (both measured by this run). ` +
-          'A fresh file system is used because the long-used root file system of this machine has at times taken close ' +
-          'to a millisecond of kernel CPU per new inode (measured while building this benchmark), for every client alike, ' +
-          'which turns the comparison into a measurement of inode allocation. `--dir DIR` runs the benchmark elsewhere.'
-        : '.'),
+    'The file systems:',
     '',
   );
-  lines.push('| client | median wall time | messages/s | vs mpop (speed) | runs (ms) |', '|---|---:|---:|---:|---|');
-  for (const k of TOOLS) {
-    const t = TOOL[k];
-    if (!t.available) {
-      lines.push(`| ${k} | not installed | | | |`);
-      continue;
-    }
-    const res = results[k];
-    if (res.times.length === 0 && res.partial !== undefined) {
-      const p = res.partial;
-      const rate = (p.count / p.ms) * 1000;
-      lines.push(
-        `| ${k} | did not finish: ${p.count} of ${MESSAGES} in ${fmt(p.ms / 1000, 1)} s (${p.why}) | ${fmt(rate)} (partial) | ${fmt((rate / MESSAGES) * mpopMs / 1000, 3)}× (from the partial rate) | – |`,
-      );
-      continue;
-    }
-    const m = med(k);
-    const rate = (MESSAGES / m) * 1000;
-    const ratio = mpopMs / m;
-    const fails = res.failures.length;
-    const runs = `${res.times.join(', ')}${res.times.length < RUNS ? ` (${res.times.length} run${res.times.length === 1 ? '' : 's'} only${res.cut ? `: slower than ${SLOW_RUN_MS / 1000} s` : ''})` : ''}`;
+  for (const p of places) lines.push(`- **${p.key}**: ${p.description}. Creating an empty file there costs ${fmt(p.createMs * 1000)} µs (measured by this run).`);
+  lines.push('', "Dovecot's mailbox is on the ordinary file system in both cases.", '');
+  for (const p of places) {
+    const res = results[p.key];
+    const mpopMs = medMs(res.mpop);
+    const mpopCpu = medCpuMs(res.mpop);
+    lines.push(`## ${p.key === 'ordinary' ? 'Ordinary file system' : 'Loop-mounted ext4'}`, '');
     lines.push(
-      `| ${k} | ${fmt(m / 1000, 2)} s | ${fmt(rate)} | ${fmt(ratio, 2)}× | ${runs}${fails > 0 ? ` (${fails} failed run(s))` : ''} |`,
+      '| client | median wall time | messages/s | speed vs mpop | CPU per message (user + sys) | CPU vs mpop | others\' load | runs (wall ms / CPU ms) |',
+      '|---|---:|---:|---:|---:|---:|---:|---|',
     );
+    for (const k of TOOLS) {
+      const t = TOOL[k];
+      if (!t.available) {
+        lines.push(`| ${k} | not installed | | | | | | |`);
+        continue;
+      }
+      const r = res[k];
+      if (ONLY !== undefined && !ONLY.includes(k)) continue;
+      if (r.runs.length === 0 && r.partial !== undefined) {
+        const pt = r.partial;
+        const rate = (pt.count / pt.ms) * 1000;
+        lines.push(`| ${k} | did not finish: ${pt.count} of ${MESSAGES} in ${fmt(pt.ms / 1000, 1)} s (${pt.why}) | ${fmt(rate)} (partial) | ${fmt(((rate / MESSAGES) * mpopMs) / 1000, 3)}× (partial rate) | | | | – |`);
+        continue;
+      }
+      const m = medMs(r);
+      const cpu = medCpuMs(r);
+      const others = median(r.runs.map((x) => x.others * 100));
+      const runs = r.runs.map((x) => `${x.ms} / ${fmt((x.user + x.sys) * 1000)}`).join(', ');
+      const note = r.runs.length < RUNS ? ` (${r.runs.length} run${r.runs.length === 1 ? '' : 's'}${r.cut ? `: slower than ${SLOW_RUN_MS / 1000} s` : ''})` : '';
+      const fails = r.failures.length > 0 ? ` (${r.failures.length} failed)` : '';
+      lines.push(
+        `| ${k} | ${fmt(m / 1000, 2)} s | ${fmt((MESSAGES / m) * 1000)} | ${fmt(mpopMs / m, 2)}× | ${fmt((cpu / MESSAGES) * 1000)} µs | ${fmt(cpu / mpopCpu, 2)}× | ${fmt(others)}% | ${runs}${note}${fails} |`,
+      );
+    }
+    lines.push('');
   }
   lines.push(
-    '',
-    '"vs mpop" is mpop\'s median time divided by the client\'s: above 1 means faster than mpop. ' +
+    '"speed vs mpop" is mpop\'s median wall time divided by the client\'s (above 1: faster than mpop); "CPU vs mpop" is the ' +
+      'client\'s median CPU time divided by mpop\'s (below 1: less CPU than mpop). "others\' load" is the median share of the ' +
+      "machine's CPUs that everything except the client and Dovecot used during that client's runs (from /proc/stat): " +
+      'above a few percent, other work competed with the benchmark and the wall times are less reliable than the CPU times. ' +
       `To keep the whole benchmark to a few minutes, a client whose first run takes more than ${SLOW_RUN_MS / 1000} s is run ` +
-      `only once (its single time is shown), and getmail6 is stopped after ${GETMAIL_TIMEOUT_MS / 1000} s; a run that did ` +
-      'not finish is shown with the number of messages it had delivered by then. The load average below matters: ' +
-      'this machine was shared with other work while the benchmark ran.',
+      `only once on that file system, and getmail6 is stopped after ${GETMAIL_TIMEOUT_MS / 1000} s; a run that did ` +
+      'not finish is shown with the number of messages it had delivered by then.',
     '',
   );
-  const target = med('mpop') / med('poplar');
-  lines.push(
-    `**Target: \`poplar fetch\` at least 1.5× as fast as mpop. Measured: ${fmt(target, 2)}× — ${Number.isFinite(target) ? (target >= 1.5 ? 'met' : 'not met') : 'not measured'}.**`,
-    '',
-  );
+  const verdicts = places.map((p) => {
+    const r = results[p.key];
+    const speed = medMs(r.mpop) / medMs(r.poplar);
+    const cpu = medCpuMs(r.poplar) / medCpuMs(r.mpop);
+    return `${p.key}: ${fmt(speed, 2)}× mpop's speed (${Number.isFinite(speed) ? (speed >= 1.5 ? 'met' : 'not met') : 'not measured'}), ${fmt(cpu, 2)}× its CPU per message (${Number.isFinite(cpu) ? (cpu <= 1 ? 'met' : 'not met') : 'not measured'})`;
+  });
+  lines.push(`**Target: \`poplar fetch\` at least 1.5× as fast as mpop with no more CPU per message, on both file systems. Measured: ${verdicts.join('; ')}.**`, '');
   lines.push('## What each client promises on a crash', '');
   lines.push('The clients do not do the same amount of work to keep mail safe, which matters for the comparison:', '');
   for (const k of TOOLS) lines.push(`- **${k}** (${TOOL[k].version}): ${TOOL[k].durability}.`);
@@ -588,19 +695,18 @@ function report(
       '`--fetchall`; getmail6 `read_all = true`, `delete = false`, `delivered_to`/`received` off. getmail6 runs with a ' +
       `small wrapper that delays each forked delivery child by ${GETMAIL_CHILD_DELAY_S * 1000} ms, to avoid a race in ` +
       'getmail 6.18 (it installs its SIGCHLD handler after forking); that adds at most ' +
-      `${((MESSAGES * GETMAIL_CHILD_DELAY_S)).toFixed(0)} s to its time. poplar runs as installed, through its launcher ` +
-      '(`bin/poplar fetch --once --json --tls none --keep --maildir … --state …`, default settings; the launcher sets ' +
-      'UV_THREADPOOL_SIZE=16 when it is not set, see docs/fetch.md).',
+      `${(MESSAGES * GETMAIL_CHILD_DELAY_S).toFixed(0)} s to its time. poplar runs as installed, through its launcher ` +
+      '(`bin/poplar fetch --once --json --tls none --keep --maildir … --state …`, default settings).',
     '',
   );
   lines.push('## Machine', '');
   lines.push(
     `- CPU: ${mi.cpu}, ${mi.cores} cores available (\`os.availableParallelism()\`)`,
     `- RAM: ${mi.ramGiB} GiB`,
-    `- Load average at start (1/5/15 min): ${load.map((x) => x.toFixed(2)).join(' / ')}`,
+    `- Load: load average ${load.loadStart.map((x) => x.toFixed(2)).join(' / ')} (1/5/15 min) at the start, ${load.loadEnd.map((x) => x.toFixed(2)).join(' / ')} at the end; ` +
+      `all CPUs were ${fmt(load.machineBusy * 100)}% busy over the whole run (every process, the benchmark's own included)`,
     `- OS: ${mi.os}; kernel ${mi.kernel}`,
     `- Node ${mi.node}; ${mi.dovecot.startsWith('2') ? `Dovecot ${mi.dovecot}` : mi.dovecot}`,
-    `- Maildirs and Dovecot's mailbox: ${where}`,
     '',
   );
   return lines.join('\n');
