@@ -8,9 +8,7 @@
  * configuration; one line on stderr says why.
  */
 import type { Command } from 'commander';
-import { ConfigError, loadConfig } from '../config/load.js';
-import { NotFoundError, PermanentFailure } from '../errors.js';
-import { silentLogger, createLogger, type Logger } from '../observability/log.js';
+import type { Logger } from '../observability/log.js';
 import type { Authenticator } from '../auth/types.js';
 import type { MailStore } from '../store/types.js';
 import { EX_CONFIG, EX_OK, EX_USAGE } from './exit-codes.js';
@@ -49,6 +47,12 @@ async function readStdin(limit: number): Promise<Buffer | null> {
 }
 
 async function deliverCommand(flags: DeliverFlags): Promise<number> {
+  // Loaded here, not at startup: every other subcommand (fetch above all) starts without the configuration, store and logging modules.
+  const [{ ConfigError, loadConfig }, { NotFoundError, PermanentFailure }, { silentLogger, createLogger }] = await Promise.all([
+    import('../config/load.js'),
+    import('../errors.js'),
+    import('../observability/log.js'),
+  ]);
   const { addressProblem, withTraceHeaders } = await import('../delivery/trace-headers.js');
   const { exitCodeFor } = await import('../delivery/smtp-replies.js');
   const fail = (code: number, why: string): number => {
