@@ -19,9 +19,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Authenticator } from '../../src/auth/types.js';
 import { Pop3Client } from '../../src/client/index.js';
 import { authorizeAccount } from '../../src/fetch/authorize.js';
-import { loadFetchConfig } from '../../src/fetch/config.js';
+import { ConfigError } from '../../src/config/errors.js';
+import { loadFetchConfig, resolveFetchConfig } from '../../src/fetch/config.js';
 import { CredentialError } from '../../src/fetch/credentials.js';
 import { classify } from '../../src/fetch/exit-status.js';
+import { oauthEndpoints } from '../../src/fetch/oauth-presets.js';
 import { OAuthGrantError, requestToken } from '../../src/fetch/oauth-token.js';
 import { poplarArgs, runPoplar } from '../helpers/cli.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
@@ -474,5 +476,45 @@ describe('XOAUTH2 with a long token, the way Microsoft 365 takes it', () => {
     const d = await Pop3Client.connect({ host: '127.0.0.1', port: pop.port, tls: 'none' });
     await expect(d.loginOAuth2('alice', newToken('at.', ACCESS_TOKEN_LENGTH), { mechanism: 'XOAUTH2' })).rejects.toMatchObject({ name: 'Pop3ServerError' });
     d.close();
+  });
+});
+
+describe('provider presets and the [oauth2] table', () => {
+  const account = (oauth2: Record<string, unknown>): unknown =>
+    resolveFetchConfig({ account: [{ name: 'a', host: 'h', user: 'u', sink: { type: 'maildir', path: 'm' }, oauth2 }] }, '/').accounts[0]!.oauth2;
+
+  it('google and microsoft fill in endpoints and scopes; every value can be overridden', () => {
+    expect(oauthEndpoints({ provider: 'google' })).toMatchObject({
+      authorization_endpoint: 'https://accounts.google.com/o/oauth2/v2/auth',
+      token_endpoint: 'https://oauth2.googleapis.com/token',
+      device_authorization_endpoint: 'https://oauth2.googleapis.com/device/code',
+      scope: 'https://mail.google.com/',
+      refresh_scope: undefined,
+      authorization_params: { access_type: 'offline', prompt: 'consent' },
+      flow: 'browser',
+    });
+    const ms = oauthEndpoints({ provider: 'microsoft' });
+    expect(ms).toMatchObject({
+      authorization_endpoint: 'https://login.microsoftonline.com/common/oauth2/v2.0/authorize',
+      token_endpoint: 'https://login.microsoftonline.com/common/oauth2/v2.0/token',
+      device_authorization_endpoint: 'https://login.microsoftonline.com/common/oauth2/v2.0/devicecode',
+      redirect_host: 'localhost',
+    });
+    expect(ms.scope).toBe('https://outlook.office.com/POP.AccessAsUser.All https://outlook.office.com/IMAP.AccessAsUser.All offline_access');
+    expect(ms.refresh_scope).toBe(ms.scope);
+    expect(oauthEndpoints({ provider: 'microsoft', tenant: 'consumers' }).token_endpoint).toBe('https://login.microsoftonline.com/consumers/oauth2/v2.0/token');
+    const over = oauthEndpoints({ provider: 'microsoft', scope: 'x offline_access', token_endpoint: 'https://t.example/token', redirect_host: '127.0.0.1', flow: 'browser' });
+    expect(over).toMatchObject({ scope: 'x offline_access', refresh_scope: 'x offline_access', token_endpoint: 'https://t.example/token', redirect_host: '127.0.0.1', flow: 'browser' });
+    expect(() => oauthEndpoints({})).toThrow(/no token endpoint/);
+  });
+
+  it('a provider needs no refresh token in the config (authorize stores it); mistakes are refused', () => {
+    expect(account({ provider: 'google', client_id: 'c', client_secret_env: 'S' })).toMatchObject({ provider: 'google' });
+    expect(() => account({ provider: 'google', token_command: 'x' })).toThrow(ConfigError);
+    expect(() => account({ provider: 'google' })).toThrow(/client_id/);
+    expect(() => account({ provider: 'google', client_id: 'c', tenant: 'common' })).toThrow(/tenant goes with provider = "microsoft"/);
+    expect(() => account({ provider: 'microsoft', client_id: 'c', tenant: 'a/b' })).toThrow(/tenant/);
+    expect(() => account({ provider: 'yahoo', client_id: 'c' })).toThrow(ConfigError);
+    expect(() => account({ token_endpoint: 'https://t/', client_id: 'c', refresh_token: 'a', refresh_token_env: 'B' })).toThrow(/at most one/);
   });
 });
