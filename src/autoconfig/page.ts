@@ -19,6 +19,7 @@ input{font:inherit;padding:.4rem .5rem;border:1px solid #aab;border-radius:4px}
 button,.download{font:inherit;padding:.5rem 1rem;border-radius:4px;border:0;background:#2b5fd9;color:#fff;text-decoration:none;display:inline-block;justify-self:start;cursor:pointer}
 section{background:#fff;margin-top:1rem;padding:1rem;border-radius:8px;border:1px solid #d8dce3}
 table{border-collapse:collapse;width:100%;margin-bottom:1rem}
+caption{text-align:left;font-weight:600;padding:.3rem 0}
 th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #e5e8ee;vertical-align:top}
 th{width:12rem;font-weight:600}
 td{font-family:ui-monospace,monospace}
