@@ -315,7 +315,7 @@ async function loopbackListener(state: string, host: '127.0.0.1' | 'localhost'):
   }
   for (const s of servers) s.requestTimeout = 10_000;
   return {
-    uri: `http://${host}:${port}/`,
+    uri: `http://${host}:${port}`, // no path: what Google and Microsoft document for loopback redirects
     code: (waitMs, signal) =>
       new Promise<string>((resolve, reject) => {
         const timer = setTimeout(() => finish({ error: new CredentialError(`no sign-in within ${Math.round(waitMs / 1000)} s`, true) }), waitMs);
