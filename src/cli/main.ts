@@ -2,6 +2,7 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../config/errors.js';
 import { EX_CONFIG, EX_SOFTWARE, EX_USAGE } from './exit-codes.js';
+import { registerCheckCommand } from './check.js';
 import { registerDeliverCommand } from './deliver.js';
 import { registerFetchCommand } from './fetch.js';
 import { registerMigrateCommand } from './migrate.js';
@@ -64,6 +65,7 @@ export function buildProgram(): Command {
   registerFetchCommand(program);
   registerMigrateCommand(program);
   registerDeliverCommand(program);
+  registerCheckCommand(program);
   registerAdminCommands(program);
   return program;
 }
