@@ -38,11 +38,16 @@ export interface FetchRunOptions {
   /** `delivering`: SIGKILL a random moment after the first delivery; `any`: at a random moment; undefined: let it finish. */
   killAt?: 'delivering' | 'any';
   env?: NodeJS.ProcessEnv;
+  /** A config file to fetch with instead of the account flags (port, user, mode, sink and state are then unused). */
+  config?: string;
 }
 
 /** One run of `poplar fetch --once` against Dovecot, perhaps killed with SIGKILL. */
 export async function runFetch(o: FetchRunOptions): Promise<FetchRun> {
-  const args = ['fetch', '--once', '--host', '127.0.0.1', '--port', String(o.port), '--tls', 'none', '--user', o.user, '--password-env', 'PW', o.mode, ...o.sink, '--state', o.state, '--json'];
+  const args =
+    o.config !== undefined
+      ? ['fetch', '--once', '--config', o.config, '--json']
+      : ['fetch', '--once', '--host', '127.0.0.1', '--port', String(o.port), '--tls', 'none', '--user', o.user, '--password-env', 'PW', o.mode, ...o.sink, '--state', o.state, '--json'];
   const child = spawn(process.execPath, poplarArgs(args), { cwd: ROOT, env: { ...process.env, ...o.env, PW: 'pw' }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
