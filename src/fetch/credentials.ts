@@ -104,7 +104,6 @@ export class TokenSource {
   readonly #now: () => number;
   readonly #account: string;
   #cached: CachedToken | undefined;
-  #loaded = false;
   /** Requests made to the token endpoint (for tests and the summary). */
   refreshes = 0;
 
@@ -119,11 +118,22 @@ export class TokenSource {
   /** A current access token. `fresh`: ignore the cache (the server refused the cached one). */
   async get(signal?: AbortSignal, fresh = false): Promise<{ token: string; cached: boolean }> {
     if (this.#o.token_command !== undefined) return { token: await commandOutput(this.#o.token_command, 'OAuth token', signal), cached: false };
-    await this.#load();
-    if (!fresh && this.#cached !== undefined && this.#cached.access_token !== '' && this.#cached.expires_at - EXPIRY_MARGIN_MS > this.#now()) {
-      return { token: this.#cached.access_token, cached: true };
+    if (!fresh && this.#usable(this.#cached)) return { token: this.#cached!.access_token, cached: true };
+    // The file may be newer than what this process holds: another fetch refreshed (and rotated the
+    // refresh token, which made ours useless), or `poplar fetch authorize` signed in again.
+    const disk = this.#cacheFile !== undefined ? await readTokenCache(this.#cacheFile) : undefined;
+    if (disk !== undefined) {
+      if (!fresh && this.#usable(disk)) {
+        this.#cached = disk;
+        return { token: disk.access_token, cached: true };
+      }
+      if (disk.refresh_token !== undefined) this.#cached = { ...(this.#cached ?? disk), refresh_token: disk.refresh_token };
     }
     return { token: await this.#refresh(signal), cached: false };
+  }
+
+  #usable(t: CachedToken | undefined): boolean {
+    return t !== undefined && t.access_token !== '' && t.expires_at - EXPIRY_MARGIN_MS > this.#now();
   }
 
   async #refresh(signal?: AbortSignal): Promise<string> {
@@ -159,12 +169,6 @@ export class TokenSource {
     this.#cached = next;
     await this.#save();
     return next.access_token;
-  }
-
-  async #load(): Promise<void> {
-    if (this.#loaded || this.#cacheFile === undefined) return;
-    this.#loaded = true;
-    this.#cached = await readTokenCache(this.#cacheFile);
   }
 
   async #save(): Promise<void> {

@@ -21,10 +21,10 @@ import { Pop3Client } from '../../src/client/index.js';
 import { authorizeAccount } from '../../src/fetch/authorize.js';
 import { ConfigError } from '../../src/config/errors.js';
 import { loadFetchConfig, resolveFetchConfig } from '../../src/fetch/config.js';
-import { CredentialError } from '../../src/fetch/credentials.js';
+import { CredentialError, TokenSource } from '../../src/fetch/credentials.js';
 import { classify } from '../../src/fetch/exit-status.js';
 import { oauthEndpoints } from '../../src/fetch/oauth-presets.js';
-import { OAuthGrantError, requestToken } from '../../src/fetch/oauth-token.js';
+import { OAuthGrantError, readTokenCache, requestToken, writeTokenCache } from '../../src/fetch/oauth-token.js';
 import { poplarArgs, runPoplar } from '../helpers/cli.js';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { fetchOnce, seqCounts, seqMessage } from './helpers.js';
@@ -516,5 +516,26 @@ describe('provider presets and the [oauth2] table', () => {
     expect(() => account({ provider: 'microsoft', client_id: 'c', tenant: 'a/b' })).toThrow(/tenant/);
     expect(() => account({ provider: 'yahoo', client_id: 'c' })).toThrow(ConfigError);
     expect(() => account({ token_endpoint: 'https://t/', client_id: 'c', refresh_token: 'a', refresh_token_env: 'B' })).toThrow(/at most one/);
+  });
+});
+
+describe('two processes sharing one token cache', () => {
+  it('a fetch refreshes with the refresh token another one rotated to (the file wins over memory)', async () => {
+    const cacheFile = path.join(tmp, 'shared', 'acct.ledger.token');
+    oauth.refresh.add('rt-seed');
+    await writeTokenCache(cacheFile, { access_token: 'expired', expires_at: 0, refresh_token: 'rt-seed' });
+    const settings = { provider: 'microsoft' as const, token_endpoint: oauth.url('/token'), client_id: CLIENT_ID };
+    const daemon = new TokenSource(settings, { cacheFile, account: 'acct' });
+    const other = new TokenSource(settings, { cacheFile, account: 'acct' });
+    const from = oauth.refreshesSeen.length;
+    await daemon.get();
+    await other.get(); // expires_in 30 s is inside the refresh margin: refreshes, rotating what the daemon used
+    await daemon.get();
+    const seen = oauth.refreshesSeen.slice(from);
+    expect(seen[0]).toBe('rt-seed');
+    expect(seen[1]).not.toBe('rt-seed');
+    expect(seen[2]).not.toBe(seen[1]);
+    expect(seen.every((rt, i) => i === 0 || !oauth.refresh.has(rt))).toBe(true);
+    expect(oauth.refresh.has((await readTokenCache(cacheFile))!.refresh_token!)).toBe(true);
   });
 });
