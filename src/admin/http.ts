@@ -131,9 +131,11 @@ export class AdminServer {
         if (!get) return send(res, 405, 'method not allowed\n');
         if (this.draining) return send(res, 503, 'not ready: shutting down\n');
         const checks = await this.#backend.readiness();
+        // The drain may have begun while the probes ran.
+        if (this.draining) return send(res, 503, 'not ready: shutting down\n');
         const failed = Object.entries(checks).filter(([, why]) => why !== undefined);
         const body = Object.entries(checks).map(([name, why]) => `${name}: ${why ?? 'ok'}\n`).join('');
-        return send(res, failed.length === 0 && !this.draining ? 200 : 503, body);
+        return send(res, failed.length === 0 ? 200 : 503, body);
       }
       case '/metrics':
         if (!get) return send(res, 405, 'method not allowed\n');

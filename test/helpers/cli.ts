@@ -63,8 +63,14 @@ export interface ServeProcess {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-/** Start `poplar serve` and wait until every listener is up. */
-export async function startServe(args: string[], opts: { cwd?: string; expectListeners?: number; env?: NodeJS.ProcessEnv; allowRoot?: boolean } = {}): Promise<ServeProcess> {
+/**
+ * Start `poplar serve` and wait until every listener is up (`timeoutMs`, default 30 s:
+ * under --workers the workers start one after another).
+ */
+export async function startServe(
+  args: string[],
+  opts: { cwd?: string; expectListeners?: number; env?: NodeJS.ProcessEnv; allowRoot?: boolean; timeoutMs?: number } = {},
+): Promise<ServeProcess> {
   const child = spawn(process.execPath, poplarArgs(serveArgs(['serve', ...args], opts.allowRoot)), {
     cwd: opts.cwd ?? ROOT,
     env: { ...process.env, ...opts.env },
@@ -75,7 +81,7 @@ export async function startServe(args: string[], opts: { cwd?: string; expectLis
   const ports: { port: number; tls: string }[] = [];
   const want = opts.expectListeners ?? 2;
   await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`server did not start:\n${stderr}`)), 30_000);
+    const t = setTimeout(() => reject(new Error(`server did not start:\n${stderr}`)), opts.timeoutMs ?? 30_000);
     child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr!.on('data', (d: Buffer) => {
       stderr += d.toString();

@@ -48,6 +48,7 @@ const BINARIES = {
   'dovecot-lmtpd': { path: '/usr/lib/dovecot/lmtp', install: 'apt-get install dovecot-lmtpd' },
   chromium: { path: '/usr/bin/chromium', install: 'apt-get install chromium' },
   'dovecot-imapd': { path: '/usr/lib/dovecot/imap', install: 'apt-get install dovecot-imapd' },
+  promtool: { install: 'apt-get install prometheus' },
 } satisfies Record<string, { path?: string; install: string }>;
 
 export type BinaryPeer = keyof typeof BINARIES;
