@@ -225,10 +225,16 @@ export function registerCheckCommand(program: Command): void {
     .description('check the configuration, certificates, file permissions and backends; exit 0, or 78 with one line per problem')
     .option('--config <file>', 'TOML configuration file (as for serve)')
     .action(async (opts: { config?: string }) => {
-      const findings = await checkConfiguration(opts);
-      for (const f of findings) process.stdout.write(`${f.level}: ${f.text}\n`);
-      const problems = findings.filter((f) => f.level === 'problem').length;
-      if (problems === 0) process.stdout.write(`ok: ${opts.config ?? 'the default configuration'} (${findings.length} warning${findings.length === 1 ? '' : 's'})\n`);
-      process.exitCode = problems === 0 ? EX_OK : EX_CONFIG;
+      const { lines, code } = report(await checkConfiguration(opts), opts.config);
+      process.stdout.write(lines.map((l) => `${l}\n`).join(''));
+      process.exitCode = code;
     });
+}
+
+/** What `poplar check` prints, and its exit code. */
+export function report(findings: readonly Finding[], config: string | undefined): { lines: string[]; code: number } {
+  const lines = findings.map((f) => `${f.level}: ${f.text}`);
+  const problems = findings.filter((f) => f.level === 'problem').length;
+  if (problems === 0) lines.push(`ok: ${config ?? 'the default configuration'} (${findings.length} warning${findings.length === 1 ? '' : 's'})`);
+  return { lines, code: problems === 0 ? EX_OK : EX_CONFIG };
 }
