@@ -80,7 +80,7 @@ smtp_port = 465
     expect(await field('outgoing', 'port')).toBe('465');
     expect(await field('outgoing', 'security')).toBe('SSL/TLS');
     // The inline style is allowed by the page's policy (its hash): the button is styled, and nothing was blocked.
-    expect(await page.locator('#apple-profile').evaluate((e) => getComputedStyle(e).backgroundColor)).toBe('rgb(43, 95, 217)');
+    expect(await page.locator('#apple-profile').evaluate((e) => (globalThis as unknown as { getComputedStyle(x: unknown): { backgroundColor: string } }).getComputedStyle(e).backgroundColor)).toBe('rgb(43, 95, 217)');
     expect(blocked).toEqual([]);
 
     await fs.mkdir(ARTIFACTS, { recursive: true });
@@ -118,14 +118,15 @@ smtp_port = 465
   it('Chromium reads the Thunderbird file as well-formed XML with the same servers', async () => {
     const page = await browser.newPage();
     await page.goto(`${base}/mail/config-v1.1.xml?emailaddress=alice%40example.com`);
-    const seen = await page.evaluate(async () => {
+    // A string, run in the page (the browser's DOM, not Node's types).
+    const seen = await page.evaluate(`(async () => {
       const doc = new DOMParser().parseFromString(await (await fetch(location.href)).text(), 'application/xml');
       return {
         error: doc.getElementsByTagName('parsererror').length,
         incoming: [...doc.getElementsByTagName('incomingServer')].map((s) => ['hostname', 'port', 'socketType'].map((t) => s.getElementsByTagName(t)[0]?.textContent)),
         outgoing: [...doc.getElementsByTagName('outgoingServer')].map((s) => s.getElementsByTagName('port')[0]?.textContent),
       };
-    });
+    })()`);
     expect(seen).toEqual({
       error: 0,
       incoming: [['pop.example.com', '995', 'SSL'], ['pop.example.com', '110', 'STARTTLS']],
