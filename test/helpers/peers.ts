@@ -46,6 +46,7 @@ const BINARIES = {
   swaks: { install: 'apt-get install swaks' },
   postfix: { path: '/usr/sbin/postfix', install: 'apt-get install postfix' },
   'dovecot-lmtpd': { path: '/usr/lib/dovecot/lmtp', install: 'apt-get install dovecot-lmtpd' },
+  'systemd-analyze': { install: 'apt-get install systemd' },
   chromium: { path: '/usr/bin/chromium', install: 'apt-get install chromium' },
   'dovecot-imapd': { path: '/usr/lib/dovecot/imap', install: 'apt-get install dovecot-imapd' },
   promtool: { install: 'apt-get install prometheus' },
