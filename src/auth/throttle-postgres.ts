@@ -173,7 +173,8 @@ export class PostgresThrottleStore implements ThrottleStore {
 }
 
 const WAIT = `
-SELECT greatest(0, ceil($2::float8 - extract(epoch FROM now() - last_login) * 1000))::float8 AS wait
+SELECT (CASE WHEN last_login > now() THEN 0 -- the clock went back: that time says nothing
+             ELSE greatest(0, ceil($2::float8 - extract(epoch FROM now() - last_login) * 1000)) END)::float8 AS wait
   FROM poplar_login_times WHERE username = $1`;
 
 const RECORD = `
