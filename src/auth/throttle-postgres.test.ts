@@ -6,7 +6,7 @@ import { POSTGRES_CONNECTION as DB, lacksPostgres } from '../../test/helpers/pee
 import { MIGRATIONS, migrate } from './postgres/migrations.js';
 import { LoginThrottle } from './throttle.js';
 import { FallbackGate, FallbackThrottleStore } from './throttle-fallback.js';
-import { LIMITS_HISTORY_TABLE, PostgresLoginDelayStore, PostgresThrottleStore, migrateLimits, storedKey } from './throttle-postgres.js';
+import { LIMITS_HISTORY_TABLE, LIMITS_MIGRATIONS, PostgresLoginDelayStore, PostgresThrottleStore, migrateLimits, storedKey } from './throttle-postgres.js';
 
 const PG_DOWN = await lacksPostgres();
 const RUN = `poplar_limits_${randomBytes(6).toString('hex')}`;
@@ -44,7 +44,7 @@ describe.skipIf(PG_DOWN)('login counters in PostgreSQL', () => {
     // The users' versions are a different history: all of them are applied, whatever the limits' history holds.
     expect(await migrate(pool!)).toEqual(MIGRATIONS.map((m) => m.version));
     const { rows } = await pool!.query<{ version: number }>(`SELECT version FROM ${LIMITS_HISTORY_TABLE}`);
-    expect(rows.map((r) => r.version)).toEqual([1]);
+    expect(rows.map((r) => r.version)).toEqual(LIMITS_MIGRATIONS.map((m) => m.version));
     const tables = await pool!.query<{ t: string }>(`SELECT table_name AS t FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY 1`);
     expect(tables.rows.map((r) => r.t)).toEqual(['poplar_auth_failures', 'poplar_limits_migrations', 'poplar_login_times', 'poplar_schema_migrations', 'poplar_users']);
   });

@@ -11,7 +11,10 @@
  * - poplar_login_times(username, last_login): the last successful login.
  *
  * Every call is one statement, one round trip (an increment is one
- * `INSERT ... ON CONFLICT DO UPDATE ... RETURNING` for the whole batch).
+ * `INSERT ... ON CONFLICT DO UPDATE ... RETURNING` for the whole batch), or
+ * none: with `listen`, a node hears of every failure as it is counted and
+ * answers a check for keys without recent failures itself
+ * (throttle-postgres-watch.ts).
  * Time is the database's clock (`now()`) everywhere, never a node's: nodes
  * whose clocks differ still agree on windows and delays. The `now` passed by
  * the callers is therefore not used here.
@@ -24,9 +27,11 @@
  * login's path), not on every call.
  */
 import { createHash } from 'node:crypto';
+import type pg from 'pg';
 import type { Pool } from 'pg';
 import { migrate, type Migration } from './postgres/migrations.js';
 import type { ThrottleStore } from './throttle.js';
+import { FAILURES_CHANNEL, FailureWatch } from './throttle-postgres-watch.js';
 import type { LoginDelayStore } from './throttle-login-delay.js';
 
 /** The history table of these migrations. */
@@ -49,6 +54,21 @@ CREATE TABLE poplar_login_times (
   last_login timestamptz NOT NULL
 );
 CREATE INDEX poplar_login_times_last ON poplar_login_times (last_login);
+`,
+  },
+  {
+    version: 2,
+    name: '002_failures_notify',
+    // Every counted failure, whoever writes it, is told to the listening nodes (throttle-postgres-watch.ts):
+    // [schema, "+", key] on the channel poplar_auth_failures, delivered at COMMIT.
+    sql: `
+CREATE FUNCTION poplar_auth_failure_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('${FAILURES_CHANNEL}', json_build_array(TG_TABLE_SCHEMA, '+', NEW.key)::text);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER poplar_auth_failures_notify AFTER INSERT OR UPDATE ON poplar_auth_failures
+  FOR EACH ROW EXECUTE FUNCTION poplar_auth_failure_counted();
 `,
   },
 ]);
@@ -74,6 +94,12 @@ export interface PostgresLimitsOptions {
   readonly pruneEveryMs?: number | undefined;
   /** Told about a failed pruning (the calls themselves throw). */
   readonly logger?: ((message: string) => void) | undefined;
+  /**
+   * The counters only: a new, unconnected client on the same database for
+   * hearing of failures as they happen (throttle-postgres-watch.ts), so a
+   * check for clean keys needs no statement. Unset: every check asks.
+   */
+  readonly listen?: (() => pg.Client) | undefined;
 }
 
 /** Runs a pruning statement now and then, in the background. */
@@ -128,7 +154,9 @@ const COUNTS = `
 SELECT key, failures FROM poplar_auth_failures
  WHERE key = ANY($1::text[]) AND last_failure > now() - make_interval(secs => $2::float8)`;
 
-const RESET = `DELETE FROM poplar_auth_failures WHERE key = ANY($1::text[])`;
+/** Also tells the listening nodes that these counters are cleared ([schema, "-", key], at COMMIT). */
+const RESET = `WITH gone AS (DELETE FROM poplar_auth_failures WHERE key = ANY($1::text[]) RETURNING key)
+SELECT pg_notify('${FAILURES_CHANNEL}', json_build_array(current_schema(), '-', key)::text) FROM gone`;
 
 const PRUNE_FAILURES = `
 DELETE FROM poplar_auth_failures WHERE key IN (
@@ -138,10 +166,20 @@ DELETE FROM poplar_auth_failures WHERE key IN (
 export class PostgresThrottleStore implements ThrottleStore {
   readonly #pool: Pool;
   readonly #pruner: Pruner;
+  readonly #watch: FailureWatch | undefined;
 
   constructor(pool: Pool, options: PostgresLimitsOptions = {}) {
     this.#pool = pool;
     this.#pruner = new Pruner(pool, PRUNE_FAILURES, options);
+    if (options.listen !== undefined) {
+      this.#watch = new FailureWatch({ connect: options.listen, logger: options.logger });
+      void this.#watch.start();
+    }
+  }
+
+  /** The view of recent failures that spares clean logins a statement (with `listen`). */
+  get watch(): FailureWatch | undefined {
+    return this.#watch;
   }
 
   async increment(keys: readonly string[], _now: number, windowMs: number): Promise<number[]> {
@@ -149,6 +187,7 @@ export class PostgresThrottleStore implements ThrottleStore {
     // Sorted and unique: concurrent batches lock rows in the same order (no deadlock), and
     // ON CONFLICT may touch a row only once per statement.
     const unique = [...new Set(stored)].sort();
+    this.#watch?.noteFailures(unique);
     const { rows } = await this.#pool.query<{ key: string; failures: number }>(INCREMENT, [unique, windowMs / 1000]);
     this.#pruner.note(windowMs);
     const by = new Map(rows.map((r) => [r.key, r.failures]));
@@ -157,6 +196,7 @@ export class PostgresThrottleStore implements ThrottleStore {
 
   async counts(keys: readonly string[], _now: number, windowMs: number): Promise<number[]> {
     const stored = keys.map(storedKey);
+    if (this.#watch?.clean(stored, windowMs) === true) return stored.map(() => 0);
     const { rows } = await this.#pool.query<{ key: string; failures: number }>(COUNTS, [[...new Set(stored)], windowMs / 1000]);
     const by = new Map(rows.map((r) => [r.key, r.failures]));
     return stored.map((k) => by.get(k) ?? 0);
@@ -169,6 +209,11 @@ export class PostgresThrottleStore implements ThrottleStore {
   /** Deletes the rows whose window (the longest seen) has passed; returns how many. */
   prune(): Promise<number> {
     return this.#pruner.prune();
+  }
+
+  /** Stops listening (the pool is the caller's). */
+  async close(): Promise<void> {
+    await this.#watch?.close();
   }
 }
 

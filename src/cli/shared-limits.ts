@@ -4,7 +4,9 @@
  *
  * - a PostgreSQL database is configured (`[store.postgres]` when the store is
  *   PostgreSQL, else `[auth.postgres]` when the users are): in that database,
- *   shared by every node and every worker;
+ *   shared by every node and every worker; each process also LISTENs for
+ *   failures counted anywhere, so a login for a clean address and user is
+ *   checked without a statement;
  * - otherwise, a `--workers` worker: in the primary process, shared by all
  *   workers of this machine;
  * - otherwise: in this process's memory.
@@ -13,8 +15,9 @@
  * until it answers again (src/auth/throttle-fallback.ts), with a warning in
  * the log at most once a minute.
  */
+import pg from 'pg';
 import type { Pool } from 'pg';
-import { createPostgresPool, type PostgresConfigInput } from '../auth/postgres/config.js';
+import { createPostgresPool, postgresClientConfig, type PostgresConfigInput } from '../auth/postgres/config.js';
 import { MemoryThrottleStore, type ThrottleStore } from '../auth/throttle.js';
 import { ClusterLoginDelayStore, ClusterThrottleStore, PrimaryClient } from '../auth/throttle-cluster.js';
 import { FallbackGate, FallbackLoginDelayStore, FallbackThrottleStore } from '../auth/throttle-fallback.js';
@@ -67,11 +70,17 @@ export async function sharedLimits(config: ResolvedConfig, logger: Logger, clust
       throw new ConfigError(`cannot use the PostgreSQL database for login counters: ${(e as Error).message}`);
     }
     const gate = new FallbackGate({ name: 'postgres', warn: warn('postgres'), info: info('postgres') });
+    // One more connection per process, LISTENing: a login for a clean address and user then costs no statement.
+    const clientConfig = postgresClientConfig(db);
+    const counters = new PostgresThrottleStore(pool, { logger: log, listen: () => new pg.Client(clientConfig) });
     return {
       where: 'postgres',
-      throttleStore: new FallbackThrottleStore(new PostgresThrottleStore(pool, { logger: log }), gate),
+      throttleStore: new FallbackThrottleStore(counters, gate),
       loginDelayStore: new FallbackLoginDelayStore(new PostgresLoginDelayStore(pool, { logger: log }), gate),
-      close: () => pool.end(),
+      close: async () => {
+        await counters.close();
+        await pool.end();
+      },
     };
   }
   if (clusterWorker) {

@@ -25,6 +25,18 @@ export const PostgresConfigSchema = z
 export type PostgresConfig = z.output<typeof PostgresConfigSchema>;
 export type PostgresConfigInput = z.input<typeof PostgresConfigSchema>;
 
+/** What one connection of a section is made with (URL, schema, timeouts, application_name). */
+export function postgresClientConfig(config: PostgresConfigInput): pg.ClientConfig {
+  const c = PostgresConfigSchema.parse(config);
+  return {
+    ...(c.url !== undefined ? { connectionString: c.url } : {}),
+    ...(c.schema !== undefined ? { options: `-c search_path=${c.schema}` } : {}),
+    connectionTimeoutMillis: Math.round(c.connect_timeout * 1000),
+    query_timeout: Math.round(c.query_timeout * 1000),
+    application_name: 'poplar',
+  };
+}
+
 /**
  * A pg.Pool for the user database. Idle-connection errors (server restart,
  * network cut) are reported to `logger` instead of crashing the process; the
@@ -32,15 +44,7 @@ export type PostgresConfigInput = z.input<typeof PostgresConfigSchema>;
  */
 export function createPostgresPool(config: PostgresConfigInput, logger?: (message: string) => void): Pool {
   const c = PostgresConfigSchema.parse(config);
-  const pool = new pg.Pool({
-    ...(c.url !== undefined ? { connectionString: c.url } : {}),
-    ...(c.schema !== undefined ? { options: `-c search_path=${c.schema}` } : {}),
-    max: c.pool_size,
-    connectionTimeoutMillis: Math.round(c.connect_timeout * 1000),
-    query_timeout: Math.round(c.query_timeout * 1000),
-    idleTimeoutMillis: 30_000,
-    application_name: 'poplar',
-  });
+  const pool = new pg.Pool({ ...postgresClientConfig(c), max: c.pool_size, idleTimeoutMillis: 30_000 });
   pool.on('error', (e) => logger?.(`postgres: idle connection failed: ${e.message}`));
   return pool;
 }
