@@ -81,6 +81,48 @@ describe.skipIf(PG_DOWN)('PostgreSQL store: the cost of a session', async () => 
     await store.close();
   });
 
+  it('QUITs that come together release their leases in one statement, and every maildrop is free afterwards', async () => {
+    const a = node();
+    const b = node();
+    const users = Array.from({ length: 12 }, (_, i) => `batch${i}`);
+    for (const u of users) await a.store.deliver(u, msg(1));
+    const drops = await Promise.all(users.map((u) => a.store.open({ username: u })));
+    expect(a.store.leases.size).toBe(12);
+    a.seen.statements.length = 0;
+    await Promise.all(drops.map((d) => d.release()));
+    // The first release goes out alone; the eleven that came while it was out go together.
+    expect(a.seen.statements.length).toBeLessThanOrEqual(2);
+    expect(a.store.leases.size).toBe(0);
+    const held = await db.admin.query(`SELECT count(*)::int AS n FROM poplar_mailboxes WHERE username LIKE 'batch%' AND lease_holder IS NOT NULL`);
+    expect(held.rows[0].n).toBe(0);
+    // Another node takes every one of them at once.
+    const onB = await Promise.all(users.map((u) => b.store.open({ username: u })));
+    await Promise.all(onB.map((d) => d.release()));
+    await Promise.all([a.store.close(), b.store.close()]);
+  });
+
+  it('a lost lease in a release batch frees nothing: the node that took the maildrop over keeps it, and the lost session removes nothing', async () => {
+    const a = node();
+    const b = node();
+    for (const u of ['lostb1', 'lostb2']) for (let i = 0; i < 2; i++) await a.store.deliver(u, msg(i));
+    const lost = await a.store.open({ username: 'lostb1' });
+    const kept = await a.store.open({ username: 'lostb2' });
+    // lostb1's lease runs out and node B takes the maildrop.
+    await db.admin.query(`UPDATE poplar_mailboxes SET lease_expires = now() - interval '1 second' WHERE username = 'lostb1'`);
+    const onB = await b.store.open({ username: 'lostb1' });
+    await expect(lost.commit([0])).rejects.toBeInstanceOf(TemporaryFailure);
+    await Promise.all([lost.release(), kept.release()]);
+    // B still holds lostb1 (a third node is refused); lostb2 is free.
+    await expect(node().store.open({ username: 'lostb1' })).rejects.toBeInstanceOf(InUseError);
+    const again = await node().store.open({ username: 'lostb2' });
+    await again.release();
+    await onB.commit([1]);
+    await onB.release();
+    const left = await db.admin.query(`SELECT count(*)::int AS n FROM poplar_messages JOIN poplar_mailboxes USING (mailbox_id) WHERE username = 'lostb1'`);
+    expect(left.rows[0].n).toBe(1);
+    await Promise.all([a.store.close(), b.store.close()]);
+  });
+
   it('a big listing is reused while nothing changed, and read again after a delivery or a QUIT with deletions on another node', async () => {
     const a = node({ listingCache: { minMessages: 3 } });
     const b = node({ listingCache: { minMessages: 3 } });

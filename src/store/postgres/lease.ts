@@ -88,11 +88,25 @@ const STILL_HELD = `SELECT m.mailbox_id FROM poplar_mailboxes AS m
     JOIN unnest($1::bigint[], $2::bigint[]) AS l(mailbox_id, token) ON m.mailbox_id = l.mailbox_id
    WHERE m.lease_token = l.token AND m.lease_holder = $3 AND m.lease_expires > now()`;
 
-const RELEASE = `UPDATE poplar_mailboxes SET lease_holder = NULL, lease_expires = NULL FROM ${NO_FLUSH_WAIT}
-  WHERE mailbox_id = $1 AND lease_token = $2 AND lease_holder = $3`;
+/**
+ * Releases every lease of a batch ($1 mailboxes, $2 their tokens): a row
+ * changes only while it still carries that lease. Rows are matched, never
+ * waited for, unless this holder's lease is on them, and no other statement
+ * locks several of this holder's rows at once (renewal skips locked rows),
+ * so concurrent batches cannot deadlock.
+ */
+const RELEASE = `UPDATE poplar_mailboxes AS m SET lease_holder = NULL, lease_expires = NULL
+    FROM unnest($1::bigint[], $2::bigint[]) AS l(mailbox_id, token), ${NO_FLUSH_WAIT}
+  WHERE m.mailbox_id = l.mailbox_id AND m.lease_token = l.token AND m.lease_holder = $3`;
 
-/** At most this many leases per renewal statement. */
+/** At most this many leases per renewal or release statement. */
 const RENEW_BATCH = 5000;
+
+/** A release waiting for its statement. */
+interface PendingRelease {
+  readonly lease: Lease;
+  readonly done: (e?: unknown) => void;
+}
 
 export class LeaseKeeper {
   /** Identifies this store instance in lease_holder (host, process, random): for operators, and checked on renewal. */
@@ -104,6 +118,9 @@ export class LeaseKeeper {
   readonly #held = new Map<number, Lease>();
   #timer: NodeJS.Timeout | undefined;
   #renewing: Promise<void> | undefined;
+  /** Releases that came while a release statement was out: the next statement carries them all. */
+  #pending: PendingRelease[] = [];
+  #releasing = false;
   #closed = false;
 
   /** `renewPool`: where renewals run (a pool of their own; default `pool`). */
@@ -156,14 +173,41 @@ export class LeaseKeeper {
     return lease;
   }
 
-  /** Gives the lease up (also when it was lost: then nothing changes in the database). */
-  async release(lease: Lease): Promise<void> {
-    if (this.#held.get(lease.mailboxId) !== lease) return; // released before
+  /**
+   * Gives the lease up (also when it was lost: then nothing changes in the
+   * database) and resolves once the database has it free. Releases are
+   * grouped: the first goes out at once, and those that come while a release
+   * statement is out wait for it and then go together in one statement, so a
+   * busy node spends one statement on many QUITs and an idle one waits for
+   * nothing.
+   */
+  release(lease: Lease): Promise<void> {
+    if (this.#held.get(lease.mailboxId) !== lease) return Promise.resolve(); // released before
     this.#held.delete(lease.mailboxId);
     if (this.#held.size === 0) this.#unschedule();
     lease.markLost();
     // Also after a loss: the statement changes nothing unless the row still carries this lease.
-    await this.#pool.query(RELEASE, [lease.mailboxId, lease.token, this.holder]);
+    return new Promise<void>((resolve, reject) => {
+      this.#pending.push({ lease, done: (e?: unknown) => (e === undefined ? resolve() : reject(e)) });
+      if (!this.#releasing) void this.#releaseBatches();
+    });
+  }
+
+  async #releaseBatches(): Promise<void> {
+    this.#releasing = true;
+    try {
+      while (this.#pending.length > 0) {
+        const batch = this.#pending.splice(0, RENEW_BATCH);
+        try {
+          await this.#pool.query({ name: 'poplar_lease_release', text: RELEASE, values: [batch.map((p) => p.lease.mailboxId), batch.map((p) => p.lease.token), this.holder] });
+          for (const p of batch) p.done();
+        } catch (e) {
+          for (const p of batch) p.done(e ?? new Error('releasing maildrop leases failed'));
+        }
+      }
+    } finally {
+      this.#releasing = false;
+    }
   }
 
   /** Renews every held lease now (the timer calls this; tests may too). */

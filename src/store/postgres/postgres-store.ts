@@ -58,7 +58,8 @@ interface Mailbox {
  * listing of that snapshot may be out of date, so it is not sent). The
  * messages follow, in uid order, only when the lease was taken and the kept
  * listing is not current. The lease commits without waiting for the WAL
- * flush (lease.ts).
+ * flush (lease.ts). A named statement: each connection parses and plans it
+ * once, not at every login.
  */
 const OPEN = `WITH taken AS (
     UPDATE poplar_mailboxes SET ${ACQUIRE_SET} FROM ${NO_FLUSH_WAIT}
@@ -168,7 +169,7 @@ export class PostgresStore implements MailStore, MigratableStore {
         const mailbox = await this.mailbox(username);
         const kept = this.#listings.stamp(mailbox.id) ?? null;
         const t = performance.now();
-        const { rows } = await this.pool.query<unknown[]>({ text: OPEN, values: [...this.#leases.acquireArguments(mailbox.id), kept], rowMode: 'array' });
+        const { rows } = await this.pool.query<unknown[]>({ name: 'poplar_store_open', text: OPEN, values: [...this.#leases.acquireArguments(mailbox.id), kept], rowMode: 'array' });
         const head = rows[0];
         if (head === undefined || head[0] !== '-1') {
           // The row went away (removed by an operator): forget it and make it again, once.
@@ -214,7 +215,7 @@ export class PostgresStore implements MailStore, MigratableStore {
 
   /** The listing alone (LISTING), kept when big enough. */
   async #listing(mailboxId: number): Promise<ListedMessage[]> {
-    const { rows } = await this.pool.query<unknown[]>({ text: LISTING, values: [mailboxId], rowMode: 'array' });
+    const { rows } = await this.pool.query<unknown[]>({ name: 'poplar_store_listing', text: LISTING, values: [mailboxId], rowMode: 'array' });
     const head = rows[0];
     const listed = this.#checked(mailboxId, rows, head?.[0] === '-1' ? 1 : 0);
     this.#listings.keep(mailboxId, head?.[0] === '-1' && typeof head[1] === 'string' ? head[1] : null, listed);
