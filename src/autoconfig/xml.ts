@@ -13,8 +13,16 @@ const NOT_XML_CHAR_G = new RegExp(NOT_XML_CHAR.source, 'g');
 
 /** `s` as XML character data or an attribute value (quotes escaped too); characters XML cannot carry become U+FFFD. */
 export function escapeXml(s: string): string {
-  return s.replace(NOT_XML_CHAR_G, '\ufffd').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' })[c]!);
+  // A carriage return escaped too: a reader turns a literal one into a line feed.
+  return s.replace(NOT_XML_CHAR_G, '\ufffd').replace(/[&<>"'\r]/g, (c) => ESCAPES[c]!);
 }
+
+/** An attribute value: line feeds and tabs escaped as well, since a reader turns literal ones into spaces. */
+function escapeAttr(s: string): string {
+  return escapeXml(s).replace(/[\n\t]/g, (c) => ESCAPES[c]!);
+}
+
+const ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;', '\r': '&#13;', '\n': '&#10;', '\t': '&#9;' };
 
 export interface XmlElement {
   readonly name: string;
@@ -32,7 +40,7 @@ export function el(name: string, children: readonly (XmlElement | string)[] = []
 export function renderXml(root: XmlElement, prolog = ''): string {
   const out: string[] = ['<?xml version="1.0" encoding="UTF-8"?>\n', prolog];
   const write = (e: XmlElement, indent: string): void => {
-    const attrs = Object.entries(e.attrs ?? {}).map(([k, v]) => ` ${k}="${escapeXml(v)}"`).join('');
+    const attrs = Object.entries(e.attrs ?? {}).map(([k, v]) => ` ${k}="${escapeAttr(v)}"`).join('');
     const kids = e.children ?? [];
     if (kids.length === 0) {
       out.push(`${indent}<${e.name}${attrs}/>\n`);
@@ -166,7 +174,7 @@ export function parseXml(text: string, limits: ReadLimits = {}): ParsedElement {
       const rawValue = s.slice(i + 1, end);
       if (rawValue.includes('<')) fail('"<" in an attribute value');
       if (raw.has(an)) fail(`the attribute ${an} twice`);
-      raw.set(an, decode(rawValue, 'an attribute value').replace(/[\n\t]/g, ' '));
+      raw.set(an, decode(rawValue.replace(/[\n\t]/g, ' '), 'an attribute value'));
       i = end + 1;
     }
     // Namespace declarations of this element, then its names resolved with them.
