@@ -6,7 +6,9 @@
  * else (the TCP listener without the token, a user outside the socket's group).
  */
 import { execFileSync } from 'node:child_process';
+import { once } from 'node:events';
 import { promises as fs } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -47,7 +49,7 @@ describe('poplar serve [admin]: metrics, health, who and kick', () => {
         `data_dir = ${JSON.stringify(path.join(dir, 'data'))}`,
         '[server]',
         'listen = ["127.0.0.1:0"]',
-        'listen_tls = []',
+        'listen_tls = ["127.0.0.1:0"]',
         'auth_failure_delay = 0',
         'shutdown_grace = 60',
         '[auth]',
@@ -55,6 +57,8 @@ describe('poplar serve [admin]: metrics, health, who and kick', () => {
         '[store]',
         `maildir_root = ${JSON.stringify(path.join(dir, 'mail'))}`,
         'fsync = false',
+        '[lmtp]',
+        'listen = ["127.0.0.1:0"]',
         '[admin]',
         'listen = "127.0.0.1:0"',
         `socket = ${JSON.stringify(path.join(dir, 'admin.sock'))}`,
@@ -64,7 +68,7 @@ describe('poplar serve [admin]: metrics, health, who and kick', () => {
     );
     for (const sub of ['cur', 'new', 'tmp']) await fs.mkdir(path.join(dir, 'mail', 'alice', sub), { recursive: true });
     await fs.writeFile(path.join(dir, 'mail', 'alice', 'new', '1700000000.M1P1.admin-test'), MESSAGE.replaceAll('\r\n', '\n'));
-    srv = await startServe(['--config', cfg], { cwd: dir, expectListeners: 1 });
+    srv = await startServe(['--config', cfg], { cwd: dir, expectListeners: 2 });
     admin = adminAddress(srv);
   });
 
@@ -159,6 +163,47 @@ describe('poplar serve [admin]: metrics, health, who and kick', () => {
     expect(v('poplar_backend_errors_total', { backend: 'auth', operation: 'authenticate' }) ?? 0).toBe(0);
   });
 
+  it('counts TLS handshakes and their failures, and LMTP recipients by result', async () => {
+    const implicit = await Wire.connect(srv.tlsPort, { tls: true });
+    expect(await implicit.line()).toMatch(/^\+OK/);
+    expect(await implicit.cmd('QUIT')).toMatch(/^\+OK/);
+    const stls = await Wire.connect(srv.plainPort);
+    await stls.line();
+    expect(await stls.cmd('STLS')).toMatch(/^\+OK/);
+    await stls.upgrade();
+    expect(await stls.cmd('QUIT')).toMatch(/^\+OK/);
+    // Not a ClientHello: the implicit-TLS handshake fails before any session.
+    const junk = net.connect({ host: '127.0.0.1', port: srv.tlsPort });
+    junk.on('error', () => undefined);
+    await once(junk, 'connect');
+    junk.write('USER alice\r\n');
+    await once(junk, 'close');
+
+    const lmtpPort = Number(/"lmtp":"127\.0\.0\.1:(\d+)"/.exec(srv.stderr())![1]);
+    const lmtp = await Wire.connect(lmtpPort);
+    expect(await lmtp.line()).toMatch(/^220 /);
+    lmtp.send('LHLO admin.test');
+    while (!(await lmtp.line()).startsWith('250 '));
+    expect(await lmtp.cmd('MAIL FROM:<sender@example.org>')).toMatch(/^250 /);
+    expect(await lmtp.cmd('RCPT TO:<alice>')).toMatch(/^250 /);
+    expect(await lmtp.cmd('RCPT TO:<nobody>')).toMatch(/^550 /);
+    expect(await lmtp.cmd('DATA')).toMatch(/^354 /);
+    expect(await lmtp.cmd(MESSAGE + '.')).toMatch(/^250 /);
+    expect(await lmtp.cmd('QUIT')).toMatch(/^221 /);
+
+    for (const w of [implicit, stls, lmtp]) await w.closed();
+    const m = parsePrometheus((await get(`${admin}/metrics`)).text);
+    expect(metricValue(m, 'poplar_tls_handshakes_total', { kind: 'implicit' })).toBe(1);
+    expect(metricValue(m, 'poplar_tls_handshakes_total', { kind: 'stls' })).toBe(1);
+    expect(metricValue(m, 'poplar_tls_handshake_failures_total', { kind: 'implicit' })).toBe(1);
+    expect(metricValue(m, 'poplar_connections_total', { listener: 'pop3s' })).toBe(1);
+    expect(metricValue(m, 'poplar_lmtp_deliveries_total', { result: 'accepted' })).toBe(1);
+    expect(metricValue(m, 'poplar_lmtp_deliveries_total', { result: 'refused' })).toBe(1);
+    // The message with the trace headers LMTP adds.
+    expect(metricValue(m, 'poplar_lmtp_delivered_bytes_total')).toBeGreaterThan(MESSAGE.length);
+    expect(metricValue(m, 'poplar_backend_duration_seconds_count', { backend: 'store', operation: 'deliver' })).toBe(1);
+  });
+
   it.skipIf(lacks('promtool'))('serves a scrape that promtool check metrics accepts', async () => {
     const text = (await get(`${admin}/metrics`)).text;
     let problems: string;
@@ -188,7 +233,7 @@ describe('poplar serve [admin]: metrics, health, who and kick', () => {
     expect(ready).toEqual({ status: 503, text: 'not ready: shutting down\n' });
     expect((await get(`${admin}/healthz`)).status).toBe(200);
     // The session still works during the drain; its QUIT lets the server finish.
-    expect(await d.cmd('STAT')).toMatch(/^\+OK 0 /);
+    expect(await d.cmd('STAT')).toMatch(/^\+OK 1 /);
     expect(await d.cmd('QUIT')).toMatch(/^\+OK/);
     expect(await exited).toBe(0);
   });
