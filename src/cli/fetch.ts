@@ -3,6 +3,7 @@ import path from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../config/errors.js';
 import { registerAuthorizeCommand } from './fetch-authorize.js';
+import { registerImportStateCommand } from './fetch-import-state.js';
 import type { AccountFlags, ResolvedAccount, ResolvedFetchConfig, SinkSpecValue } from '../fetch/config.js';
 import type { SessionDeps } from '../fetch/session.js';
 import type { SinkSpecInput } from '../fetch/sinks/index.js';
@@ -101,6 +102,7 @@ export function registerFetchCommand(program: Command): void {
       process.exitCode = await fetchCommand(opts);
     });
   registerAuthorizeCommand(fetch);
+  registerImportStateCommand(fetch);
 }
 
 async function fetchCommand(opts: FetchFlags): Promise<number> {
