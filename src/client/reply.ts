@@ -19,9 +19,15 @@ export interface StatusLine {
 /** Codes of RFC 2449 §8 and RFC 3206 (the set Poplar itself sends). */
 const KNOWN_CODES: readonly RespCode[] = ['IN-USE', 'LOGIN-DELAY', 'SYS/TEMP', 'SYS/PERM', 'AUTH'];
 
-/** RFC 2449 §8: codes are hierarchical; a client that does not know a sub-code treats it as its parent. */
+/** The most levels a known code has (`SYS/TEMP`): deeper levels can only be sub-codes of one. */
+const KNOWN_DEPTH = Math.max(...KNOWN_CODES.map((c) => c.split('/').length));
+
+/**
+ * RFC 2449 §8: codes are hierarchical; a client that does not know a sub-code treats it as its parent.
+ * Only the first KNOWN_DEPTH levels are looked at, so a code of thousands of levels costs no more than a short one.
+ */
 export function knownRespCode(raw: string): RespCode | undefined {
-  const parts = raw.toUpperCase().split('/');
+  const parts = raw.toUpperCase().split('/', KNOWN_DEPTH);
   for (let n = parts.length; n > 0; n--) {
     const candidate = parts.slice(0, n).join('/');
     const known = KNOWN_CODES.find((c) => c === candidate);
