@@ -24,6 +24,8 @@ const HEADER = 'poplar-ledger 1';
 /** A ledger lock not touched for this long is stale even if its pid runs (its holder touches it while it lives). */
 const LOCK_STALE_MS = 300_000;
 const UIDL_RE = /^[\x21-\x7e]{1,70}$/;
+/** A time in ms: at most 15 digits, so it is a safe integer (a longer one would read as Infinity or lose digits). */
+const TIME_RE = /^\d{1,15}$/;
 
 export interface LedgerEntry {
   /** When the message was first recorded (ms since the epoch; the fetch clock). */
@@ -229,10 +231,10 @@ export class Ledger {
     if (lines[0] !== HEADER) throw new LedgerError(`${this.file}: not a poplar ledger (first line ${JSON.stringify(lines[0]?.slice(0, 40) ?? '')})`);
     for (let i = 1; i < lines.length; i++) {
       const f = lines[i]!.split(' ');
-      if (f[0] === '+' && f.length === 4 && /^\d+$/.test(f[1]!) && (f[2] === 'd' || f[2] === 'x') && UIDL_RE.test(f[3]!)) {
+      if (f[0] === '+' && f.length === 4 && TIME_RE.test(f[1]!) && (f[2] === 'd' || f[2] === 'x') && UIDL_RE.test(f[3]!)) {
         this.#entries.set(f[3]!, { firstSeen: Number(f[1]), discarded: f[2] === 'x' });
         this.#pending.delete(f[3]!);
-      } else if (f[0] === '?' && f.length === 4 && /^\d+$/.test(f[1]!) && UIDL_RE.test(f[2]!)) {
+      } else if (f[0] === '?' && f.length === 4 && TIME_RE.test(f[1]!) && UIDL_RE.test(f[2]!)) {
         // A repeated intent for a UIDL already recorded (fetch = "all") is pending again until its record.
         this.#pending.set(f[2]!, { uidl: f[2]!, since: Number(f[1]), target: f[3]! });
       } else {
