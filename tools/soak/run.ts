@@ -29,6 +29,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ensureSelfSignedCertificate } from '../../src/config/tls-material.js';
+import { replaceSection } from '../reliability/doc.js';
 import { poplarArgs, ROOT } from '../../test/helpers/cli.js';
 import { lmtpDeliver } from './lmtp-client.js';
 import { Pop3Wire } from './pop3.js';
@@ -41,6 +42,7 @@ const { values: flags } = parseArgs({
     workers: { type: 'string', default: '2' },
     out: { type: 'string', default: path.join(ROOT, 'soak-results') },
     keep: { type: 'boolean', default: false },
+    'no-docs': { type: 'boolean', default: false },
   },
 });
 const MINUTES = Number(flags.minutes);
@@ -48,7 +50,7 @@ const CLIENTS = Number(flags.clients);
 const USERS = Number(flags.users);
 const WORKERS = Number(flags.workers);
 if (!(MINUTES > 0) || !(CLIENTS > 0) || !(USERS >= 4) || !(WORKERS >= 1)) {
-  process.stderr.write('usage: npm run soak -- [--minutes N] [--clients N] [--users N>=4] [--workers N] [--out DIR] [--keep]\n');
+  process.stderr.write('usage: npm run soak -- [--minutes N] [--clients N] [--users N>=4] [--workers N] [--out DIR] [--keep] [--no-docs]\n');
   process.exit(64);
 }
 
@@ -541,6 +543,7 @@ async function probeLoop(): Promise<void> {
 // ---------------------------------------------------------------- run
 
 await sleep(1_000);
+const loadAtStart = os.loadavg();
 const before = resources();
 process.stderr.write(`soak: ${MINUTES} min, ${CLIENTS} clients, ${users.length} users, ${WORKERS} workers, in ${dir}\n`);
 const loops = [
@@ -699,19 +702,38 @@ const summary = {
 await fs.mkdir(flags.out!, { recursive: true });
 await fs.writeFile(path.join(flags.out!, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
 
-const head = '| minute | sessions | logins | [IN-USE] | failed logins | RETRs | MB | deleted | deliveries | fetch runs | errors | RSS MB (max) | fds (max) | NOOP ms p50 | NOOP ms max |';
+const table = [
+  '| minute | sessions | logins | [IN-USE] | failed logins | RETRs | MB | deleted | deliveries | fetch runs | errors | RSS MB (max) | fds (max) | NOOP ms p50 | NOOP ms max |',
+  '|' + '--:|'.repeat(15),
+  ...perMinute.map((m) => `| ${Object.values(m).join(' | ')} |`),
+].join('\n');
+const outcome = `lost ${lost}, duplicated ${duplicated}, resurrected ${resurrected}, phantoms ${phantoms.length}, session errors ${summary.sessionErrors}, descriptors ${before.fds} → ${after.fds}`;
 process.stdout.write(
   [
-    head,
-    '|' + '--:|'.repeat(15),
-    ...perMinute.map((m) => `| ${Object.values(m).join(' | ')} |`),
+    table,
     '',
     `delivered ${summary.delivered} (+${summary.deliveredUnknown} unknown), removed by QUIT ${summary.removedByQuit}, fetched ${summary.fetched}, still on the server ${summary.stillOnServer}`,
-    `lost ${lost}, duplicated ${duplicated}, resurrected ${resurrected}, phantoms ${phantoms.length}, session errors ${summary.sessionErrors}, descriptors ${before.fds} → ${after.fds}`,
+    outcome,
     ...problems.slice(0, 30).map((p) => `problem: ${p}`),
     '',
   ].join('\n'),
 );
+if (!flags['no-docs']) {
+  await replaceSection(
+    'soak',
+    [
+      `Last run: ${summary.finished.slice(0, 16).replace('T', ' ')} UTC, \`npm run soak -- --minutes ${MINUTES}\` on ${os.cpus().length} cores ` +
+        `(load average ${loadAtStart.map((l) => l.toFixed(1)).join(' / ')} at the start): ${CLIENTS} clients and 2 failing-login clients, ` +
+        `${users.length} users, \`poplar serve --workers ${WORKERS}\` on Maildir, LMTP deliveries from 2 clients, \`poplar fetch --delete\` of ${fetched.size} maildrops.`,
+      '',
+      `**${problems.length === 0 ? 'Passed' : 'FAILED'}**: ${summary.sessions.toLocaleString('en-US')} sessions, ${summary.retrs.toLocaleString('en-US')} RETRs, ` +
+        `${summary.delivered.toLocaleString('en-US')} messages delivered; of them ${summary.removedByQuit.toLocaleString('en-US')} removed by a QUIT answered +OK, ` +
+        `${summary.fetched.toLocaleString('en-US')} fetched, ${summary.stillOnServer.toLocaleString('en-US')} still on the server. ${outcome}.`,
+      '',
+      table,
+    ].join('\n'),
+  );
+}
 logStream.end();
 if (!flags.keep && problems.length === 0) await fs.rm(dir, { recursive: true, force: true });
 else process.stderr.write(`soak: files kept in ${dir}\n`);
