@@ -1,8 +1,9 @@
 /**
  * The [admin] listener of `poplar serve --workers 2` on the PostgreSQL store:
  * one scrape sums both workers, `poplar who` over the TCP listener with the
- * token sees a session whichever worker holds it, and /readyz turns 503 when
- * the database stops answering (it is reached through a proxy the test closes).
+ * token sees a session whichever worker holds it and `poplar kick` ends it,
+ * /readyz turns 503 when the database stops answering (it is reached through
+ * a proxy the test closes) and at SIGTERM.
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -82,6 +83,7 @@ describe.skipIf(PG_DOWN)('poplar serve --workers 2 [admin]', () => {
         '[server]',
         'listen = ["127.0.0.1:0"]',
         'listen_tls = []',
+        'shutdown_grace = 60',
         '[auth]',
         `users = ${JSON.stringify(path.join(dir, 'users'))}`,
         '[store]',
@@ -112,7 +114,7 @@ describe.skipIf(PG_DOWN)('poplar serve --workers 2 [admin]', () => {
     await fs.rm(dir, { recursive: true, force: true });
   });
 
-  it('sums both workers in one scrape, lists a session through the token, and is not ready without the database', async () => {
+  it('sums both workers in one scrape, lists and kicks a session through the token, and is not ready without the database or at SIGTERM', async () => {
     // Sessions on both workers: which one takes a connection is the kernel's choice, so try bursts.
     const ended = (): { pid: number }[] => srv.stderr().split('\n').filter((l) => l.includes('"logout"')).map((l) => JSON.parse(l) as { pid: number });
     let made = 0;
@@ -152,6 +154,25 @@ describe.skipIf(PG_DOWN)('poplar serve --workers 2 [admin]', () => {
     expect(text).toMatch(/^store: (unreachable|no answer)/m);
     expect(text).toMatch(/^users: ok$/m);
     expect(text).toMatch(/^listeners: ok$/m);
-    held.close();
+
+    // kick reaches the worker that holds the session, whichever it is.
+    const kick = await runPoplar(['kick', 'alice', '--config', cfg], { cwd: dir });
+    expect(kick.stdout, kick.stderr).toBe('1 session of alice ended\n');
+    expect(await held.line()).toBe('-ERR Disconnected by the administrator.');
+    await held.closed();
+
+    // SIGTERM: the primary is not ready from then on, while a session keeps the workers draining.
+    const waiting = await Wire.connect(srv.plainPort);
+    await waiting.line();
+    const exited = new Promise<number | null>((resolve) => srv.child.once('exit', (code) => resolve(code)));
+    srv.child.kill('SIGTERM');
+    let body = '';
+    for (let i = 0; i < 200 && body !== 'not ready: shutting down\n'; i++) {
+      await sleep(50);
+      body = await (await fetch(`${admin}/readyz`)).text();
+    }
+    expect(body).toBe('not ready: shutting down\n');
+    waiting.close();
+    expect(await exited).toBe(0);
   });
 });
