@@ -9,7 +9,7 @@ import type { ServerSettings } from './server/context.js';
 
 export { Pop3Server, type Pop3ServerOptions, type ListenSpec, type BoundListener, type TlsMaterial } from './server/server.js';
 export type { ServerSettings } from './server/context.js';
-export type { ServerObserver, SessionObserver, LoginFailure } from './server/observer.js';
+export type { ServerObserver, SessionObserver, SessionControl, LoginFailure } from './server/observer.js';
 export type { ClientInfo } from './server/client-info.js';
 
 export type { MailStore, Maildrop, MessageInfo, CommitOptions } from './store/types.js';
