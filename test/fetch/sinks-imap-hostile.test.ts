@@ -171,6 +171,16 @@ describe('IMAP sink against a hostile IMAP server', () => {
     expect(s.connections).toBe(2);
   });
 
+  it('a password that cannot be had is a credentials error (the configuration), and nothing is sent', async () => {
+    const s = await createSink({ type: 'imap', host: '127.0.0.1', port: fake.port, tls: 'none', user: 'me', password_env: 'POPLAR_TEST_UNSET' }, { env: {} });
+    const before = fake.commands.length;
+    const e = (await s.deliverBuffer!(msg, info).catch((x: unknown) => x)) as Error;
+    await s.close();
+    expect(e.name).toBe('CredentialError');
+    expect(e.message).toMatch(/POPLAR_TEST_UNSET is not set/);
+    expect(fake.commands.slice(before).filter((c) => /LOGIN|AUTHENTICATE|APPEND/i.test(c))).toEqual([]);
+  });
+
   it('a server that never greets: a temporary error once the timeout has passed', async () => {
     const e = await failure('silent', 300);
     expect(e.temporary).toBe(true);

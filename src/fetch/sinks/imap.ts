@@ -299,6 +299,8 @@ export class ImapSink implements Sink {
         if (this.#client === client) this.#client = undefined;
       }
       if (signal?.aborted === true) throw abortReason(signal);
+      // A password or token that cannot be had is the configuration's fault (exit 78), not the server's.
+      if (e instanceof Error && e.name === 'CredentialError') throw e;
       throw imapSinkError(`${what} ${this.where}`, e);
     }
   }
