@@ -51,6 +51,7 @@ describe('poplar serve [admin]: metrics, health, who and kick', () => {
         'listen = ["127.0.0.1:0"]',
         'listen_tls = ["127.0.0.1:0"]',
         'auth_failure_delay = 0',
+        'max_connections_per_ip = 3',
         'shutdown_grace = 60',
         '[auth]',
         `users = ${JSON.stringify(path.join(dir, 'users'))}`,
@@ -163,7 +164,7 @@ describe('poplar serve [admin]: metrics, health, who and kick', () => {
     expect(v('poplar_backend_errors_total', { backend: 'auth', operation: 'authenticate' }) ?? 0).toBe(0);
   });
 
-  it('counts TLS handshakes and their failures, and LMTP recipients by result', async () => {
+  it('counts TLS handshakes and their failures, a connection refused by a limit, and LMTP recipients by result', async () => {
     const implicit = await Wire.connect(srv.tlsPort, { tls: true });
     expect(await implicit.line()).toMatch(/^\+OK/);
     expect(await implicit.cmd('QUIT')).toMatch(/^\+OK/);
@@ -192,7 +193,20 @@ describe('poplar serve [admin]: metrics, health, who and kick', () => {
     expect(await lmtp.cmd('QUIT')).toMatch(/^221 /);
 
     for (const w of [implicit, stls, lmtp]) await w.closed();
-    const m = parsePrometheus((await get(`${admin}/metrics`)).text);
+    // A fourth connection from one address is refused before any session.
+    const three = await Promise.all([1, 2, 3].map(() => Wire.connect(srv.plainPort)));
+    for (const w of three) expect(await w.line()).toMatch(/^\+OK/);
+    const fourth = await Wire.connect(srv.plainPort);
+    expect(await fourth.line()).toMatch(/^-ERR \[SYS\/TEMP\] Too many connections/);
+    for (const w of [...three, fourth]) w.close();
+    // Until the server has seen them go (so the next test's connection is not over the limit).
+    let m = parsePrometheus((await get(`${admin}/metrics`)).text);
+    for (let i = 0; i < 100 && metricValue(m, 'poplar_connections_open', { listener: 'pop3' }) !== 0; i++) {
+      await sleep(50);
+      m = parsePrometheus((await get(`${admin}/metrics`)).text);
+    }
+    expect(metricValue(m, 'poplar_connections_open', { listener: 'pop3' })).toBe(0);
+    expect(metricValue(m, 'poplar_connections_refused_total', { limit: 'per-ip' })).toBe(1);
     expect(metricValue(m, 'poplar_tls_handshakes_total', { kind: 'implicit' })).toBe(1);
     expect(metricValue(m, 'poplar_tls_handshakes_total', { kind: 'stls' })).toBe(1);
     expect(metricValue(m, 'poplar_tls_handshake_failures_total', { kind: 'implicit' })).toBe(1);
