@@ -77,6 +77,7 @@ export async function runPrimary(flags: ServeFlags, workers: number): Promise<vo
   });
 
   const fork = async (index: number): Promise<void> => {
+    if (stopping) return; // a signal came while the workers were starting: no new one
     const w = cluster.fork({ POPLAR_WORKER: String(index), UV_TCP_SINGLE_ACCEPT: process.env['UV_TCP_SINGLE_ACCEPT'] ?? '1' });
     live.add(w);
     limits.serve(w);
@@ -118,10 +119,31 @@ export async function runPrimary(flags: ServeFlags, workers: number): Promise<vo
     });
   };
 
+  // Signals are handled from the first fork on: a SIGTERM while workers start (a service manager's stop)
+  // must reach the workers already serving, not end the primary and cut their sessions.
+  const stop = (signal: NodeJS.Signals): void => {
+    if (stopping) return;
+    stopping = true;
+    if (admin !== null) admin.draining = true;
+    logger.info({ signal }, 'shutting down workers');
+    for (const w of live) w.process.kill('SIGTERM');
+    if (live.size === 0) {
+      logger.flush();
+      process.exit(0);
+    }
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    for (const w of live) w.process.kill('SIGHUP');
+  });
+
   try {
     await fork(1);
     await Promise.all(Array.from({ length: workers - 1 }, (_, i) => fork(i + 2)));
   } catch (e) {
+    // Stopped by a signal while starting: the workers' exits end the primary (exit 0).
+    if (stopping) return new Promise<void>(() => undefined);
     stopping = true;
     for (const w of live) w.process.kill('SIGTERM');
     logger.error({ err: e }, 'workers failed to start');
@@ -144,18 +166,7 @@ export async function runPrimary(flags: ServeFlags, workers: number): Promise<vo
   } else if (process.geteuid?.() === 0) logger.warn({ uid: 0 }, 'running as root (allow_root): set server.user to run as an unprivileged account');
   logger.info({ workers }, 'all workers ready');
 
-  const stop = (signal: NodeJS.Signals): void => {
-    if (stopping) return;
-    stopping = true;
-    if (admin !== null) admin.draining = true;
-    logger.info({ signal }, 'shutting down workers');
-    for (const w of live) w.process.kill('SIGTERM');
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGHUP', () => {
-    for (const w of live) w.process.kill('SIGHUP');
-  });
+  if (stopping) return new Promise<void>(() => undefined);
   await once(process, 'beforeExit');
 }
 
@@ -207,6 +218,7 @@ export function reportReady(): void {
     .catch(() => undefined) // only a head start: a failure costs the first big login some time, nothing else
     .finally(() => {
       shareScans();
-      process.send?.({ type: 'ready' });
+      // With a callback, a primary already gone (killed, or stopping) is no 'error' that ends this worker mid-session.
+      process.send?.({ type: 'ready' }, undefined, {}, () => undefined);
     });
 }
