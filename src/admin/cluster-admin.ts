@@ -33,7 +33,7 @@ function isRequest(m: unknown): m is Request {
 /** In a worker: answer the primary's admin requests from this process's table and checks. */
 export function serveAdminRequests(admin: ProcessAdmin): void {
   if (!cluster.isWorker) return;
-  AggregatorRegistry.setRegistries([admin.registry.registry]);
+  AggregatorRegistry.setRegistries([admin.meters.registry]);
   new AggregatorRegistry(); // installs prom-client's answer to the primary's metrics requests
   process.on('message', (m: unknown) => {
     if (!isRequest(m)) return;

@@ -19,7 +19,8 @@ export function adminEnabled(config: ResolvedConfig): boolean {
 }
 
 export class ProcessAdmin implements AdminBackend {
-  readonly registry = new PoplarMetrics();
+  /** This process's metrics (summed with the other workers' by the primary). */
+  readonly meters = new PoplarMetrics();
   readonly table = new SessionTable();
   readonly #probeTimeoutMs: number;
   readonly #probes = new Map<string, Probe>();
@@ -31,7 +32,7 @@ export class ProcessAdmin implements AdminBackend {
 
   /** What the POP3 server reports to (metrics and the session table). */
   observers(): ServerObserver[] {
-    return [this.registry.serverObserver(), this.table.observer()];
+    return [this.meters.serverObserver(), this.table.observer()];
   }
 
   probe(name: string, p: Probe): void {
@@ -43,9 +44,8 @@ export class ProcessAdmin implements AdminBackend {
     this.#listening = true;
   }
 
-
   metrics(): Promise<string> {
-    return this.registry.text();
+    return this.meters.text();
   }
 
   async readiness(): Promise<Record<string, string | undefined>> {

@@ -46,7 +46,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
 
   // Metrics, health and who/kick (docs/monitoring.md): the backends are timed by a decorator.
   const admin = adminEnabled(config) ? new ProcessAdmin(config) : null;
-  const timedAuth = (a: Authenticator): Authenticator => admin?.registry.instrumentAuthenticator(a) ?? a;
+  const timedAuth = (a: Authenticator): Authenticator => admin?.meters.instrumentAuthenticator(a) ?? a;
   // The user database first: an unreachable one is reported before anything is created.
   const authenticator = timedAuth(await buildAuthenticator(config, logger));
   // Then the mail store, for the same reason.
@@ -98,7 +98,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
   let lmtp: LmtpServer | null = null;
   let autoconfig: AutoconfigService | null = null;
   let adminServer: AdminServer | null = null;
-  const served = admin?.registry.instrumentStore(store) ?? store;
+  const served = admin?.meters.instrumentStore(store) ?? store;
   try {
     server = new Pop3Server({
       settings: config.server,
@@ -119,7 +119,7 @@ export async function startServer(flags: ServeFlags, out: (line: string) => void
     // LMTP (docs/delivery.md) is bound with the POP3 listeners and serves only after the switch.
     // The admin listener of a single process (under --workers the primary has it).
     if (admin !== null && !cluster.isWorker) adminServer = await bindAdmin(config, admin, logger, identity?.gid);
-    lmtp = await bindLmtp(config, { store: served, authenticator, logger, worker: cluster.isWorker, deliveries: admin?.registry.deliveryObserver() });
+    lmtp = await bindLmtp(config, { store: served, authenticator, logger, worker: cluster.isWorker, deliveries: admin?.meters.deliveryObserver() });
     // Mail-client setup over HTTP (docs/client-setup.md): bound before the switch (ports 80 and 443 need root).
     autoconfig = await bindAutoconfig(config, { logger, tls });
     listeners = await server.listen(listenSpecs);
