@@ -2,12 +2,22 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ConfigError } from '../config/errors.js';
 import { EX_CONFIG, EX_SOFTWARE, EX_USAGE } from './exit-codes.js';
-import { registerCheckCommand } from './check.js';
-import { registerDeliverCommand } from './deliver.js';
-import { registerFetchCommand } from './fetch.js';
-import { registerMigrateCommand } from './migrate.js';
-import { registerUserCommands } from './user.js';
-import { registerAdminCommands } from '../admin/cli.js';
+
+/**
+ * The subcommands defined in their own modules, by the names they register.
+ * Only the module of the subcommand being run is loaded (with `--help`, an
+ * unknown name or none, all of them): each brings its own dependencies, and
+ * `poplar fetch` should not pay for the configuration schema, PostgreSQL or
+ * the admin listener at every start.
+ */
+const COMMAND_MODULES: readonly (readonly [names: readonly string[], load: () => Promise<(program: Command) => void>])[] = [
+  [['user'], async () => (await import('./user.js')).registerUserCommands],
+  [['fetch'], async () => (await import('./fetch.js')).registerFetchCommand],
+  [['migrate'], async () => (await import('./migrate.js')).registerMigrateCommand],
+  [['deliver'], async () => (await import('./deliver.js')).registerDeliverCommand],
+  [['check'], async () => (await import('./check.js')).registerCheckCommand],
+  [['who', 'kick'], async () => (await import('../admin/cli.js')).registerAdminCommands],
+];
 
 const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
 
@@ -17,7 +27,8 @@ function positiveInt(v: string): number {
   return n;
 }
 
-export function buildProgram(): Command {
+/** The program; `argv` (process.argv's shape) says which subcommand modules to load: only the one it runs, if it names one. */
+export async function buildProgram(argv: readonly string[] = process.argv): Promise<Command> {
   const program = new Command('poplar')
     .description('Poplar: a POP3 mail system (server, storage, authentication, fetcher)')
     .showSuggestionAfterError(true)
@@ -61,17 +72,15 @@ export function buildProgram(): Command {
       process.on('SIGHUP', () => void running.reload());
     });
 
-  registerUserCommands(program);
-  registerFetchCommand(program);
-  registerMigrateCommand(program);
-  registerDeliverCommand(program);
-  registerCheckCommand(program);
-  registerAdminCommands(program);
+  const wanted = argv[2];
+  const only = COMMAND_MODULES.filter(([names]) => wanted !== undefined && names.includes(wanted));
+  // `serve` is defined above and needs none of them.
+  for (const entry of only.length > 0 || wanted === 'serve' ? only : COMMAND_MODULES) (await entry[1]())(program);
   return program;
 }
 
 async function main(): Promise<void> {
-  const program = buildProgram();
+  const program = await buildProgram();
   try {
     await program.parseAsync(process.argv);
   } catch (e) {

@@ -15,7 +15,7 @@ import { z } from 'zod';
 import type { Logger } from '../../observability/log.js';
 import { CredentialError, readSecret, TokenSource } from '../credentials.js';
 import { OAuth2Schema } from '../oauth2-schema.js';
-import { ImapSink, type ImapCredentials } from './imap.js';
+import type { ImapCredentials } from './imap.js';
 import { LmtpSink } from './lmtp.js';
 import { MaildirSink } from './maildir.js';
 import { MboxSink } from './mbox.js';
@@ -30,7 +30,8 @@ export { MaildirSink, maildirFolderPath, type MaildirSinkOptions } from './maild
 export { MboxSink, MboxrdQuoter, asctime, senderFromHead, type MboxSinkOptions } from './mbox.js';
 export { MdaSink, type MdaSinkOptions } from './mda.js';
 export { LmtpSink, type LmtpSinkOptions, type LmtpAddress } from './lmtp.js';
-export { ImapSink, type ImapSinkOptions, type ImapCredentials } from './imap.js';
+// ImapSink itself is imported from './imap.js': loading it here would load imapflow for every fetch.
+export type { ImapSinkOptions, ImapCredentials } from './imap.js';
 export { fcntlAvailable } from './fcntl-lock.js';
 
 const seconds = z.number().nonnegative();
@@ -233,6 +234,7 @@ export async function createSink(spec: SinkSpecInput, deps: SinkDeps = {}): Prom
           throw new CredentialError(`IMAP sink: cannot read CA file ${s.ca}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`, false);
         }
       }
+      const { ImapSink } = await import('./imap.js'); // imapflow and its dependencies load only for an IMAP sink
       return new ImapSink({
         host: s.host,
         tls: s.tls,
