@@ -279,6 +279,70 @@ export class Pop3Connection {
   }
 
   /**
+   * A multi-line reply collected into one Buffer while it stays within
+   * `bufferCap` octets (resolved at its end, with `body`); one that grows past
+   * `bufferCap` turns into a stream (resolved then, with `stream` holding
+   * what was collected and the rest), as from stream(). For fetching small
+   * messages without a stream each: the caller bounds how much is held.
+   */
+  streamOrBuffer(command: string, bufferCap: number, opts: CallOptions = {}): Promise<StreamReply & { readonly body?: Buffer }> {
+    let req: Request | undefined;
+    const label = verbOf(command);
+    const max = opts.maxOctets ?? Infinity;
+    return this.#enqueue<StreamReply & { readonly body?: Buffer }>(label, encode(command), false, opts, (resolve) => {
+      let status: StatusLine | undefined;
+      let parts: Buffer[] | undefined = [];
+      let held = 0;
+      let stream: MessageStream | undefined;
+      let ended = false;
+      let octets = 0;
+      return {
+        line: (l) => {
+          status = parseStatusLine(l);
+          if (!status.ok) {
+            resolve({ status });
+            return 'done';
+          }
+          return 'body';
+        },
+        body: (chunks) => {
+          for (const c of chunks) octets += c.length;
+          if (octets > max) throw new Pop3LimitError(`the reply to ${label} ran past ${max} octets`);
+          if (parts !== undefined) {
+            for (const c of chunks) {
+              parts.push(c);
+              held += c.length;
+            }
+            if (held <= bufferCap) return true;
+            // Larger than the caller wants in memory: hand over a stream of it after all.
+            chunks = parts;
+            parts = undefined;
+            stream = new MessageStream(
+              () => this.#resume(req),
+              () => {
+                if (!ended) this.#resume(req);
+              },
+            );
+            resolve({ status: status!, stream });
+          }
+          if (stream === undefined || stream.destroyed) return true; // discarding what nobody reads
+          let more = true;
+          for (const c of chunks) more = stream.push(c);
+          return more;
+        },
+        end: () => {
+          ended = true;
+          if (parts !== undefined) resolve({ status: status!, body: parts.length === 1 ? parts[0]! : Buffer.concat(parts, held) });
+          else if (stream !== undefined && !stream.destroyed) stream.push(null);
+        },
+        fail: (e) => {
+          if (stream !== undefined && !ended) stream.destroy(e);
+        },
+      };
+    }, (r) => (req = r));
+  }
+
+  /**
    * An AUTH exchange (RFC 5034 §4): every `+` continuation goes to
    * `onChallenge` (the text after `+ `), whose answer is sent as a line.
    * Resolves with the final `+OK`/`-ERR`.

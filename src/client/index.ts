@@ -5,6 +5,7 @@ export {
   type LoginOptions,
   type OAuth2Options,
   type MessageHandler,
+  type BufferedMessageHandler,
   type RetrEachOptions,
   type TlsMode,
   type CallOptions,

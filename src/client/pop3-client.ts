@@ -71,6 +71,8 @@ export interface OAuth2Options extends CallOptions {
 
 /** Called once per message by retrEach(), in order; the next message is handed over when the promise settles. */
 export type MessageHandler = (number: number, message: Readable) => void | Promise<void>;
+/** retrEachBuffered()'s handler: the message whole when it was small enough, else as a stream. */
+export type BufferedMessageHandler = (number: number, message: Buffer | Readable) => void | Promise<void>;
 
 export interface RetrEachOptions extends CallOptions {
   /** Per message: the most octets its stream may carry (e.g. the LIST size plus a margin); overrides `maxOctets`. */
@@ -404,14 +406,42 @@ export class Pop3Client {
    * RETRs already requested, which wait for handlers not yet run.
    */
   async retrEach(numbers: readonly number[], handler: MessageHandler, opts: RetrEachOptions = {}): Promise<void> {
-    numbers.forEach(checkNumber);
-    const ahead: Promise<StreamReply>[] = [];
-    let next = 0;
     const { maxOctetsOf, ...call } = opts;
+    await this.#retrEach(
+      numbers,
+      (n) => this.#conn.stream(`RETR ${n}`, maxOctetsOf !== undefined ? { ...call, maxOctets: maxOctetsOf(n) } : call),
+      handler as BufferedMessageHandler, // stream() never gives a body
+    );
+  }
+
+  /**
+   * retrEach() for a caller that wants small messages whole: message `n` is
+   * collected into a Buffer when it turns out no longer than `bufferUpTo(n)`
+   * octets (0: always a stream), and handed over as a stream otherwise (so a
+   * server that announced a wrong size costs no more memory than that bound).
+   * The connection keeps reading meanwhile: up to PIPELINE_WINDOW messages
+   * may be held in memory at once, each within its bound.
+   */
+  async retrEachBuffered(numbers: readonly number[], handler: BufferedMessageHandler, opts: RetrEachOptions & { readonly bufferUpTo: (number: number) => number }): Promise<void> {
+    const { maxOctetsOf, bufferUpTo, ...call } = opts;
+    await this.#retrEach(
+      numbers,
+      (n) => {
+        const o = maxOctetsOf !== undefined ? { ...call, maxOctets: maxOctetsOf(n) } : call;
+        const cap = bufferUpTo(n);
+        return cap > 0 ? this.#conn.streamOrBuffer(`RETR ${n}`, cap, o) : this.#conn.stream(`RETR ${n}`, o);
+      },
+      handler,
+    );
+  }
+
+  async #retrEach(numbers: readonly number[], start: (n: number) => Promise<StreamReply & { readonly body?: Buffer }>, handler: BufferedMessageHandler): Promise<void> {
+    numbers.forEach(checkNumber);
+    const ahead: Promise<StreamReply & { readonly body?: Buffer }>[] = [];
+    let next = 0;
     const request = (): void => {
       while (next < numbers.length && ahead.length < PIPELINE_WINDOW) {
-        const n = numbers[next++]!;
-        const p = this.#conn.stream(`RETR ${n}`, maxOctetsOf !== undefined ? { ...call, maxOctets: maxOctetsOf(n) } : call);
+        const p = start(numbers[next++]!);
         p.catch(() => undefined); // awaited below, in order
         ahead.push(p);
       }
@@ -419,13 +449,14 @@ export class Pop3Client {
     request();
     try {
       for (const n of numbers) {
-        const message = streamOf('RETR', await ahead.shift()!);
+        const r = await ahead.shift()!;
+        const message = r.body !== undefined && r.status.ok ? r.body : streamOf('RETR', r);
         // Refill by halves: the requests then go out several to a write.
         if (ahead.length <= PIPELINE_WINDOW / 2) request();
         try {
           await handler(n, message);
         } finally {
-          if (!message.readableEnded) message.destroy();
+          if (!Buffer.isBuffer(message) && !message.readableEnded) message.destroy();
         }
       }
     } finally {

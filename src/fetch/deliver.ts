@@ -103,10 +103,12 @@ export class DeliveryRun {
   async fetchAll(client: Pop3Client, deadlineMs: number, maxOctetsOf: (n: number) => number): Promise<void> {
     let error: unknown;
     try {
-      await client.retrEach(
+      // Small messages arrive whole, without a stream each: they are read into memory anyway (see next()).
+      const sizes = new Map(this.#list.map((c) => [c.number, c.size]));
+      await client.retrEachBuffered(
         this.#list.map((c) => c.number),
-        (_n, stream) => this.next(stream),
-        { deadlineMs, maxOctetsOf },
+        (_n, message) => this.next(message),
+        { deadlineMs, maxOctetsOf, bufferUpTo: (n) => ((sizes.get(n) ?? Infinity) <= PARALLEL_MAX_OCTETS ? PARALLEL_BUFFER_CAP : 0) },
       );
     } catch (e) {
       if (e instanceof StopRequested) this.#o.report.stopped = true;
@@ -123,28 +125,32 @@ export class DeliveryRun {
    * header when `peek`), delivered or discarded, and added to the group,
    * which is committed when it is `batch` messages or `batch_ms` old.
    */
-  async next(stream: Readable): Promise<void> {
+  async next(stream: Readable | Buffer): Promise<void> {
     if (this.#asyncError !== undefined) throw this.#asyncError;
     if (this.#o.stop?.aborted) throw new StopRequested();
     const { acct, rules, progress } = this.#o;
     const i = this.#index++;
     const c = this.#list[i]!;
     await this.#intents.cover(i);
-    let message: Readable = stream;
+    let message: Readable | Buffer = stream;
     let dest = c.dest ?? DEFAULT_DESTINATION;
     if (this.#o.peek) {
-      const p = await peekHeader(stream);
-      dest = chooseDestination(rules, c.size, parseHeaders(p.head));
-      message = p.message;
+      if (Buffer.isBuffer(message)) {
+        dest = chooseDestination(rules, c.size, parseHeaders(message.subarray(0, HEADER_PEEK_LIMIT)));
+      } else {
+        const p = await peekHeader(message);
+        dest = chooseDestination(rules, c.size, parseHeaders(p.head));
+        message = p.message;
+      }
     }
     if (dest.kind === 'discard') {
-      message.destroy();
+      if (!Buffer.isBuffer(message)) message.destroy();
       this.#group.push({ uidl: c.uidl, number: c.number, discarded: true });
       progress?.messageDone?.(acct.name, c.size);
     } else {
       const sink = await this.#o.sinkFor(dest);
       if (acct.parallel > 1 && c.size <= PARALLEL_MAX_OCTETS && sink.concurrentDeliveries === true) {
-        const body = await bufferUpTo(message, PARALLEL_BUFFER_CAP);
+        const body = Buffer.isBuffer(message) ? message : await bufferUpTo(message, PARALLEL_BUFFER_CAP);
         if (Buffer.isBuffer(body)) {
           while (this.#inflight.size >= acct.parallel) await Promise.race(this.#inflight);
           const task = this.#deliverTo(sink, c, dest, body).catch((e: unknown) => {

@@ -327,6 +327,31 @@ describe('pipelining and streaming', () => {
     await c.quit();
   });
 
+  it('retrEachBuffered: messages within their bound arrive whole, larger ones as streams, all in order and intact', async () => {
+    const c = await plain();
+    await c.login('frank', 'pw');
+    const list = await c.list();
+    const numbers = list.map((e) => e.number);
+    // Every third message gets a bound below its size (as from a server that announced a wrong size), a few none at all.
+    const bound = (n: number): number => (n % 10 === 0 ? 0 : n % 3 === 0 ? Math.floor(list[n - 1]!.octets / 2) : list[n - 1]!.octets);
+    const kinds: string[] = [];
+    await c.retrEachBuffered(
+      numbers,
+      async (n, message) => {
+        const data = Buffer.isBuffer(message) ? message : await readAll(message);
+        kinds.push(Buffer.isBuffer(message) ? 'buffer' : 'stream');
+        expect(data.toString()).toBe(body(n));
+        expect(Buffer.isBuffer(message)).toBe(bound(n) >= list[n - 1]!.octets);
+      },
+      { bufferUpTo: bound },
+    );
+    expect(kinds).toHaveLength(N);
+    expect(kinds).toContain('buffer');
+    expect(kinds).toContain('stream');
+    expect((await c.retrBuffer(1)).toString()).toBe(body(1)); // still in step
+    await c.quit();
+  });
+
   it('retrEach: a handler that does not read its stream, and one that throws, leave the session in step', async () => {
     const c = await plain();
     await c.login('frank', 'pw');
