@@ -271,7 +271,7 @@ describe('MaildirSink', () => {
       await probe.close();
       const dirSync = vi.spyOn(proto, 'sync');
       const fdSync = vi.spyOn(fsSync, 'fsync');
-      const fdClose = vi.spyOn(fsSync, 'close');
+      const fdClose = vi.spyOn(fsSync, 'closeSync');
 
       const perMessage = new MaildirSink({ path: box });
       await perMessage.deliverBuffer(MSG, info());
@@ -280,6 +280,7 @@ describe('MaildirSink', () => {
 
       fdSync.mockClear();
       dirSync.mockClear();
+      fdClose.mockClear();
       const group = new MaildirSink({ path: box, fsync: 'group' });
       for (let i = 0; i < 5; i++) await group.deliverBuffer(MSG, info({ uidl: `g${i}` }));
       expect(fdSync).not.toHaveBeenCalled();
@@ -303,7 +304,7 @@ describe('MaildirSink', () => {
         if (++calls === 2) cb(Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' }));
         else real(fd, cb);
       }) as typeof fsSync.fsync);
-      const fdClose = vi.spyOn(fsSync, 'close');
+      const fdClose = vi.spyOn(fsSync, 'closeSync');
       await expect(group.flush()).rejects.toThrow(/EIO/);
       expect(await list(path.join(box, 'new'))).toEqual([]);
       expect(fdClose).toHaveBeenCalledTimes(3);

@@ -199,7 +199,8 @@ export class MaildirSink implements Sink {
           } catch (e) {
             failure ??= e;
           } finally {
-            if (fd !== undefined) fsSync.close(fd, () => undefined);
+            // Closing a file already synced does no I/O: done here rather than as one more thread-pool job per message.
+            if (fd !== undefined) closeQuietly(fd);
           }
         }
       };
@@ -328,6 +329,14 @@ async function mkdirTracked(dir: string, parents: boolean): Promise<string[]> {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'EEXIST') return [];
     throw e;
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    fsSync.closeSync(fd);
+  } catch {
+    // the error that matters is the fsync's
   }
 }
 

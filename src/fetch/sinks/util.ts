@@ -52,22 +52,15 @@ export class SinkError extends Error {
 const LF = 0x0a;
 const CR = 0x0d;
 
-/** CRLF → LF for a whole message in memory (a bare CR stays, as in CrlfToLf). */
+/**
+ * CRLF → LF for a whole message in memory (a bare CR stays, as in CrlfToLf).
+ * Done on a latin1 string (one octet per character, so no octet changes):
+ * V8's replaceAll is several times faster than copying line by line.
+ */
 export function crlfToLf(b: Buffer): Buffer {
-  let i = b.indexOf(LF);
-  while (i > 0 && b[i - 1] !== CR) i = b.indexOf(LF, i + 1);
-  if (i < 0) return b;
-  const out = Buffer.allocUnsafe(b.length);
-  let o = 0;
-  let start = 0;
-  for (; i >= 0; i = b.indexOf(LF, i + 1)) {
-    if (i > 0 && b[i - 1] === CR) {
-      o += b.copy(out, o, start, i - 1);
-      start = i; // keep the LF
-    }
-  }
-  o += b.copy(out, o, start);
-  return out.subarray(0, o);
+  const s = b.toString('latin1');
+  if (!s.includes('\r\n')) return b;
+  return Buffer.from(s.replaceAll('\r\n', '\n'), 'latin1');
 }
 
 /**

@@ -85,5 +85,18 @@ export function uniqueName(now = Date.now()): string {
   lastSec = sec;
   lastUsec = usec;
   counter = (counter + 1) % 1e9;
-  return `${sec}.M${usec}P${process.pid}Q${counter}R${randomBytes(4).toString('hex')}.${HOST}`;
+  return `${sec}.M${usec}P${process.pid}Q${counter}R${randomHex8()}.${HOST}`;
+}
+
+/** Random octets for names, drawn from the system in blocks: one call per 256 names, not one per name. */
+let randomPool = Buffer.alloc(0);
+let randomAt = 0;
+
+function randomHex8(): string {
+  if (randomAt + 4 > randomPool.length) {
+    randomPool = randomBytes(1024);
+    randomAt = 0;
+  }
+  randomAt += 4;
+  return randomPool.toString('hex', randomAt - 4, randomAt);
 }
