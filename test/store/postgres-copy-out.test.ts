@@ -1,8 +1,8 @@
 /**
- * Message bodies read off the database connection's socket (CopyOut in
- * bodies.ts): the bytes come out as stored whatever sizes the socket reads
- * cut them into, the connection serves ordinary statements afterwards, and
- * an error from the database fails the read without breaking the pool.
+ * Message bodies read with COPY (bodies.ts): the bytes come out as stored
+ * whatever sizes the socket reads cut them into, the connection serves
+ * ordinary statements afterwards, and an error from the database fails the
+ * read without breaking the pool.
  */
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
@@ -19,7 +19,7 @@ async function drain(s: AsyncIterable<Buffer>): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-describe.skipIf(PG_DOWN)('PostgreSQL store: bodies read off the socket', async () => {
+describe.skipIf(PG_DOWN)('PostgreSQL store: bodies read with COPY', async () => {
   const db = PG_DOWN ? undefined! : await pgSchema();
   const store = PG_DOWN ? undefined! : db.store();
 

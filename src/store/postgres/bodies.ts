@@ -16,9 +16,9 @@
  * to refer to it.
  */
 import { createHash } from 'node:crypto';
-import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import type { Pool, PoolClient } from 'pg';
+import copyStreams from 'pg-copy-streams';
 import { MessageUnavailable } from '../../errors.js';
 import { CrlfSizeCounter } from '../../protocol/message-size.js';
 import { bodyBytesRead } from './collect.js';
@@ -28,6 +28,7 @@ export const CHUNK_SIZE = 256 * 1024;
 const CHUNKS_PER_QUERY = 4;
 /** A batch of chunks that has not arrived after this long fails the read. */
 const COPY_TIMEOUT_MS = 30_000;
+const copyTo = copyStreams.to;
 
 /** A stored chunk as it came off the database connection: its data in one or more pieces; `last` for the body's last chunk. */
 type Chunk = { seq: number; last: boolean; data: Buffer[] };
@@ -104,9 +105,8 @@ export async function shareBody(client: PoolClient, mailboxId: number, body: Wri
  * with COPY ... TO STDOUT in binary format: node-postgres returns bytea
  * query results as hex text (twice the bytes, and a string per chunk for the
  * garbage collector), where COPY hands over the stored bytes as they are.
- * The output is taken off the connection's socket as it arrives (CopyOut):
- * a chunk's data stay views into the buffers the socket read, nothing is
- * copied or joined on the way to the encoder.
+ * The rows are parsed as the socket's buffers arrive and a chunk's data stay
+ * views into those buffers: nothing is copied or joined.
  * COPY takes no parameters: the ids are integers this process checked.
  */
 async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: number): Promise<Chunk[]> {
@@ -120,169 +120,25 @@ async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: 
   const client = await pool.connect();
   let broken = false;
   try {
-    const copy = new CopyOut(sql);
-    const timer = setTimeout(() => copy.fail(new Error('reading a message body timed out')), COPY_TIMEOUT_MS);
+    const stream = client.query(copyTo(sql));
+    const timer = setTimeout(() => stream.destroy(new Error('reading a message body timed out')), COPY_TIMEOUT_MS);
+    const parser = new BinaryCopyParser();
+    let octets = 0;
     try {
-      await client.query(copy);
+      for await (const part of stream) {
+        parser.push(part as Buffer);
+        octets += (part as Buffer).length;
+      }
     } finally {
       clearTimeout(timer);
     }
-    bodyBytesRead(copy.octets);
-    return copy.parser.finish();
+    bodyBytesRead(octets);
+    return parser.finish();
   } catch (e) {
     broken = true; // a COPY cut short leaves the connection in an unknown state
     throw e;
   } finally {
     client.release(broken);
-  }
-}
-
-/** The protocol messages a COPY TO STDOUT sends before its CommandComplete (and those that may come in between). */
-const COPY_OUT_RESPONSE = 0x48; // 'H'
-const COPY_DATA = 0x64; // 'd'
-const COPY_DONE = 0x63; // 'c'
-const NOTICE = 0x4e; // 'N'
-const PARAMETER_STATUS = 0x53; // 'S'
-const NOTIFICATION = 0x41; // 'A'
-
-/** What node-postgres hands a submittable query: the connection, and the socket under it. */
-interface PgConnection {
-  readonly stream: NodeJS.EventEmitter;
-  query(text: string): void;
-}
-
-/**
- * A COPY TO STDOUT as a node-postgres submittable. On submit it takes the
- * socket's data from node-postgres, feeds every CopyData payload (as views
- * into the socket's buffers) to a BinaryCopyParser, and hands the socket
- * back, with the rest of what it read, at the first message that is not
- * part of the COPY (CommandComplete, or an error), which node-postgres then
- * handles as usual. Resolves at ReadyForQuery.
- */
-class CopyOut {
-  readonly text: string;
-  readonly parser = new BinaryCopyParser();
-  /** CopyData bytes received. */
-  octets = 0;
-  /** Set by node-postgres when it has a query_timeout: called once the query is over. */
-  callback: ((err: Error | null, res?: unknown) => void) | undefined;
-  readonly #done: Promise<void>;
-  #resolve!: () => void;
-  #reject!: (e: Error) => void;
-  #settled = false;
-  #socket: NodeJS.EventEmitter | undefined;
-  #pgData: ((chunk: Buffer) => void) | undefined;
-  /** A message header (code, int32 length) cut between two socket reads. */
-  readonly #head = Buffer.alloc(5);
-  #have = 0;
-  /** The message whose payload is being read, and how much of it is left. */
-  #code = 0;
-  #left = 0;
-
-  constructor(text: string) {
-    this.text = text;
-    this.#done = new Promise<void>((resolve, reject) => {
-      this.#resolve = resolve;
-      this.#reject = reject;
-    });
-    this.#done.catch(() => undefined);
-  }
-
-  /** node-postgres's client.query() returns the submittable itself: awaiting it waits for the COPY. */
-  then<T1 = void, T2 = never>(ok?: ((v: void) => T1 | PromiseLike<T1>) | null, err?: ((e: unknown) => T2 | PromiseLike<T2>) | null): Promise<T1 | T2> {
-    return this.#done.then(ok, err);
-  }
-
-  submit(connection: PgConnection): void {
-    const socket = connection.stream;
-    const listeners = socket.listeners('data');
-    if (listeners.length !== 1) throw new Error('unexpected listeners on the database connection');
-    this.#pgData = listeners[0] as (chunk: Buffer) => void;
-    socket.removeListener('data', this.#pgData);
-    socket.on('data', this.#onData);
-    this.#socket = socket;
-    connection.query(this.text);
-  }
-
-  readonly #onData = (chunk: Buffer): void => {
-    let at = 0;
-    try {
-      while (at < chunk.length) {
-        if (this.#left > 0) {
-          const n = Math.min(this.#left, chunk.length - at);
-          if (this.#code === COPY_DATA) {
-            this.parser.push(chunk.subarray(at, at + n));
-            this.octets += n;
-          }
-          at += n;
-          this.#left -= n;
-          continue;
-        }
-        const start = at - this.#have; // where this message began, when its header began in this chunk
-        const take = Math.min(5 - this.#have, chunk.length - at);
-        chunk.copy(this.#head, this.#have, at, at + take);
-        this.#have += take;
-        at += take;
-        if (this.#have < 5) return;
-        this.#have = 0;
-        const code = this.#head[0]!;
-        if (code !== COPY_OUT_RESPONSE && code !== COPY_DATA && code !== COPY_DONE && code !== NOTICE && code !== PARAMETER_STATUS && code !== NOTIFICATION) {
-          // CommandComplete, an error, or anything else: node-postgres reads on from this message.
-          this.#detach(start >= 0 ? chunk.subarray(start) : Buffer.concat([this.#head, chunk.subarray(at)]));
-          return;
-        }
-        this.#code = code;
-        this.#left = this.#head.readUInt32BE(1) - 4;
-        if (this.#left < 0) throw new Error('malformed message from the database');
-      }
-    } catch (e) {
-      this.fail(e as Error);
-    }
-  };
-
-  #detach(rest: Buffer): void {
-    const socket = this.#socket;
-    const pgData = this.#pgData;
-    if (socket === undefined || pgData === undefined) return;
-    this.#socket = undefined;
-    this.#pgData = undefined;
-    socket.removeListener('data', this.#onData);
-    socket.on('data', pgData);
-    if (rest.length > 0) pgData(rest);
-  }
-
-  /**
-   * Ends the COPY with an error. Still reading the COPY (a timeout, a
-   * malformed message, a broken connection): the socket is destroyed, since
-   * node-postgres could not make sense of the rest; the caller drops the
-   * client either way.
-   */
-  fail(e: Error): void {
-    const socket = this.#socket;
-    if (socket !== undefined) {
-      this.#socket = undefined;
-      this.#pgData = undefined;
-      socket.removeListener('data', this.#onData);
-      (socket as Socket).destroy();
-    }
-    if (this.#settled) return;
-    this.#settled = true;
-    this.#reject(e);
-    this.callback?.(e);
-  }
-
-  /** node-postgres: an ErrorResponse (after the socket was handed back), a query_timeout, or the connection failed. */
-  handleError(e: Error): void {
-    this.fail(e);
-  }
-
-  handleCommandComplete(): void {}
-
-  handleReadyForQuery(): void {
-    if (this.#settled) return;
-    this.#settled = true;
-    this.#resolve();
-    this.callback?.(null);
   }
 }
 
@@ -405,8 +261,7 @@ class BodyStream extends Readable {
   #busy = false;
 
   constructor(pool: Pool, mailboxId: number, bodyId: number, first: Chunk[], signal?: AbortSignal) {
-    // Object mode: each piece goes out as the buffer it is (a byte stream would join what it holds into a new one).
-    super({ objectMode: true, highWaterMark: 64, ...(signal ? { signal } : {}) });
+    super({ highWaterMark: CHUNK_SIZE, ...(signal ? { signal } : {}) });
     this.#pool = pool;
     this.#mailboxId = mailboxId;
     this.#bodyId = bodyId;
