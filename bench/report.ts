@@ -648,7 +648,10 @@ What differs from the Maildir runs: the same users, passwords (the same passwd-f
 loaded once from the template maildirs into a schema of their own (\`poplar_bench\`) with
 \`poplar migrate\`, which keeps their order and sizes; Poplar runs with \`[store] type = "postgres"\`
 and \`serve --workers ${o.poplarWorkers}\` like Poplar on Maildir. Every login takes the maildrop's
-lease (one UPDATE) and reads the listing in one query; QUIT releases the lease.
+lease and reads the listing in one named statement; QUIT releases the lease (one \`UPDATE\` for all
+the QUITs of a process that come while a release is out). The login counters' check costs no
+statement for an address and user without recent failures: each process hears of failures
+through \`LISTEN\`.
 
 - **Nodes.** HAProxy (mode tcp, round robin, \`send-proxy-v2\`) in front of one and then two
   \`poplar serve --workers 1\` nodes on the same database, with \`proxy_protocol = true\` and
