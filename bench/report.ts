@@ -615,7 +615,7 @@ export function pgSection(r: Results, o: Options, when: Date, runtimeS: number, 
     );
     if (h.db) {
       d.push(
-        `- Database connections (pg_stat_activity, application_name = 'poplar', ${h.db.samples} samples): at most ${h.db.maxTotal} open and ${h.db.maxBusy} busy at once while the sessions logged in; ${h.db.whileIdle} open, ${h.db.busyWhileIdle} busy while all ${h.opened} sat idle. Each serving process has a pool of pool_size = ${h.db.poolSize} plus one connection for lease renewals; the login counters use a pool of their own (at most 4 per process).`,
+        `- Database connections (pg_stat_activity, application_name = 'poplar', ${h.db.samples} samples): at most ${h.db.maxTotal} open and ${h.db.maxBusy} busy at once while the sessions logged in; ${h.db.whileIdle} open, ${h.db.busyWhileIdle} busy while all ${h.opened} sat idle. Each serving process has a pool of pool_size = ${h.db.poolSize} plus one connection for lease renewals; the login counters use a pool of their own (at most 4 per process) and one connection that listens for failures.`,
       );
     }
   }
