@@ -120,6 +120,8 @@ interface MinuteStats {
   fetchRefused: number;
   errors: number;
   noopMs: number[];
+  /** The workers' event-loop delay (99th percentile, from the admin listener's /metrics). */
+  loopMs: number[];
   rssMb: number[];
   fds: number[];
 }
@@ -128,7 +130,7 @@ const started = Date.now();
 function now(): MinuteStats {
   const i = Math.floor((Date.now() - started) / 60_000);
   while (minutes.length <= i)
-    minutes.push({ sessions: 0, logins: 0, inUse: 0, badLogins: 0, retrs: 0, retrBytes: 0, deleted: 0, deliveries: 0, fetchRuns: 0, fetchRefused: 0, errors: 0, noopMs: [], rssMb: [], fds: [] });
+    minutes.push({ sessions: 0, logins: 0, inUse: 0, badLogins: 0, retrs: 0, retrBytes: 0, deleted: 0, deliveries: 0, fetchRuns: 0, fetchRefused: 0, errors: 0, noopMs: [], loopMs: [], rssMb: [], fds: [] });
   return minutes[i]!;
 }
 
@@ -162,6 +164,8 @@ await fs.writeFile(
     `maildir_root = ${JSON.stringify(mailRoot)}`,
     '[lmtp]',
     'listen = ["127.0.0.1:0"]',
+    '[admin]',
+    'listen = "127.0.0.1:0"',
     '',
   ].join('\n'),
 );
@@ -174,8 +178,8 @@ const server: ChildProcess = spawn(process.execPath, poplarArgs(['serve', '--con
 });
 let serverExit: string | null = null;
 server.on('exit', (code, signal) => (serverExit = `code ${code} signal ${signal}`));
-const ports = await new Promise<{ plain: number; tls: number; lmtp: number }>((resolve, reject) => {
-  const found = { plain: 0, tls: 0, lmtp: 0 };
+const ports = await new Promise<{ plain: number; tls: number; lmtp: number; admin: number }>((resolve, reject) => {
+  const found = { plain: 0, tls: 0, lmtp: 0, admin: 0 };
   let pending = '';
   const t = setTimeout(() => reject(new Error(`server did not start; see ${serverLog}`)), 60_000);
   server.stderr!.on('data', (d: Buffer) => {
@@ -186,6 +190,8 @@ const ports = await new Promise<{ plain: number; tls: number; lmtp: number }>((r
     for (const line of lines) {
       const l = /"lmtp":"127\.0\.0\.1:(\d+)"/.exec(line);
       if (l && line.includes('lmtp listening')) found.lmtp = Number(l[1]);
+      const a = /"admin":"127\.0\.0\.1:(\d+)"/.exec(line);
+      if (a) found.admin = Number(a[1]);
       if (line.includes('"listening"')) {
         try {
           const j = JSON.parse(line) as { port: number; tls: string };
@@ -196,7 +202,7 @@ const ports = await new Promise<{ plain: number; tls: number; lmtp: number }>((r
         }
       }
     }
-    if (found.plain && found.tls && found.lmtp) {
+    if (found.plain && found.tls && found.lmtp && found.admin) {
       clearTimeout(t);
       resolve(found);
     }
@@ -516,6 +522,17 @@ async function fetchLoop(): Promise<void> {
   }
 }
 
+/** The largest event-loop delay p99 the workers report (prom-client's default metrics), in ms. */
+async function eventLoopDelayMs(): Promise<number | null> {
+  try {
+    const text = await (await fetch(`http://127.0.0.1:${ports.admin}/metrics`, { signal: AbortSignal.timeout(5_000) })).text();
+    const values = [...text.matchAll(/^nodejs_eventloop_lag_p99_seconds(?:\{[^}]*\})? ([0-9.e+-]+)$/gm)].map((m) => Number(m[1]) * 1000);
+    return values.length === 0 ? null : Math.max(...values);
+  } catch {
+    return null;
+  }
+}
+
 /** A logged-in session that sends NOOP every second: the time it takes, and the server's memory and descriptors. */
 async function probeLoop(): Promise<void> {
   const w = await Pop3Wire.connect(ports.plain);
@@ -531,6 +548,8 @@ async function probeLoop(): Promise<void> {
       problem(`probe NOOP: ${(e as Error).message}`);
       return;
     }
+    const loop = await eventLoopDelayMs();
+    if (loop !== null) now().loopMs.push(loop);
     const res = resources();
     now().rssMb.push(res.rss);
     now().fds.push(res.fds);
@@ -645,6 +664,8 @@ const maxOf = (a: number[]): number => (a.length === 0 ? 0 : Math.max(...a));
 const rssBound = maxOf(steady.rssMb) * 1.5 + 32;
 if (maxOf(last.rssMb) > rssBound) problem(`resident memory grew: ${maxOf(steady.rssMb).toFixed(0)} MB in minute 2, ${maxOf(last.rssMb).toFixed(0)} MB in the last`);
 if (minutes.some((m) => maxOf(m.noopMs) > 5_000)) problem('a NOOP took more than 5 s');
+if (minutes.some((m) => maxOf(m.loopMs) > 2_000)) problem("a worker's event-loop delay (p99) passed 2 s");
+if (minutes.every((m) => m.loopMs.length === 0)) problem('the admin listener never answered /metrics');
 
 const stopCode = await new Promise<number | null>((resolve) => {
   if (server.exitCode !== null) return resolve(server.exitCode);
@@ -674,6 +695,7 @@ const perMinute = minutes.map((m, i) => ({
   fdsMax: maxOf(m.fds),
   noopMsP50: +pct(m.noopMs, 50).toFixed(2),
   noopMsMax: +maxOf(m.noopMs).toFixed(2),
+  loopMsP99Max: +maxOf(m.loopMs).toFixed(2),
 }));
 const summary = {
   finished: new Date().toISOString(),
@@ -703,8 +725,8 @@ await fs.mkdir(flags.out!, { recursive: true });
 await fs.writeFile(path.join(flags.out!, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
 
 const table = [
-  '| minute | sessions | logins | [IN-USE] | failed logins | RETRs | MB | deleted | deliveries | fetch runs | errors | RSS MB (max) | fds (max) | NOOP ms p50 | NOOP ms max |',
-  '|' + '--:|'.repeat(15),
+  '| minute | sessions | logins | [IN-USE] | failed logins | RETRs | MB | deleted | deliveries | fetch runs | errors | RSS MB (max) | fds (max) | NOOP ms p50 | NOOP ms max | event-loop delay p99 ms (max) |',
+  '|' + '--:|'.repeat(16),
   ...perMinute.map((m) => `| ${Object.values(m).join(' | ')} |`),
 ].join('\n');
 const outcome = `lost ${lost}, duplicated ${duplicated}, resurrected ${resurrected}, phantoms ${phantoms.length}, session errors ${summary.sessionErrors}, descriptors ${before.fds} → ${after.fds}`;
