@@ -183,7 +183,8 @@ const poplar: Tool = {
   version: `poplar ${(JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version} (dist/, ${process.version})`,
   durability:
     'per-message durability: every message file is fsynced, and new/ after it, before the ledger records its UIDL (ledger fdatasync) and before any DELE; ' +
-    'up to `parallel` (8) messages are written at a time and their fsyncs overlap; the ledger is group-committed (`batch` 64); intents are synced before delivery',
+    'group commit (`batch` 64): the files of a group are fsynced together (up to 32 fsyncs waiting on the disk at once, on a thread pool of 16) while the next group downloads, ' +
+    'then new/ once, then the group\'s UIDLs with one fdatasync; intents are synced before delivery',
   available: existsSync(POPLAR_MAIN),
   async once(dir, port) {
     const md = path.join(dir, 'Maildir');
@@ -696,7 +697,8 @@ function report(results: Results, places: Place[], mi: ReturnType<typeof machine
       `small wrapper that delays each forked delivery child by ${GETMAIL_CHILD_DELAY_S * 1000} ms, to avoid a race in ` +
       'getmail 6.18 (it installs its SIGCHLD handler after forking); that adds at most ' +
       `${(MESSAGES * GETMAIL_CHILD_DELAY_S).toFixed(0)} s to its time. poplar runs as installed, through its launcher ` +
-      '(`bin/poplar fetch --once --json --tls none --keep --maildir … --state …`, default settings).',
+      '(`bin/poplar fetch --once --json --tls none --keep --maildir … --state …`, default settings; the launcher sets ' +
+      'UV_THREADPOOL_SIZE=16 when it is not set, see docs/fetch.md).',
     '',
   );
   lines.push('## Machine', '');
