@@ -114,6 +114,22 @@ describe.skipIf(lacks('dovecot') || lacks('dovecot-imapd'))('IMAP sink against D
     expect(s.lastUid).toBe(2); // APPENDUID (UIDPLUS)
   });
 
+  it('messages handed over together are appended over up to four connections at once, each exactly once', async () => {
+    const s = sink({ user: 'box', folder: 'Together', create: true });
+    const many = Array.from({ length: 12 }, (_, i) => msg(`together ${i}`));
+    await Promise.all(many.map((m, i) => s.deliverBuffer(m, info(`t${i}`))));
+    await s.close();
+    expect(s.connections).toBeGreaterThan(1);
+    expect(s.connections).toBeLessThanOrEqual(4);
+    expect((await stored('box', 'Together')).sort(Buffer.compare)).toEqual([...many].sort(Buffer.compare));
+    const one = sink({ user: 'box', folder: 'Together', connections: 1 });
+    expect(one.concurrentDeliveries).toBe(false);
+    await Promise.all([one.deliverBuffer(msg('one a'), info('o1')), one.deliverBuffer(msg('one b'), info('o2'))]);
+    await one.close();
+    expect(one.connections).toBe(1);
+    expect((await stored('box', 'Together')).slice(-2)).toEqual([msg('one a'), msg('one b')]);
+  });
+
   it('STARTTLS, and plain IMAP to loopback; plain IMAP to another host is refused before connecting', async () => {
     const st = sink({ user: 'starttls', port: dc.imapPort, tls: 'starttls' });
     await st.deliverBuffer(msg('over starttls'), info('s1'));
@@ -247,8 +263,10 @@ describe.skipIf(lacks('dovecot') || lacks('dovecot-imapd'))('IMAP sink against D
     expect(r1.delivered).toBe(30);
     const r2 = await fetchAccount(acct, deps, newReport('src'));
     expect(r2.delivered).toBe(0);
-    const got = (await stored('dst', 'POP')).map((b) => Number(/^X-Seq: (\d+)\r$/m.exec(b.toString('latin1'))![1]));
+    // Appended over several connections at once: in any order, each exactly once and octet for octet.
+    const all = await stored('dst', 'POP');
+    const got = all.map((b) => Number(/^X-Seq: (\d+)\r$/m.exec(b.toString('latin1'))![1]));
     expect(got.sort((x, y) => x - y)).toEqual(Array.from({ length: 30 }, (_, i) => i));
-    expect((await stored('dst', 'POP'))[0]).toEqual(Buffer.from(seqMessage(0, 120), 'latin1'));
+    for (const b of all) expect(b.toString('latin1')).toBe(seqMessage(Number(/^X-Seq: (\d+)\r$/m.exec(b.toString('latin1'))![1]), 120));
   });
 });

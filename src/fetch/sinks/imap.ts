@@ -17,13 +17,18 @@
  * A stored copy counts for one pending message at most. A server that
  * rewrites what it stores (so no copy is identical) costs a duplicate
  * after a crash, never a loss.
+ *
+ * An IMAP server takes one APPEND at a time per connection, and each is a
+ * round trip and a commit on the server: messages handed over together
+ * are appended over up to `connections` connections at once (each APPEND's
+ * OK still comes before its message is recorded).
  */
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { ImapFlow, type ImapFlowOptions } from 'imapflow';
 import { isLoopback } from '../../client/index.js';
 import type { DeliveryInfo, MessageSource, PendingMessage, Sink } from './types.js';
-import { abortReason, chunksOf, destroyOnAbort, Mutex, onAbort, SinkError, toError } from './util.js';
+import { abortReason, chunksOf, destroyOnAbort, onAbort, SinkError, toError } from './util.js';
 
 export type ImapTlsMode = 'none' | 'starttls' | 'implicit';
 
@@ -58,6 +63,8 @@ export interface ImapSinkOptions {
   readonly timeoutMs?: number;
   /** The largest message appended (it is held in memory for APPEND); default 100 MiB. */
   readonly maxMessageOctets?: number;
+  /** Connections used at once for messages handed over together (default 4; 1: one message at a time, in order). */
+  readonly connections?: number;
 }
 
 /** Server lines and literals are bounded: the probe downloads in pieces of this size. */
@@ -124,9 +131,12 @@ function headerDate(head: string): Date | undefined {
 
 export class ImapSink implements Sink {
   readonly #o: Required<Omit<ImapSinkOptions, 'ca' | 'servername'>> & Pick<ImapSinkOptions, 'ca' | 'servername'>;
-  readonly #mutex = new Mutex();
-  #client: ImapFlow | undefined;
+  /** Logged-in connections not in use, how many exist (idle, busy or connecting), and callers waiting for one. */
+  readonly #idle: ImapFlow[] = [];
+  #count = 0;
+  readonly #waiters: (() => void)[] = [];
   #closed = false;
+  readonly concurrentDeliveries: boolean;
   /** Connections opened so far, and messages appended (tests, the summary). */
   connections = 0;
   appended = 0;
@@ -148,11 +158,14 @@ export class ImapSink implements Sink {
       internalDate: opts.internalDate ?? 'date',
       timeoutMs: opts.timeoutMs ?? 300_000,
       maxMessageOctets: opts.maxMessageOctets ?? 100 * 1024 * 1024,
+      connections: opts.connections ?? 4,
       ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
       ...(opts.servername !== undefined ? { servername: opts.servername } : {}),
     };
     if (opts.user === '' || /[\x00-\x1f\x7f]/.test(opts.user)) throw new TypeError('ImapSink: invalid user name');
     if (this.#o.folder === '' || /[\x00-\x1f\x7f]/.test(this.#o.folder)) throw new TypeError('ImapSink: invalid folder name');
+    if (!Number.isInteger(this.#o.connections) || this.#o.connections < 1) throw new TypeError('ImapSink: connections must be a whole number >= 1');
+    this.concurrentDeliveries = this.#o.connections > 1;
   }
 
   get where(): string {
@@ -179,85 +192,82 @@ export class ImapSink implements Sink {
     return this.deliverBuffer(Buffer.concat(chunks, total), info, signal);
   }
 
-  deliverBuffer(message: Buffer, info: DeliveryInfo, signal?: AbortSignal): Promise<void> {
-    return this.#mutex.run(async () => {
-      if (this.#closed) throw new SinkError('the IMAP sink is closed', { temporary: true });
-      signal?.throwIfAborted();
-      if (message.length > this.#o.maxMessageOctets) {
-        throw new SinkError(`IMAP sink: message ${info.uidl} is larger than max_size (${this.#o.maxMessageOctets} octets)`, { temporary: false });
+  async deliverBuffer(message: Buffer, info: DeliveryInfo, signal?: AbortSignal): Promise<void> {
+    signal?.throwIfAborted();
+    if (message.length > this.#o.maxMessageOctets) {
+      throw new SinkError(`IMAP sink: message ${info.uidl} is larger than max_size (${this.#o.maxMessageOctets} octets)`, { temporary: false });
+    }
+    const idate = this.#o.internalDate === 'date' ? headerDate(headOf(message)) : undefined;
+    await this.#withClient(signal, async (client) => {
+      let res;
+      try {
+        res = await client.append(this.#o.folder, message, [], idate);
+      } catch (e) {
+        const err = e as ImapErrorish;
+        if (!this.#o.create || err.serverResponseCode?.toUpperCase() !== 'TRYCREATE') throw e;
+        // Another connection of this sink may be creating it at the same moment: the second APPEND says whether it exists.
+        await client.mailboxCreate(this.#o.folder).catch(() => undefined);
+        res = await client.append(this.#o.folder, message, [], idate);
       }
-      const idate = this.#o.internalDate === 'date' ? headerDate(headOf(message)) : undefined;
-      await this.#withClient(signal, async (client) => {
-        let res;
-        try {
-          res = await client.append(this.#o.folder, message, [], idate);
-        } catch (e) {
-          const err = e as ImapErrorish;
-          if (!this.#o.create || err.serverResponseCode?.toUpperCase() !== 'TRYCREATE') throw e;
-          await client.mailboxCreate(this.#o.folder);
-          res = await client.append(this.#o.folder, message, [], idate);
-        }
-        // imapflow answers nothing (no throw) when the connection is not usable for APPEND.
-        if (res === undefined || res === false) throw new SinkError(`IMAP APPEND to ${this.where}: the connection is not logged in`, { temporary: true });
-        this.appended++;
-        this.lastUid = typeof res.uid === 'number' ? res.uid : undefined;
-      }, 'APPEND');
-    });
+      // imapflow answers nothing (no throw) when the connection is not usable for APPEND.
+      if (res === undefined || res === false) throw new SinkError(`IMAP APPEND to ${this.where}: the connection is not logged in`, { temporary: true });
+      this.appended++;
+      this.lastUid = typeof res.uid === 'number' ? res.uid : undefined;
+    }, 'APPEND');
   }
 
-  findDelivered(pending: readonly PendingMessage[]): Promise<Set<string>> {
-    return this.#mutex.run(async () => {
-      const found = new Set<string>();
-      if (pending.length === 0) return found;
-      if (this.#closed) throw new SinkError('the IMAP sink is closed', { temporary: true });
-      await this.#withClient(undefined, async (client) => {
-        try {
-          await client.mailboxOpen(this.#o.folder, { readOnly: true });
-        } catch (e) {
-          // A folder that does not exist holds nothing.
-          if ((e as ImapErrorish).responseStatus === 'NO') return;
-          throw e;
-        }
-        const used = new Set<number>();
-        for (const p of pending) {
-          const { head, digest } = await summarize(p.content);
-          const mid = messageIdOf(head);
-          const query: Record<string, unknown> = { larger: p.content.size - 1, smaller: p.content.size + 1 };
-          if (mid !== undefined) query['header'] = { 'message-id': mid };
-          const uids = await client.search(query, { uid: true });
-          if (uids === false || uids === undefined) continue;
-          const candidates = uids.filter((u) => !used.has(u)).sort((a, b) => b - a).slice(0, MAX_CANDIDATES);
-          for (const uid of candidates) {
-            if ((await this.#digestOf(client, uid, p.content.size)) === digest) {
-              used.add(uid);
-              found.add(p.uidl);
-              break;
-            }
+  async findDelivered(pending: readonly PendingMessage[]): Promise<Set<string>> {
+    const found = new Set<string>();
+    if (pending.length === 0) return found;
+    await this.#withClient(undefined, async (client) => {
+      try {
+        await client.mailboxOpen(this.#o.folder, { readOnly: true });
+      } catch (e) {
+        // A folder that does not exist holds nothing.
+        if ((e as ImapErrorish).responseStatus === 'NO') return;
+        throw e;
+      }
+      const used = new Set<number>();
+      for (const p of pending) {
+        const { head, digest } = await summarize(p.content);
+        const mid = messageIdOf(head);
+        const query: Record<string, unknown> = { larger: p.content.size - 1, smaller: p.content.size + 1 };
+        if (mid !== undefined) query['header'] = { 'message-id': mid };
+        const uids = await client.search(query, { uid: true });
+        if (uids === false || uids === undefined) continue;
+        const candidates = uids.filter((u) => !used.has(u)).sort((a, b) => b - a).slice(0, MAX_CANDIDATES);
+        for (const uid of candidates) {
+          if ((await this.#digestOf(client, uid, p.content.size)) === digest) {
+            used.add(uid);
+            found.add(p.uidl);
+            break;
           }
         }
-        await client.mailboxClose().catch(() => undefined);
-      }, 'search');
-      return found;
-    });
+      }
+      await client.mailboxClose().catch(() => undefined);
+    }, 'search');
+    return found;
   }
 
-  /** Log out and close the connection. */
-  close(): Promise<void> {
+  /** Log out and close the connections (call it once no delivery is under way). */
+  async close(): Promise<void> {
     this.#closed = true;
-    return this.#mutex.run(async () => {
-      const client = this.#client;
-      this.#client = undefined;
-      if (client === undefined) return;
-      const t = setTimeout(() => client.close(), 5000);
-      try {
-        if (client.usable) await client.logout();
-      } catch {
-        // the connection is going anyway
-      } finally {
-        clearTimeout(t);
-        client.close();
-      }
-    });
+    for (const w of this.#waiters.splice(0)) w();
+    const idle = this.#idle.splice(0);
+    this.#count -= idle.length;
+    await Promise.all(
+      idle.map(async (client) => {
+        const t = setTimeout(() => client.close(), 5000);
+        try {
+          if (client.usable) await client.logout();
+        } catch {
+          // the connection is going anyway
+        } finally {
+          clearTimeout(t);
+          client.close();
+        }
+      }),
+    );
   }
 
   /** SHA-256 of a stored message, read in pieces; undefined when it is not `size` octets. */
@@ -283,8 +293,7 @@ export class ImapSink implements Sink {
   async #withClient(signal: AbortSignal | undefined, fn: (client: ImapFlow) => Promise<void>, what: string): Promise<void> {
     let client: ImapFlow | undefined;
     try {
-      client = this.#client !== undefined && this.#client.usable ? this.#client : await this.#connect(signal);
-      this.#client = client;
+      client = await this.#acquire(signal);
       const c = client;
       const removeAbort = onAbort(signal, () => c.close());
       try {
@@ -294,23 +303,53 @@ export class ImapSink implements Sink {
         removeAbort();
       }
     } catch (e) {
-      if (client !== undefined && !client.usable) {
-        client.close();
-        if (this.#client === client) this.#client = undefined;
-      }
       if (signal?.aborted === true) throw abortReason(signal);
       // A password or token that cannot be had is the configuration's fault (exit 78), not the server's.
       if (e instanceof Error && e.name === 'CredentialError') throw e;
       throw imapSinkError(`${what} ${this.where}`, e);
+    } finally {
+      if (client !== undefined) this.#release(client);
     }
+  }
+
+  /** A logged-in connection of this sink's own: an idle one, a new one while fewer than `connections` exist, or the next one released. */
+  async #acquire(signal: AbortSignal | undefined): Promise<ImapFlow> {
+    for (;;) {
+      if (this.#closed) throw new SinkError('the IMAP sink is closed', { temporary: true });
+      signal?.throwIfAborted();
+      const kept = this.#idle.pop();
+      if (kept !== undefined) {
+        if (kept.usable) return kept;
+        kept.close(); // closed by the server meanwhile (idle timeout): nothing was under way on it
+        this.#count--;
+        continue;
+      }
+      if (this.#count < this.#o.connections) {
+        this.#count++;
+        try {
+          return await this.#connect(signal);
+        } catch (e) {
+          this.#count--;
+          this.#waiters.shift()?.();
+          throw e;
+        }
+      }
+      await new Promise<void>((resolve) => this.#waiters.push(resolve));
+    }
+  }
+
+  /** Back to the idle ones, or closed for good when it broke (the next caller connects afresh). */
+  #release(client: ImapFlow): void {
+    if (client.usable && !this.#closed) this.#idle.push(client);
+    else {
+      client.close();
+      this.#count--;
+    }
+    this.#waiters.shift()?.();
   }
 
   async #connect(signal: AbortSignal | undefined): Promise<ImapFlow> {
     const o = this.#o;
-    if (this.#client !== undefined) {
-      this.#client.close();
-      this.#client = undefined;
-    }
     if (o.tls === 'none' && !o.allowPlaintextPassword && !isLoopback(o.host)) {
       throw new SinkError(`IMAP sink: refusing to send credentials to ${o.host} without TLS (set tls, or allow_plaintext_password = true)`, { temporary: false });
     }

@@ -128,6 +128,8 @@ export const ImapSinkSchema = z
     /** The appended message's internal date (what Gmail sorts by): its Date header, or the time of the APPEND. */
     internal_date: z.enum(['date', 'now']).default('date'),
     timeout: seconds.positive().default(300),
+    /** Connections used at once for messages delivered together (1: one message at a time, in order). */
+    connections: z.number().int().min(1).max(16).default(4),
     /** Messages are held in memory for APPEND: larger ones are refused. */
     max_size: z.union([z.number().int().positive(), z.string().regex(/^\s*\d+\s*[kKmMgG]?\s*$/, 'expected a size such as "100M"')]).default(100 * 1024 * 1024),
   })
@@ -247,6 +249,7 @@ export async function createSink(spec: SinkSpecInput, deps: SinkDeps = {}): Prom
         internalDate: s.internal_date,
         timeoutMs: s.timeout * 1000,
         maxMessageOctets: sizeOf(s.max_size),
+        connections: s.connections,
         ...(s.port !== undefined ? { port: s.port } : {}),
         ...(ca !== undefined ? { ca } : {}),
         ...(s.servername !== undefined ? { servername: s.servername } : {}),
