@@ -2,12 +2,13 @@
  * Message bodies read with COPY (bodies.ts): the bytes come out as stored
  * whatever sizes the socket reads cut them into, the connection serves
  * ordinary statements afterwards, and an error from the database fails the
- * read without breaking the pool.
+ * read without breaking the pool; the chunks reach the encoder as they came
+ * (a byte stream would join them into new buffers, a copy per byte).
  */
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import { openBody } from '../../src/store/postgres/bodies.js';
+import { CHUNK_SIZE, openBody } from '../../src/store/postgres/bodies.js';
 import { POSTGRES_CONNECTION, lacksPostgres } from '../helpers/peers.js';
 import { pgSchema } from './pg.js';
 
@@ -49,6 +50,15 @@ describe.skipIf(PG_DOWN)('PostgreSQL store: bodies read with COPY', async () => 
     const { rows } = await one.query<{ n: number }>('SELECT 41 + 1 AS n');
     expect(rows[0]!.n).toBe(42);
     expect(one.totalCount).toBe(1);
+  });
+
+  it('hands the chunks on as they came, never joined into bigger buffers', async () => {
+    const body = randomBytes(4 * CHUNK_SIZE + 1000);
+    const b = await stored('copy-pieces', body);
+    const pieces: Buffer[] = [];
+    for await (const p of await openBody(db.pool(1), b.mailboxId, b.bodyId, b.size)) pieces.push(p as Buffer);
+    expect(Buffer.concat(pieces).equals(body)).toBe(true);
+    expect(Math.max(...pieces.map((p) => p.length))).toBeLessThanOrEqual(CHUNK_SIZE);
   });
 
   it('an error from the database fails the read, and the pool serves the next read', async () => {

@@ -261,7 +261,9 @@ class BodyStream extends Readable {
   #busy = false;
 
   constructor(pool: Pool, mailboxId: number, bodyId: number, first: Chunk[], signal?: AbortSignal) {
-    super({ highWaterMark: CHUNK_SIZE, ...(signal ? { signal } : {}) });
+    // Object mode: each piece goes out as the buffer it is (a byte stream would join what it holds
+    // into a new one); at most one batch waits in the stream while the next is fetched.
+    super({ objectMode: true, highWaterMark: 1, ...(signal ? { signal } : {}) });
     this.#pool = pool;
     this.#mailboxId = mailboxId;
     this.#bodyId = bodyId;
