@@ -61,7 +61,8 @@ function parseV1(buf: Buffer): ProxyParse {
   if (parts.length !== 6) return invalid('v1 header with a wrong number of fields');
   const [, , src, dst, sport, dport] = parts as [string, string, string, string, string, string];
   const isFamily = proto === 'TCP4' ? net.isIPv4 : net.isIPv6;
-  if (!isFamily(src) || !isFamily(dst)) return invalid('v1 header with a bad address');
+  // net.isIPv6 takes a zone index ("fe80::1%eth0"), which names no client address (and URL refuses it).
+  if (!isFamily(src) || !isFamily(dst) || src.includes('%') || dst.includes('%')) return invalid('v1 header with a bad address');
   if (!PORT.test(sport) || !PORT.test(dport) || Number(sport) > 65535 || Number(dport) > 65535) return invalid('v1 header with a bad port');
   return {
     kind: 'header',

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseStatusLine } from '../../src/client/reply.js';
 import { Ledger, LedgerError } from '../../src/fetch/ledger.js';
+import { parseProxyHeader } from '../../src/server/proxy-header.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -43,5 +44,14 @@ describe('client reply lines', () => {
     expect(r.rawCode).toHaveLength(60_009);
     expect(parseStatusLine(`-ERR [${'/'.repeat(60_000)}] no`).code).toBeUndefined();
     expect(parseStatusLine('-ERR [IN-USE/LOCKED] held').code).toBe('IN-USE');
+  });
+});
+
+describe('PROXY protocol header', () => {
+  // net.isIPv6 accepts a zone index; the address's canonical form (through URL) then threw a TypeError.
+  it('refuses a v1 address with a zone index as invalid instead of throwing', () => {
+    expect(parseProxyHeader(Buffer.from('PROXY TCP6 2001:db8::1 2001:db8::%1 51000 110\r\n'))).toMatchObject({ kind: 'invalid' });
+    expect(parseProxyHeader(Buffer.from('PROXY TCP6 fe80::1%eth0 ::1 51000 110\r\n'))).toMatchObject({ kind: 'invalid' });
+    expect(parseProxyHeader(Buffer.from('PROXY TCP6 2001:db8::1 ::1 51000 110\r\n'))).toMatchObject({ kind: 'header', addresses: { sourceAddress: '2001:db8::1' } });
   });
 });
