@@ -15,6 +15,7 @@
  * delivered, exactly as if Poplar had fetched them.
  */
 import { constants as C, promises as fs } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type { ResolvedAccount } from './config.js';
 import { Ledger } from './ledger.js';
@@ -172,7 +173,8 @@ export function parseSource(spec: string): ImportSource {
   if (i < 0 || !(STATE_KINDS as readonly string[]).includes(kind) || file === '') {
     throw new ImportStateError(`--from takes fetchmail:FILE, mpop:FILE or getmail:FILE, not ${JSON.stringify(spec)}`);
   }
-  return { kind: kind as StateKind, file };
+  // The shell does not expand a ~ after "fetchmail:", so it is done here.
+  return { kind: kind as StateKind, file: file === '~' || file.startsWith('~/') ? path.join(os.homedir(), file.slice(1)) : file };
 }
 
 /** The accounts a state file describes. */

@@ -85,6 +85,7 @@ describe('state files are parsed strictly', () => {
   it('--from names one of the three tools and a file', () => {
     expect(parseSource('mpop:/x/uidls')).toEqual({ kind: 'mpop', file: '/x/uidls' });
     expect(parseSource('fetchmail:C:/odd:name')).toEqual({ kind: 'fetchmail', file: 'C:/odd:name' });
+    expect(parseSource('fetchmail:~/.fetchids')).toEqual({ kind: 'fetchmail', file: path.join(os.homedir(), '.fetchids') });
     for (const bad of ['mpop', 'imap:/x', 'getmail:', '']) expect(err(() => parseSource(bad)).message).toMatch(/--from takes/);
   });
 
