@@ -17,7 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { lmtpDeliver } from '../../tools/soak/lmtp-client.js';
-import { Pop3Wire } from '../../tools/soak/pop3.js';
+import { unstuff, Wire } from '../helpers/wire.js';
 import { startServe, type ServeProcess } from '../helpers/cli.js';
 import { createSchema, dropSchema, POSTGRES_CONNECTION } from '../helpers/lmtp.js';
 
@@ -40,13 +40,13 @@ function identify(raw: Buffer): number {
 
 /** The last refusal a login got (for the message when a maildrop stays locked). */
 let lastRefusal = '';
-async function open(port: number, user: string): Promise<Pop3Wire | null> {
-  const w = await Pop3Wire.connect(port);
+async function open(port: number, user: string): Promise<Wire | null> {
+  const w = await Wire.connect(port);
   await w.line();
   await w.cmd(`USER ${user}`);
   const r = await w.cmd('PASS secret');
   if (r.startsWith('+OK')) return w;
-  w.destroy();
+  w.close();
   lastRefusal = r;
   if (/\[(IN-USE|SYS\/TEMP)\]/.test(r)) return null;
   throw new Error(`login of ${user}: ${r}`);
@@ -131,7 +131,7 @@ for (const store of ['maildir', 'postgres'] as const) {
                 w.send(`RETR ${n}`);
                 const m = await w.multi(5_000);
                 if (!m.status.startsWith('+OK')) throw new Error(m.status);
-                const key = `${user}/${identify(m.body)}`;
+                const key = `${user}/${identify(unstuff(m.body))}`;
                 if ((await w.cmd(`DELE ${n}`, 5_000)).startsWith('+OK')) keys.push(key);
               }
               w.send('QUIT');
@@ -142,7 +142,7 @@ for (const store of ['maildir', 'postgres'] as const) {
               // The kill cuts sessions; anything else is a failure.
               if (!/closed|in time/.test((e as Error).message)) throw e;
             } finally {
-              w.destroy();
+              w.close();
             }
           }
         };
@@ -163,7 +163,7 @@ for (const store of ['maildir', 'postgres'] as const) {
       try {
         const present = new Map<string, number>();
         for (const user of USERS) {
-          let w: Pop3Wire | null = null;
+          let w: Wire | null = null;
           const deadline = Date.now() + (store === 'postgres' ? LEASE_TIMEOUT_S * 1000 + 5_000 : 5_000);
           while (w === null) {
             w = await open(srv.plainPort, user);
@@ -175,11 +175,11 @@ for (const store of ['maildir', 'postgres'] as const) {
           w.send('UIDL');
           for (const line of (await w.multiLines()).lines) {
             w.send(`RETR ${line.split(' ')[0]}`);
-            const key = `${user}/${identify((await w.multi()).body)}`;
+            const key = `${user}/${identify(unstuff((await w.multi()).body))}`;
             present.set(key, (present.get(key) ?? 0) + 1);
           }
           expect(await w.cmd('QUIT')).toMatch(/^\+OK/);
-          w.destroy();
+          w.close();
         }
         const lost = [...delivered].filter((k) => !present.has(k) && !maybeRemoved.has(k));
         const resurrected = [...removed].filter((k) => present.has(k));

@@ -4,6 +4,13 @@ import { once } from 'node:events';
 
 const TERMINATOR = Buffer.from('\r\n.\r\n');
 
+/** The message in a multi-line body as multi() returns it (dot-stuffed, with the terminator): the bytes a client keeps. */
+export function unstuff(body: Buffer): Buffer {
+  const text = body.toString('latin1');
+  const content = text.endsWith('\r\n.\r\n') ? text.slice(0, -3) : text === '.\r\n' ? '' : text;
+  return Buffer.from(content.replace(/^\.\./gm, '.'), 'latin1');
+}
+
 /**
  * A deliberately dumb POP3 peer for tests: it sends exactly the bytes it is
  * told to and hands back exactly the bytes that came, so tests see the wire.
@@ -37,14 +44,15 @@ export class Wire {
     for (const f of w) f();
   }
 
-  static async connect(port: number, opts: { tls?: boolean; host?: string; ca?: string | Buffer; servername?: string } = {}): Promise<Wire> {
-    const host = opts.host ?? '127.0.0.1';
+  /** `localAddress`: the address to connect from (any of 127/8 on loopback: a client of its own for per-address limits). */
+  static async connect(port: number, opts: { tls?: boolean; host?: string; ca?: string | Buffer; servername?: string; localAddress?: string } = {}): Promise<Wire> {
+    const base = { host: opts.host ?? '127.0.0.1', port, ...(opts.localAddress !== undefined ? { localAddress: opts.localAddress } : {}) };
     let sock: net.Socket;
     if (opts.tls) {
-      sock = tls.connect({ host, port, rejectUnauthorized: false, ...(opts.ca ? { ca: opts.ca } : {}), servername: opts.servername ?? 'localhost' });
+      sock = tls.connect({ ...base, rejectUnauthorized: false, ...(opts.ca ? { ca: opts.ca } : {}), servername: opts.servername ?? 'localhost' });
       await once(sock, 'secureConnect');
     } else {
-      sock = net.connect({ host, port });
+      sock = net.connect(base);
       await once(sock, 'connect');
     }
     return new Wire(sock);
@@ -132,9 +140,9 @@ export class Wire {
     this.#sock.write(data);
   }
 
-  async cmd(line: string): Promise<string> {
+  async cmd(line: string, timeoutMs?: number): Promise<string> {
     this.send(line);
-    return this.line();
+    return this.line(timeoutMs);
   }
 
   async cmdMulti(line: string): Promise<{ status: string; body: Buffer }> {

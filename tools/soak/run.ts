@@ -32,7 +32,7 @@ import { ensureSelfSignedCertificate } from '../../src/config/tls-material.js';
 import { replaceSection } from '../reliability/doc.js';
 import { poplarArgs, ROOT } from '../../test/helpers/cli.js';
 import { lmtpDeliver } from './lmtp-client.js';
-import { Pop3Wire } from './pop3.js';
+import { unstuff, Wire } from '../../test/helpers/wire.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -258,7 +258,7 @@ const resources = (): { pids: number[]; rss: number; fds: number } => {
 let stopping = false;
 
 /** Logs in; returns false for [IN-USE] (another session holds the maildrop). */
-async function login(w: Pop3Wire, user: string): Promise<boolean> {
+async function login(w: Wire, user: string): Promise<boolean> {
   const greeting = await w.line();
   if (!greeting.startsWith('+OK')) throw new Error(`greeting: ${greeting}`);
   let reply: string;
@@ -282,9 +282,9 @@ async function login(w: Pop3Wire, user: string): Promise<boolean> {
   throw new Error(`login of ${user}: ${reply}`);
 }
 
-async function open(user: string): Promise<Pop3Wire | null> {
+async function open(user: string): Promise<Wire | null> {
   const how = rand(3);
-  const w = await Pop3Wire.connect(how === 2 ? ports.tls : ports.plain, { tls: how === 2 });
+  const w = await Wire.connect(how === 2 ? ports.tls : ports.plain, { tls: how === 2 });
   if (how === 1) {
     const greeting = await w.line();
     if (!greeting.startsWith('+OK')) throw new Error(`greeting: ${greeting}`);
@@ -297,7 +297,7 @@ async function open(user: string): Promise<Pop3Wire | null> {
     const p = await w.cmd(`PASS ${password(user)}`);
     if (p.includes('[IN-USE]')) {
       now().inUse++;
-      w.destroy();
+      w.close();
       return null;
     }
     if (!p.startsWith('+OK')) throw new Error(`PASS after STLS: ${p}`);
@@ -308,7 +308,7 @@ async function open(user: string): Promise<Pop3Wire | null> {
   return w;
 }
 
-async function uidl(w: Pop3Wire): Promise<{ n: number; uidl: string }[]> {
+async function uidl(w: Wire): Promise<{ n: number; uidl: string }[]> {
   w.send('UIDL');
   const r = await w.multiLines();
   if (!r.status.startsWith('+OK')) throw new Error(`UIDL: ${r.status}`);
@@ -318,11 +318,11 @@ async function uidl(w: Pop3Wire): Promise<{ n: number; uidl: string }[]> {
   });
 }
 
-async function retr(w: Pop3Wire, user: string, n: number): Promise<number> {
+async function retr(w: Wire, user: string, n: number): Promise<number> {
   w.send(`RETR ${n}`);
   const r = await w.multi();
   if (!r.status.startsWith('+OK')) throw new Error(`RETR ${n}: ${r.status}`);
-  const id = identify(r.body);
+  const id = identify(unstuff(r.body));
   if (id === null) throw new Error(`RETR ${n} of ${user}: a message that is not byte-exact`);
   const st = now();
   st.retrs++;
@@ -354,7 +354,7 @@ const read: Action = async (user) => {
     if (!top.status.startsWith('+OK') || !/^X-Soak-Id: \d+\r$/m.test(top.body.toString('latin1'))) throw new Error('TOP');
   }
   if (!(await w.cmd('QUIT')).startsWith('+OK')) throw new Error('QUIT');
-  w.destroy();
+  w.close();
 };
 
 /** DELE, then QUIT (`end` = 'quit'), a cut connection ('drop') or RSET and QUIT ('rset'). */
@@ -371,7 +371,7 @@ function deleting(end: 'quit' | 'drop' | 'rset'): Action {
       keys.push(`${user}/${id}`);
     }
     if (end === 'drop') {
-      w.destroy();
+      w.close();
       return;
     }
     if (end === 'rset') {
@@ -385,7 +385,7 @@ function deleting(end: 'quit' | 'drop' | 'rset'): Action {
       if (end === 'quit') for (const k of keys) maybeRemoved.add(k);
       throw e;
     }
-    w.destroy();
+    w.close();
     if (!q.startsWith('+OK')) {
       if (end === 'quit') for (const k of keys) maybeRemoved.add(k);
       throw new Error(`QUIT: ${q}`);
@@ -401,9 +401,11 @@ const cutRetr: Action = async (user) => {
   const w = await open(user);
   if (!w) return;
   const ids = await uidl(w);
-  if (ids.length === 0) return w.destroy();
+  if (ids.length === 0) return w.close();
   w.send(`RETR ${pick(ids).n}`);
-  await w.cutAfter(1 + rand(2000));
+  // Cut at once or a moment later: before, during or after the first bytes of the message.
+  await sleep(rand(20));
+  w.close();
 };
 
 const pipelined: Action = async (user) => {
@@ -416,7 +418,7 @@ const pipelined: Action = async (user) => {
   if (!(await w.line()).startsWith('+OK')) throw new Error('pipelined NOOP');
   if (!(await w.line()).startsWith('-ERR')) throw new Error('pipelined LIST of no message');
   if (!(await w.line()).startsWith('+OK')) throw new Error('pipelined QUIT');
-  w.destroy();
+  w.close();
 };
 
 const readOnly: [Action, number][] = [
@@ -452,14 +454,14 @@ async function attackerLoop(): Promise<void> {
   while (!stopping) {
     now().sessions++;
     try {
-      const w = await Pop3Wire.connect(ports.plain, { localAddress: `127.0.0.${2 + rand(253)}` });
+      const w = await Wire.connect(ports.plain, { localAddress: `127.0.0.${2 + rand(253)}` });
       await w.line();
       const user = Math.random() < 0.5 ? pick(users) : `nobody${rand(1000)}`;
       await w.cmd(`USER ${user}`);
       const r = await w.cmd('PASS wrong', 90_000);
       if (r.startsWith('+OK')) problem(`a wrong password logged in as ${user}`);
       else now().badLogins++;
-      w.destroy();
+      w.close();
     } catch (e) {
       now().errors++;
       problem(`attacker: ${(e as Error).message}`);
@@ -535,7 +537,7 @@ async function eventLoopDelayMs(): Promise<number | null> {
 
 /** A logged-in session that sends NOOP every second: the time it takes, and the server's memory and descriptors. */
 async function probeLoop(): Promise<void> {
-  const w = await Pop3Wire.connect(ports.plain);
+  const w = await Wire.connect(ports.plain);
   await login(w, 'probe');
   while (!stopping) {
     const t = performance.now();
@@ -556,7 +558,7 @@ async function probeLoop(): Promise<void> {
     await sleep(1_000);
   }
   await w.cmd('QUIT');
-  w.destroy();
+  w.close();
 }
 
 // ---------------------------------------------------------------- run
@@ -592,9 +594,9 @@ for (const u of fetched) {
 const present = new Map<Key, number>();
 const phantoms: string[] = [];
 for (const u of users) {
-  let w: Pop3Wire | null = null;
+  let w: Wire | null = null;
   for (let i = 0; i < 5 && w === null; i++) {
-    const c = await Pop3Wire.connect(ports.plain);
+    const c = await Wire.connect(ports.plain);
     if (await login(c, u).catch(() => false)) w = c;
     else await sleep(500);
   }
@@ -610,7 +612,7 @@ for (const u of users) {
     if (!delivered.has(k)) phantoms.push(k);
   }
   await w.cmd('QUIT');
-  w.destroy();
+  w.close();
 }
 
 // What the fetcher delivered.
