@@ -160,6 +160,32 @@ describe.skipIf(PG_DOWN)('PostgreSQL store', async () => {
       expect(await countRows(store, 'poplar_messages', 'busy')).toBe(0);
     });
 
+    it('a lease whose row stays locked (a stream of deliveries) is renewed, waiting for the lock, before it runs out', async () => {
+      const store = db.store();
+      await store.deliver('streamed', Buffer.from('Subject: x\r\n\r\nx\r\n'));
+      const id = (await store.mailbox('streamed')).id;
+      const lease = (await store.leases.acquire(id))!;
+      const expires = async (): Promise<number> =>
+        (await db.admin.query<{ e: Date }>(`SELECT lease_expires AS e FROM poplar_mailboxes WHERE username = 'streamed'`)).rows[0]!.e.getTime();
+      const before = await expires();
+      const locker = await db.admin.connect();
+      try {
+        await locker.query('BEGIN');
+        await locker.query(`SELECT 1 FROM poplar_mailboxes WHERE username = 'streamed' FOR NO KEY UPDATE`);
+        // Locked at the renewals of half the lease time: this renewal waits for the lock.
+        lease.confirmedAt = performance.now() - store.leases.timeoutMs * 0.6;
+        const renewal = store.leases.renewAll();
+        await sleep(300);
+        await locker.query('COMMIT');
+        await renewal;
+      } finally {
+        locker.release();
+      }
+      expect(lease.lost).toBe(false);
+      expect(await expires()).toBeGreaterThan(before);
+      await store.leases.release(lease);
+    });
+
     it('a renewal that finds the lease taken marks the session lost before it QUITs', async () => {
       const a = db.store({ leaseTimeout: 1 });
       await a.deliver('stolen', Buffer.from('Subject: x\r\n\r\nx\r\n'));

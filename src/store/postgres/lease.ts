@@ -31,6 +31,7 @@ import { randomBytes, randomInt } from 'node:crypto';
 import type { Pool } from 'pg';
 import { InUseError } from '../../errors.js';
 import type { Logger } from '../../observability/log.js';
+import { inTransaction } from '../../auth/postgres/tx.js';
 
 /** One held lease. */
 export class Lease {
@@ -82,6 +83,17 @@ const RENEW = `WITH mine AS (
        FOR UPDATE OF m SKIP LOCKED)
   UPDATE poplar_mailboxes AS m SET lease_expires = now() + $4 * interval '1 millisecond'
     FROM mine, ${NO_FLUSH_WAIT} WHERE m.mailbox_id = mine.mailbox_id
+  RETURNING m.mailbox_id`;
+
+/**
+ * The renewal of leases whose rows were locked at every renewal for half
+ * the lease time (a stream of deliveries or a migration into the mailbox
+ * holds its row most of the time): this one waits for the row lock, within
+ * the time the lease has left.
+ */
+const RENEW_WAITING = `UPDATE poplar_mailboxes AS m SET lease_expires = now() + $4 * interval '1 millisecond'
+    FROM unnest($1::bigint[], $2::bigint[]) AS l(mailbox_id, token), ${NO_FLUSH_WAIT}
+  WHERE m.mailbox_id = l.mailbox_id AND m.lease_token = l.token AND m.lease_holder = $3 AND m.lease_expires > now()
   RETURNING m.mailbox_id`;
 
 const STILL_HELD = `SELECT m.mailbox_id FROM poplar_mailboxes AS m
@@ -229,15 +241,36 @@ export class LeaseKeeper {
         if (missed.length === 0) continue;
         const h = await this.#renewPool.query<{ mailbox_id: string }>(STILL_HELD, [missed.map((l) => l.mailboxId), missed.map((l) => l.token), this.holder]);
         const held = new Set(h.rows.map((row) => Number(row.mailbox_id)));
+        const due: Lease[] = [];
         for (const l of missed) {
-          if (held.has(l.mailboxId)) continue; // busy row: renewed next time
+          if (held.has(l.mailboxId)) {
+            // Busy row: renewed next time, or now, waiting for the lock, once half the lease time went by.
+            if (performance.now() - l.confirmedAt >= this.timeoutMs / 2) due.push(l);
+            continue;
+          }
           if (this.#held.get(l.mailboxId) === l) this.#lose(l, 'not renewed: expired or taken over');
         }
+        if (due.length > 0) await this.#renewWaiting(due);
       } catch (e) {
         // The database did not answer: a lease not confirmed within its lifetime is given up.
         this.#log.warn({ err: e, leases: batch.length }, 'postgres store: renewing maildrop leases failed');
         for (const l of batch) if (performance.now() - l.confirmedAt >= this.timeoutMs) this.#lose(l, 'not renewed in time');
       }
+    }
+  }
+
+  async #renewWaiting(leases: Lease[]): Promise<void> {
+    const t = performance.now();
+    const left = Math.min(...leases.map((l) => this.timeoutMs - (t - l.confirmedAt)));
+    const waitMs = Math.max(100, Math.floor(left - 100));
+    const r = await inTransaction(this.#renewPool, async (c) => {
+      await c.query(`SET LOCAL lock_timeout = ${waitMs}`);
+      return c.query<{ mailbox_id: string }>(RENEW_WAITING, [leases.map((l) => l.mailboxId), leases.map((l) => l.token), this.holder, this.timeoutMs]);
+    });
+    const renewed = new Set(r.rows.map((row) => Number(row.mailbox_id)));
+    for (const l of leases) {
+      if (renewed.has(l.mailboxId)) l.confirmedAt = t;
+      else if (this.#held.get(l.mailboxId) === l) this.#lose(l, 'not renewed: expired or taken over');
     }
   }
 
