@@ -7,7 +7,10 @@
 import { spawn } from 'node:child_process';
 import { CredentialError } from './credential-error.js';
 import { oauthEndpoints, type OAuthEndpointSettings } from './oauth-presets.js';
-import { OAuthGrantError, readTokenCache, requestToken, writeTokenCache, type CachedToken } from './oauth-token.js';
+import type { CachedToken, OAuthGrantError } from './oauth-token.js';
+
+/** The token endpoint's HTTP code and its zod schemas, loaded only by an account that refreshes tokens (not at start). */
+const oauthToken = (): Promise<typeof import('./oauth-token.js')> => import('./oauth-token.js');
 
 export { CredentialError } from './credential-error.js';
 
@@ -121,7 +124,7 @@ export class TokenSource {
     if (!fresh && this.#usable(this.#cached)) return { token: this.#cached!.access_token, cached: true };
     // The file may be newer than what this process holds: another fetch refreshed (and rotated the
     // refresh token, which made ours useless), or `poplar fetch authorize` signed in again.
-    const disk = this.#cacheFile !== undefined ? await readTokenCache(this.#cacheFile) : undefined;
+    const disk = this.#cacheFile !== undefined ? await (await oauthToken()).readTokenCache(this.#cacheFile) : undefined;
     if (disk !== undefined) {
       if (!fresh && this.#usable(disk)) {
         this.#cached = disk;
@@ -155,6 +158,7 @@ export class TokenSource {
     if (secret !== undefined) body.set('client_secret', secret);
     if (ep.refresh_scope !== undefined) body.set('scope', ep.refresh_scope);
     this.refreshes++;
+    const { OAuthGrantError, requestToken } = await oauthToken();
     let grant;
     try {
       grant = await requestToken(ep.token_endpoint, body, signal);
@@ -174,7 +178,7 @@ export class TokenSource {
   async #save(): Promise<void> {
     if (this.#cacheFile === undefined || this.#cached === undefined) return;
     try {
-      await writeTokenCache(this.#cacheFile, this.#cached);
+      await (await oauthToken()).writeTokenCache(this.#cacheFile, this.#cached);
     } catch (e) {
       throw new CredentialError(`cannot write the token cache ${this.#cacheFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, true, { cause: e });
     }
