@@ -10,7 +10,7 @@ import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
 import { ConfigError } from '../config/errors.js';
 import { OAuth2Schema } from './oauth2-schema.js';
-import { SinkSpecSchema } from './sinks/index.js';
+import { SinkSpecSchema } from './sinks/schema.js';
 
 export { OAuth2Schema } from './oauth2-schema.js';
 

@@ -4,17 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { parse as parseToml } from 'smol-toml';
-import {
-  createSink,
-  fcntlAvailable,
-  LmtpSink,
-  LmtpSinkSchema,
-  MaildirSink,
-  MaildirSinkSchema,
-  MboxSink,
-  MdaSink,
-  SinkSpecSchema,
-} from '../../src/fetch/sinks/index.js';
+import { createSink, fcntlAvailable, LmtpSink, MaildirSink, MboxSink, MdaSink, plainMaildir } from '../../src/fetch/sinks/index.js';
+import { LmtpSinkSchema, MaildirSinkSchema, SinkSpecSchema } from '../../src/fetch/sinks/schema.js';
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -43,6 +34,27 @@ describe('sink specs', () => {
       from: '',
       timeout: 300,
     });
+  });
+
+  it("the command line's Maildir specs are taken without the schema exactly as the schema would take them; anything else goes to the schema", () => {
+    for (const spec of [
+      { type: 'maildir', path: '/m' },
+      { type: 'maildir', path: '/m', fsync: 'group' },
+      { type: 'maildir', path: '/m', fsync: false },
+      { type: 'maildir', path: '/m', fsync: true },
+    ] as const) {
+      expect(plainMaildir(spec)).toEqual(SinkSpecSchema.parse(spec));
+    }
+    for (const spec of [
+      { type: 'maildir', path: '' },
+      { type: 'maildir', path: '/m', fsync: 'yes' },
+      { type: 'maildir', path: '/m', create: false },
+      { type: 'maildir', path: '/m', line_ending: 'crlf' },
+      { type: 'maildir', path: '/m', typo: 1 },
+      { type: 'mbox', path: '/m' },
+    ]) {
+      expect(plainMaildir(spec as never)).toBeUndefined();
+    }
   });
 
   it('read from TOML', () => {
