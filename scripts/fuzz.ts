@@ -14,6 +14,7 @@
  * The exit status is 1 when any target failed.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fork, type ChildProcess } from 'node:child_process';
@@ -79,6 +80,29 @@ async function runSlice(job: SliceJob): Promise<TargetResult> {
   });
 }
 
+/** The fuzzing section of docs/reliability.md: what each target read and how it ended. */
+async function writeDocs(targets: { target: string; inputs: number; failures: Failure[]; ms: number; maxHeapGrowth: number }[], started: Date, minutes: number): Promise<void> {
+  const { replaceSection } = await import('../tools/reliability/doc.js');
+  const n = (x: number): string => x.toLocaleString('en-US');
+  const total = targets.reduce((s, t) => s + t.inputs, 0);
+  const failures = targets.reduce((s, t) => s + t.failures.length, 0);
+  await replaceSection(
+    'fuzz',
+    [
+      `Last run: ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC, \`npm run fuzz -- --minutes ${minutes}\` on ${os.cpus().length} cores ` +
+        `(load average ${os.loadavg().map((l) => l.toFixed(1)).join(' / ')} at the end), Node ${process.version}: ${n(total)} inputs, ` +
+        `${failures === 0 ? 'no failure' : `**${failures} failure(s)**`}. A failure is an exception that is not the parser's own typed error, ` +
+        'a run over the time bound (a hang), or heap growth over the bound. Inputs are mutations of valid seeds (bit flips, truncation, ' +
+        'splices, repeats, NULs, CR/LF games, overlong numbers) and random bytes; every failure found is kept as a fixed case in ' +
+        'test/fuzz/regressions.test.ts.',
+      '',
+      '| Target | Inputs | Failures | Largest heap growth (MB) |',
+      '|---|--:|--:|--:|',
+      ...targets.map((t) => `| ${t.target} | ${n(t.inputs)} | ${t.failures.length} | ${(t.maxHeapGrowth / 1048576).toFixed(1)} |`),
+    ].join('\n'),
+  );
+}
+
 async function main(): Promise<void> {
   const minutes = Number(arg('minutes') ?? 5);
   const only = arg('target');
@@ -124,6 +148,7 @@ async function main(): Promise<void> {
   write();
   current?.kill();
   const failed = [...totals.values()].filter((t) => t.failures.length > 0);
+  if (only === undefined && !process.argv.includes('--no-docs')) await writeDocs([...totals.values()], started, minutes);
   console.log(`\n${[...totals.values()].map((t) => `${t.target.padEnd(24)} ${String(t.inputs).padStart(9)} inputs  ${t.failures.length} failure(s)`).join('\n')}\nsummary: ${out}`);
   process.exit(failed.length > 0 ? 1 : 0);
 }
