@@ -107,8 +107,9 @@ export function registerFetchCommand(program: Command): void {
 
 async function fetchCommand(opts: FetchFlags): Promise<number> {
   // Loaded here, not at startup: other subcommands (serve) need none of it.
-  const [{ accountFromFlags, loadFetchConfig }, { ProgressBar, summaryLine }, { runDaemon, runOnce }, { createSink }] = await Promise.all([
-    import('../fetch/config.js'),
+  // ../fetch/config.js (and zod with it) loads only for a config file or an unusual command line.
+  const [{ plainConfigFromFlags }, { ProgressBar, summaryLine }, { runDaemon, runOnce }, { createSink }] = await Promise.all([
+    import('../fetch/config-flags.js'),
     import('../fetch/progress.js'),
     import('../fetch/scheduler.js'),
     import('../fetch/sinks/index.js'),
@@ -118,6 +119,7 @@ async function fetchCommand(opts: FetchFlags): Promise<number> {
   if (opts.config !== undefined) {
     const flagged = (['host', 'user', 'maildir', 'mbox', 'mda', 'lmtp'] as const).filter((k) => opts[k] !== undefined);
     if (flagged.length > 0) throw new ConfigError(`--${flagged[0]!} describes an account on the command line; with --config, accounts come from the file`);
+    const { loadFetchConfig } = await import('../fetch/config.js');
     cfg = loadFetchConfig(opts.config);
     if (opts.account !== undefined) {
       const unknown = opts.account.filter((n) => !cfg.accounts.some((a) => a.name === n));
@@ -125,7 +127,7 @@ async function fetchCommand(opts: FetchFlags): Promise<number> {
       cfg = { ...cfg, accounts: cfg.accounts.filter((a) => opts.account!.includes(a.name)) };
     }
   } else {
-    cfg = accountFromFlags(opts);
+    cfg = plainConfigFromFlags(opts) ?? (await import('../fetch/config.js')).accountFromFlags(opts);
   }
 
   const soft = new AbortController();

@@ -4,15 +4,16 @@
  * reference; the zod schemas here are the single source of truth for it.
  */
 import { readFileSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
 import { ConfigError } from '../config/errors.js';
 import { OAuth2Schema } from './oauth2-schema.js';
 import { SinkSpecSchema } from './sinks/schema.js';
+import { accountTableFromFlags, defaultStateDir, expandHome, resolveSpec, type AccountFlags } from './config-flags.js';
 
 export { OAuth2Schema } from './oauth2-schema.js';
+export { defaultStateDir, type AccountFlags } from './config-flags.js';
 
 /** `10485760`, `"10M"`, `"512k"`, `"1G"` (binary multiples). */
 const bytes = z.union([
@@ -187,24 +188,6 @@ function describeIssue(issue: z.core.$ZodIssue): string {
   return `${where}: ${issue.message}`;
 }
 
-export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
-  const xdg = env['XDG_STATE_HOME'];
-  return path.join(xdg !== undefined && xdg !== '' ? xdg : path.join(os.homedir(), '.local', 'state'), 'poplar');
-}
-
-function expandHome(p: string): string {
-  return p === '~' || p.startsWith('~/') ? path.join(os.homedir(), p.slice(1)) : p;
-}
-
-/** Keys in a sink spec that are paths (resolved against the config file's directory). */
-const PATH_KEYS = new Set(['path', 'dir', 'directory', 'file', 'maildir', 'mbox', 'ca']);
-
-function resolveSpec(spec: SinkSpecValue, base: string): SinkSpecValue {
-  const out: SinkSpecValue = { ...spec };
-  for (const [k, v] of Object.entries(out)) if (PATH_KEYS.has(k) && typeof v === 'string') out[k] = path.resolve(base, expandHome(v));
-  return out;
-}
-
 /** Validate a parsed TOML object (or one built from flags); `base` resolves relative paths. */
 export function resolveFetchConfig(raw: unknown, base: string, env: NodeJS.ProcessEnv = process.env): ResolvedFetchConfig {
   const parsed = FetchConfigSchema.safeParse(raw);
@@ -251,81 +234,7 @@ export function loadFetchConfig(file: string, cwd = process.cwd(), env: NodeJS.P
   }
 }
 
-/** The one-account-on-the-command-line form. */
-export interface AccountFlags {
-  host?: string;
-  port?: number;
-  tls?: string;
-  ca?: string;
-  fingerprint?: string;
-  insecure?: boolean;
-  user?: string;
-  passwordEnv?: string;
-  passwordCommand?: string;
-  tokenCommand?: string;
-  auth?: string;
-  keep?: boolean;
-  delete?: boolean;
-  all?: boolean;
-  maildir?: string;
-  mbox?: string;
-  mda?: string;
-  lmtp?: string;
-  lmtpRecipient?: string;
-  state?: string;
-  skipLargerThan?: string;
-  deleteLargerThan?: string;
-  deleteAfterDays?: number;
-  name?: string;
-  batch?: number;
-  parallel?: number;
-  timeout?: number;
-}
-
+/** The one-account-on-the-command-line form, checked by the schema (./config-flags.ts builds the account). */
 export function accountFromFlags(f: AccountFlags, cwd = process.cwd(), env: NodeJS.ProcessEnv = process.env): ResolvedFetchConfig {
-  const missing = (['host', 'user'] as const).filter((k) => f[k] === undefined).map((k) => `--${k}`);
-  if (missing.length) throw new ConfigError(`without --config, ${missing.join(' and ')} ${missing.length > 1 ? 'are' : 'is'} required`);
-  const sinks = [f.maildir, f.mbox, f.mda, f.lmtp].filter((x) => x !== undefined).length;
-  if (sinks !== 1) throw new ConfigError('name exactly one of --maildir, --mbox, --mda, --lmtp');
-  if (f.keep === true && f.delete === true) throw new ConfigError('--keep and --delete exclude each other');
-  if (f.keep !== true && f.delete !== true) throw new ConfigError('say --keep or --delete');
-  const creds = [f.passwordEnv, f.passwordCommand, f.tokenCommand].filter((x) => x !== undefined).length;
-  if (creds !== 1) throw new ConfigError('name exactly one of --password-env, --password-command, --token-command');
-  let sink: SinkSpecValue;
-  if (f.maildir !== undefined) sink = { type: 'maildir', path: f.maildir };
-  else if (f.mbox !== undefined) sink = { type: 'mbox', path: f.mbox };
-  else if (f.mda !== undefined) sink = { type: 'mda', command: f.mda };
-  else {
-    const m = /^(.+):(\d+)$/.exec(f.lmtp!);
-    if (m === null) throw new ConfigError('--lmtp takes HOST:PORT');
-    sink = { type: 'lmtp', host: m[1]!.replace(/^\[(.*)\]$/, '$1'), port: Number(m[2]), recipient: f.lmtpRecipient ?? os.userInfo().username };
-  }
-  const account: Record<string, unknown> = {
-    name: f.name ?? `${f.user}@${f.host}`.replace(/[^A-Za-z0-9._@+-]/g, '_').slice(0, 64),
-    host: f.host,
-    tls: f.tls ?? 'implicit',
-    user: f.user,
-    keep: f.keep === true,
-    fetch: f.all === true ? 'all' : 'new',
-    sink,
-  };
-  const set = (k: string, v: unknown): void => {
-    if (v !== undefined) account[k] = v;
-  };
-  set('port', f.port);
-  set('ca', f.ca);
-  set('fingerprint', f.fingerprint);
-  if (f.insecure === true) account['insecure'] = true;
-  set('password_env', f.passwordEnv);
-  set('password_command', f.passwordCommand);
-  if (f.tokenCommand !== undefined) account['oauth2'] = { token_command: f.tokenCommand };
-  set('auth', f.auth);
-  set('state', f.state);
-  set('skip_larger_than', f.skipLargerThan);
-  set('delete_larger_than', f.deleteLargerThan);
-  set('delete_after_days', f.deleteAfterDays);
-  set('batch', f.batch);
-  set('parallel', f.parallel);
-  set('timeout', f.timeout);
-  return resolveFetchConfig({ account: [account] }, cwd, env);
+  return resolveFetchConfig({ account: [accountTableFromFlags(f)] }, cwd, env);
 }
