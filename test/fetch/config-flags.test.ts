@@ -4,13 +4,19 @@ import { plainConfigFromFlags, type AccountFlags } from '../../src/fetch/config-
 
 const env = { XDG_STATE_HOME: '/var/lib/me/state' };
 const base: AccountFlags = { host: 'pop.example.org', user: 'me', passwordEnv: 'PW', keep: true, maildir: 'Maildir' };
+/** `base` without `keys`, with `more`. */
+const but = (keys: (keyof AccountFlags)[], more: AccountFlags): AccountFlags => {
+  const f: Record<string, unknown> = { ...base };
+  for (const k of keys) delete f[k];
+  return { ...(f as AccountFlags), ...more };
+};
 
 describe('poplar fetch with one account on the command line, without the schema', () => {
   it('gives the configuration the schema gives, defaults included', () => {
     const cases: AccountFlags[] = [
       base,
-      { ...base, keep: undefined, delete: true, all: true },
-      { ...base, passwordEnv: undefined, passwordCommand: 'pass show pop' },
+      but(['keep'], { delete: true, all: true }),
+      but(['passwordEnv'], { passwordCommand: 'pass show pop' }),
       { ...base, tls: 'none', port: 1110, state: '~/ledger', batch: 1, parallel: 64, timeout: 5, name: 'work' },
       { ...base, tls: 'starttls', insecure: true, maildir: '/abs/Maildir', batch: 10_000 },
       { ...base, user: 'me@example.org', host: 'h' },
@@ -36,15 +42,15 @@ describe('poplar fetch with one account on the command line, without the schema'
       { ...base, ca: '/etc/ca.pem' },
       { ...base, fingerprint: 'AB:CD' },
       { ...base, deleteAfterDays: 3 },
-      { ...base, maildir: undefined, mbox: '/var/mail/me' },
-      { ...base, passwordEnv: undefined, tokenCommand: 'oauth2 token' },
+      but(['maildir'], { mbox: '/var/mail/me' }),
+      but(['passwordEnv'], { tokenCommand: 'oauth2 token' }),
     ];
     for (const f of others) expect(plainConfigFromFlags(f, '/home/me', env), JSON.stringify(f)).toBeUndefined();
     expect(() => accountFromFlags({ ...base, batch: 10_001 }, '/home/me', env)).toThrow(/batch/);
   });
 
   it('the command line mistakes are reported by either path', () => {
-    expect(() => plainConfigFromFlags({ ...base, host: undefined }, '/home/me', env)).toThrow(/--host is required/);
+    expect(() => plainConfigFromFlags(but(['host'], {}), '/home/me', env)).toThrow(/--host is required/);
     expect(() => plainConfigFromFlags({ ...base, mbox: '/m' }, '/home/me', env)).toThrow(/exactly one of --maildir/);
   });
 });
