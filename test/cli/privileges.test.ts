@@ -212,7 +212,7 @@ describe.skipIf(NOT_ROOT)('poplar serve --user nobody: the embedded default', ()
 
     // The key it made is nobody's: SIGHUP reloads it after the switch.
     srv.child.kill('SIGHUP');
-    await waitForLog(srv, /TLS certificate and key reloaded/);
+    await waitForLog(srv, /"tls":1,"msg":"configuration reloaded"/);
     expect(await srv.stop('SIGTERM')).toBe(0);
   });
 });
