@@ -15,6 +15,7 @@ import { promises as fs } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { ConfigError } from '../config/errors.js';
+import { removeStaleSocket } from '../platform/unix-socket.js';
 import type { Logger } from '../observability/log.js';
 import type { AdminConfig } from './config.js';
 import type { SessionRow } from './sessions.js';
@@ -73,7 +74,7 @@ export class AdminServer {
     }
     if (c.socket !== undefined) {
       const p = c.socket;
-      await removeStaleSocket(p);
+      await removeStaleSocket(p, 'admin');
       const server = this.#server(true);
       server.listen({ path: p });
       await listening(server, p);
@@ -186,19 +187,3 @@ function isLoopbackHost(host: string): boolean {
   return host === 'localhost' || host === '::1' || (net.isIPv4(host) && host.startsWith('127.'));
 }
 
-/** A socket file left by a process that is gone is removed; anything else at the path is an error. */
-async function removeStaleSocket(p: string): Promise<void> {
-  const st = await fs.lstat(p).catch(() => undefined);
-  if (st === undefined) return;
-  if (!st.isSocket()) throw new ConfigError(`cannot listen on ${p} (admin): it exists and is not a socket`);
-  const alive = await new Promise<boolean>((resolve) => {
-    const c = net.connect({ path: p });
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-  if (alive) throw new ConfigError(`cannot listen on ${p} (admin): another process is listening there`);
-  await fs.unlink(p);
-}

@@ -22,6 +22,7 @@ import type { Readable } from 'node:stream';
 import { SMTPServer, type SMTPServerAddress, type SMTPServerSession } from 'smtp-server';
 import type { Authenticator, Principal } from '../auth/types.js';
 import { ConfigError } from '../config/errors.js';
+import { removeStaleSocket } from '../platform/unix-socket.js';
 import { MailError } from '../errors.js';
 import type { Logger } from '../observability/log.js';
 import type { DeliveryTarget, MailStore } from '../store/types.js';
@@ -134,7 +135,7 @@ export class LmtpServer {
       const server = net.createServer({ noDelay: true });
       server.on('connection', (s: net.Socket) => this.#accept(s));
       if ('path' in spec) {
-        await removeStaleSocket(spec.path);
+        await removeStaleSocket(spec.path, 'lmtp');
         server.listen({ path: spec.path, backlog: 511 });
         await once(server, 'listening');
         this.#servers.push(server);
@@ -299,19 +300,3 @@ function allowDomainlessRecipients(smtp: SMTPServer): void {
   };
 }
 
-/** A socket file left by a process that is gone is removed; anything else at the path is an error. */
-async function removeStaleSocket(p: string): Promise<void> {
-  const st = await fs.lstat(p).catch(() => undefined);
-  if (st === undefined) return;
-  if (!st.isSocket()) throw new ConfigError(`cannot listen on ${p}: it exists and is not a socket`);
-  const alive = await new Promise<boolean>((resolve) => {
-    const c = net.connect({ path: p });
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-  if (alive) throw new ConfigError(`cannot listen on ${p}: another process is listening there`);
-  await fs.unlink(p);
-}
