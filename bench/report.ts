@@ -506,7 +506,7 @@ export interface PgRow {
   dovecot: number | undefined;
   digits: number;
   better: 'higher' | 'lower';
-  /** The target, as the largest (lower is better) or smallest (higher) PostgreSQL/Dovecot ratio that meets it. */
+  /** The target, as the largest (lower is better) or smallest (higher) PostgreSQL/Dovecot ratio that meets it. */
   target?: number;
 }
 
