@@ -11,7 +11,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { ConfigError } from '../config/errors.js';
-import type { ResolvedAccount, ResolvedFetchConfig, SinkSpecValue } from './config.js';
+import type { ResolvedAccount, ResolvedFetchConfig, SinkSpecValue } from './config-schema.js';
 
 export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
   const xdg = env['XDG_STATE_HOME'];
