@@ -28,10 +28,10 @@ let dir: string;
 let clockFile: string;
 const servers: ServeProcess[] = [];
 
-/** Sets the server's clock offset (libfaketime syntax: "+2d", "-1d", "+0") and waits out its one-second cache. */
+/** Sets the server's clock offset (libfaketime syntax: "+2d", "-1d", "+0"); the server reads it at every clock call. */
 async function jump(offset: string): Promise<void> {
   await fs.writeFile(clockFile, `${offset}\n`);
-  await new Promise((r) => setTimeout(r, 1_300));
+  await new Promise((r) => setTimeout(r, 200));
 }
 
 async function serve(config: string[]): Promise<ServeProcess> {
@@ -41,7 +41,8 @@ async function serve(config: string[]): Promise<ServeProcess> {
   const srv = await startServe(['--config', file], {
     cwd: dir,
     expectListeners: 1,
-    env: { LD_PRELOAD: LIB!, FAKETIME_TIMESTAMP_FILE: clockFile, FAKETIME_CACHE_DURATION: '1', DONT_FAKE_MONOTONIC: '1' },
+    // No cache: a jump takes effect at the server's next clock call, not up to a second later.
+    env: { LD_PRELOAD: LIB!, FAKETIME_TIMESTAMP_FILE: clockFile, FAKETIME_NO_CACHE: '1', DONT_FAKE_MONOTONIC: '1' },
   });
   servers.push(srv);
   return srv;
