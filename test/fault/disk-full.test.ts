@@ -11,9 +11,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lmtpDeliver } from '../../tools/soak/lmtp-client.js';
-import { startServe, type ServeProcess } from '../helpers/cli.js';
+import type { ServeProcess } from '../helpers/cli.js';
 import { lacksRoot } from '../helpers/peers.js';
 import { Wire } from '../helpers/wire.js';
+import { serveWithLmtp } from './lmtp-serve.js';
 
 function message(i: number, size = 200): string {
   return `Subject: full ${i}\r\nMessage-ID: <full-${i}@test>\r\n\r\n${'y'.repeat(size)}\r\n`;
@@ -58,26 +59,10 @@ describe.skipIf(lacksRoot())('a full file system under a running server', () => 
     await fs.mkdir(root);
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1024k,mode=0755', 'tmpfs', root], { stdio: 'pipe' });
     await fs.writeFile(path.join(dir, 'users'), 'alice:{PLAIN}secret\n', { mode: 0o600 });
-    await fs.writeFile(
-      path.join(dir, 'poplar.toml'),
-      [
-        `data_dir = ${JSON.stringify(dir)}`,
-        'log_format = "json"',
-        '[server]',
-        'listen = ["127.0.0.1:0"]',
-        'listen_tls = []',
-        '[auth]',
-        `users = ${JSON.stringify(path.join(dir, 'users'))}`,
-        '[store]',
-        `maildir_root = ${JSON.stringify(root)}`,
-        '[lmtp]',
-        'listen = ["127.0.0.1:0"]',
-        '',
-      ].join('\n'),
-    );
-    srv = await startServe(['--config', path.join(dir, 'poplar.toml')], { cwd: dir, expectListeners: 1 });
-    const m = /"lmtp":"127\.0\.0\.1:(\d+)"/.exec(srv.stderr().split('\n').find((l) => l.includes('lmtp listening')) ?? '');
-    lmtpPort = Number(m?.[1]);
+    ({ srv, lmtpPort } = await serveWithLmtp({
+      dir,
+      rest: ['[auth]', `users = ${JSON.stringify(path.join(dir, 'users'))}`, '[store]', `maildir_root = ${JSON.stringify(root)}`],
+    }));
   }, 60_000);
 
   afterAll(async () => {

@@ -11,9 +11,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lmtpDeliver } from '../../tools/soak/lmtp-client.js';
-import { startServe, type ServeProcess } from '../helpers/cli.js';
+import type { ServeProcess } from '../helpers/cli.js';
 import { lacksRoot } from '../helpers/peers.js';
 import { Wire } from '../helpers/wire.js';
+import { serveWithLmtp } from './lmtp-serve.js';
 
 const NOBODY = 65534;
 const NOGROUP = 65534;
@@ -49,27 +50,13 @@ describe.skipIf(lacksRoot())('permission errors under a server running as nobody
     for (const d of [mail, drop, ...['cur', 'new', 'tmp'].map((s) => path.join(drop, s))]) await fs.chown(d, NOBODY, NOGROUP);
     await fs.mkdir(path.join(dir, 'data'), { mode: 0o700 });
     await fs.chown(path.join(dir, 'data'), NOBODY, NOGROUP);
-    await fs.writeFile(
-      path.join(dir, 'poplar.toml'),
-      [
-        `data_dir = ${JSON.stringify(path.join(dir, 'data'))}`,
-        'log_format = "json"',
-        '[server]',
-        'listen = ["127.0.0.1:0"]',
-        'listen_tls = []',
-        'user = "nobody"',
-        '[auth]',
-        `users = ${JSON.stringify(path.join(dir, 'users'))}`,
-        '[store]',
-        `maildir_root = ${JSON.stringify(mail)}`,
-        '[lmtp]',
-        'listen = ["127.0.0.1:0"]',
-        '',
-      ].join('\n'),
-    );
-    srv = await startServe(['--config', path.join(dir, 'poplar.toml')], { cwd: dir, expectListeners: 1, allowRoot: false });
-    const line = srv.stderr().split('\n').find((l) => l.includes('lmtp listening')) ?? '';
-    lmtpPort = Number(/"lmtp":"127\.0\.0\.1:(\d+)"/.exec(line)?.[1]);
+    ({ srv, lmtpPort } = await serveWithLmtp({
+      dir,
+      dataDir: path.join(dir, 'data'),
+      server: ['user = "nobody"'],
+      rest: ['[auth]', `users = ${JSON.stringify(path.join(dir, 'users'))}`, '[store]', `maildir_root = ${JSON.stringify(mail)}`],
+      allowRoot: false,
+    }));
   }, 60_000);
 
   afterAll(async () => {

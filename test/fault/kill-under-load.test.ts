@@ -18,7 +18,8 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { lmtpDeliver } from '../../tools/soak/lmtp-client.js';
 import { unstuff, Wire } from '../helpers/wire.js';
-import { startServe, type ServeProcess } from '../helpers/cli.js';
+import { serveWithLmtp } from './lmtp-serve.js';
+import type { ServeProcess } from '../helpers/cli.js';
 import { createSchema, dropSchema, POSTGRES_CONNECTION } from '../helpers/lmtp.js';
 
 const USERS = ['k1', 'k2', 'k3', 'k4'];
@@ -66,28 +67,19 @@ for (const store of ['maildir', 'postgres'] as const) {
       if (store === 'postgres') schema = await createSchema();
       await fs.writeFile(path.join(dir, 'users'), USERS.map((u) => `${u}:{PLAIN}secret\n`).join(''), { mode: 0o600 });
       const url = `postgres://${POSTGRES_CONNECTION.user}@${POSTGRES_CONNECTION.host}:${POSTGRES_CONNECTION.port}/${POSTGRES_CONNECTION.database}`;
-      await fs.writeFile(
-        path.join(dir, 'poplar.toml'),
-        [
-          `data_dir = ${JSON.stringify(dir)}`,
-          'log_format = "json"',
-          '[server]',
-          'listen = ["127.0.0.1:0"]',
-          'listen_tls = []',
-          '[auth]',
-          `users = ${JSON.stringify(path.join(dir, 'users'))}`,
-          '[store]',
-          `type = "${store}"`,
-          ...(store === 'postgres' ? ['[store.postgres]', `url = "${url}"`, `schema = "${schema}"`, `lease_timeout = ${LEASE_TIMEOUT_S}`] : []),
-          '[lmtp]',
-          'listen = ["127.0.0.1:0"]',
-          '',
-        ].join('\n'),
-      );
+      // Started again on the same data after every kill (the config is rewritten the same each time).
       const start = async (): Promise<{ srv: ServeProcess; lmtp: number }> => {
-        const srv = await startServe(['--config', path.join(dir, 'poplar.toml')], { cwd: dir, expectListeners: 1 });
-        const line = srv.stderr().split('\n').find((l) => l.includes('lmtp listening')) ?? '';
-        return { srv, lmtp: Number(/"lmtp":"127\.0\.0\.1:(\d+)"/.exec(line)?.[1]) };
+        const { srv, lmtpPort } = await serveWithLmtp({
+          dir,
+          rest: [
+            '[auth]',
+            `users = ${JSON.stringify(path.join(dir, 'users'))}`,
+            '[store]',
+            `type = "${store}"`,
+            ...(store === 'postgres' ? ['[store.postgres]', `url = "${url}"`, `schema = "${schema}"`, `lease_timeout = ${LEASE_TIMEOUT_S}`] : []),
+          ],
+        });
+        return { srv, lmtp: lmtpPort };
       };
 
       const delivered = new Set<string>();

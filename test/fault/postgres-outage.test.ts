@@ -14,10 +14,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lmtpDeliver } from '../../tools/soak/lmtp-client.js';
-import { startServe, type ServeProcess } from '../helpers/cli.js';
+import type { ServeProcess } from '../helpers/cli.js';
 import { lacksPeer } from '../helpers/peers.js';
 import { postgresBinDir, privatePostgres, type PrivatePostgres } from '../helpers/private-postgres.js';
 import { Wire } from '../helpers/wire.js';
+import { serveWithLmtp } from './lmtp-serve.js';
 
 const BIN = postgresBinDir();
 const PG_CTL = { name: 'initdb and pg_ctl (a private PostgreSQL cluster)', install: 'apt-get install postgresql' };
@@ -57,14 +58,9 @@ describe.skipIf(lacksPeer(PG_CTL, BIN !== null))('PostgreSQL stopped and started
     pg = await privatePostgres(BIN!);
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'poplar-pg-outage-'));
     await fs.writeFile(path.join(dir, 'users'), 'alice:{PLAIN}secret\nbob:{PLAIN}secret\n', { mode: 0o600 });
-    await fs.writeFile(
-      path.join(dir, 'poplar.toml'),
-      [
-        `data_dir = ${JSON.stringify(dir)}`,
-        'log_format = "json"',
-        '[server]',
-        'listen = ["127.0.0.1:0"]',
-        'listen_tls = []',
+    ({ srv, lmtpPort } = await serveWithLmtp({
+      dir,
+      rest: [
         '[auth]',
         `users = ${JSON.stringify(path.join(dir, 'users'))}`,
         '[store]',
@@ -74,15 +70,8 @@ describe.skipIf(lacksPeer(PG_CTL, BIN !== null))('PostgreSQL stopped and started
         'connect_timeout = 2',
         'query_timeout = 5',
         'lease_timeout = 6',
-        '[lmtp]',
-        'listen = ["127.0.0.1:0"]',
-        '',
-      ].join('\n'),
-    );
-    srv = await startServe(['--config', path.join(dir, 'poplar.toml')], { cwd: dir, expectListeners: 1 });
-    const m = /lmtp listening[^\n]*"lmtp":"127\.0\.0\.1:(\d+)"|"lmtp":"127\.0\.0\.1:(\d+)"[^\n]*lmtp listening/.exec(srv.stderr());
-    lmtpPort = Number(m?.[1] ?? m?.[2]);
-    expect(lmtpPort).toBeGreaterThan(0);
+      ],
+    }));
   }, 120_000);
 
   afterAll(async () => {
