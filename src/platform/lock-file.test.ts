@@ -8,7 +8,7 @@ import { addUser, PasswdFileError } from '../auth/passwd-file/passwd-file.js';
 import { Ledger, LedgerBusyError } from '../fetch/ledger.js';
 import { MboxSink } from '../fetch/sinks/mbox.js';
 import { UidlistLock } from '../store/maildir/locks.js';
-import { LOCK_FORMATS, LockFile } from './lock-file.js';
+import { LOCK_FORMATS, LockFile, nextLinkTemp } from './lock-file.js';
 
 /** A pid that ran on this host and has exited. */
 function deadPid(): number {
@@ -79,7 +79,7 @@ describe('one definition of a stale lock file, for all four lock files', () => {
     const mbox = path.join(dir, 'inbox');
     const target = path.join(dir, 'target');
     await fs.writeFile(target, 'keep');
-    await fs.symlink(target, `${mbox}.lock.poplar.${os.hostname()}.${process.pid}`);
+    await fs.symlink(target, nextLinkTemp(`${mbox}.lock`));
     await new MboxSink({ path: mbox, fsync: false }).deliver(Readable.from([Buffer.from('Subject: x\r\n\r\nbody\r\n')]), { account: 't', uidl: 'u', size: 0 });
     expect(await fs.readFile(target, 'latin1')).toBe('keep');
     expect((await fs.readdir(dir)).sort()).toEqual(['inbox', 'target']);
@@ -102,4 +102,49 @@ describe('one definition of a stale lock file, for all four lock files', () => {
     await lock.release();
     await expect(LockFile.acquire(file, opts).then((l) => l.release())).resolves.toBeUndefined();
   });
+});
+
+describe('a lock file is never seen without its owner', () => {
+  it('taking over a dead process\'s lock also removes the names dead processes were making it under', async () => {
+    const file = path.join(dir, 'dovecot-uidlist.lock');
+    const dead = deadPid();
+    await fs.writeFile(file, `${dead}:${os.hostname()}`);
+    await fs.writeFile(`${file}.poplar.${os.hostname()}.${dead}.3`, `${dead}:${os.hostname()}`);
+    await fs.writeFile(`${file}.poplar.${os.hostname()}.${process.pid}.999999`, 'a live process (this one) is making it');
+    await fs.writeFile(`${file}.poplar.other-host.${dead}.1`, 'another host: not ours to judge');
+    const lock = await LockFile.acquire(file, { format: LOCK_FORMATS.dovecot, mode: 0o644, staleMs: 120_000, waitMs: 0 });
+    expect(await fs.readFile(file, 'latin1')).toBe(`${process.pid}:${os.hostname()}`);
+    await lock.release();
+    expect((await fs.readdir(dir)).sort()).toEqual([`dovecot-uidlist.lock.poplar.${os.hostname()}.${process.pid}.999999`, `dovecot-uidlist.lock.poplar.other-host.${dead}.1`].sort());
+  });
+
+  /**
+   * A process killed at any moment while it takes and releases a lock leaves
+   * either no lock or one naming it (stale at once, since it is dead), never
+   * an empty one, which would name nobody and hold everyone off for the whole
+   * stale time (two minutes for dovecot-uidlist.lock).
+   */
+  it('after a SIGKILL at a random moment of taking and releasing it, the next taker gets it at once', async () => {
+    const file = path.join(dir, 'dovecot-uidlist.lock');
+    const opts = { format: LOCK_FORMATS.dovecot, mode: 0o644, staleMs: 120_000, waitMs: 300 };
+    for (let round = 0; round < 12; round++) {
+      const child = spawn(process.execPath, ['--import', 'tsx', '-e', `
+        const { LockFile, LOCK_FORMATS } = await import(${JSON.stringify(path.resolve('src/platform/lock-file.ts'))});
+        const opts = { format: LOCK_FORMATS.dovecot, mode: 0o644, staleMs: 120000, waitMs: 60000 };
+        process.stdout.write('looping\\n');
+        for (;;) await (await LockFile.acquire(${JSON.stringify(file)}, opts)).release();
+      `], { stdio: ['ignore', 'pipe', 'inherit'] });
+      await new Promise<void>((resolve) => child.stdout!.once('data', () => resolve()));
+      await new Promise((r) => setTimeout(r, 30 + Math.random() * 70));
+      const exited = new Promise((r) => child.on('exit', r));
+      child.kill('SIGKILL');
+      await exited;
+      const left = await fs.readFile(file, 'latin1').catch(() => null);
+      const lock = await LockFile.acquire(file, opts).catch((e: Error) => e);
+      expect(lock, `round ${round}: the lock left behind held ${JSON.stringify(left)}`).toBeInstanceOf(LockFile);
+      await (lock as LockFile).release();
+    }
+    // No lock stays; at most the own name of a process killed just before its link (removed once a stale lock is found).
+    expect((await fs.readdir(dir)).filter((n) => !/^dovecot-uidlist\.lock\.poplar\..+\.\d+\.\d+$/.test(n))).toEqual([]);
+  }, 60_000);
 });

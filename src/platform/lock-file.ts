@@ -8,12 +8,18 @@
  *   <ledger>.lock          fetch state     "<pid>"
  *   <passwd-file>.lock     user database   "<pid>\n"
  *
- * Creating: O_CREAT|O_EXCL|O_NOFOLLOW, so nothing already at the name (a
- * lock of another process, a planted link) is ever opened or written
- * through; a lock this process fails to write (disk full) is removed at once,
- * or it would hold everyone off until it is stale. With `viaLink` (the mbox
- * lock, as MTAs make it) the content is first written under a name of this
- * process's own and hard-linked into place, so the lock is never seen empty.
+ * Creating: the content is first written under a name of this process's own
+ * (`<lock>.poplar.<host>.<pid>`, O_CREAT|O_EXCL|O_NOFOLLOW) and hard-linked
+ * into place, as MTAs make mbox locks and Dovecot its dotlocks. So nothing
+ * already at the lock's name (a lock of another process, a planted link) is
+ * ever opened or written through, and the lock is never seen empty: a
+ * process killed while taking it leaves no lock or one naming it, never one
+ * that names nobody and would hold everyone off for the whole stale time.
+ * The own name is removed right after the link; one left by a process
+ * killed in between is removed by whoever next finds a stale lock there (or
+ * by removeDeadLinkTemps). On a file system without hard links the lock is
+ * created directly with O_EXCL and then written; a lock this process fails
+ * to write (disk full) is removed at once.
  *
  * Stale, one rule for all four: a lock is stale (left over, and removed by
  * whoever finds it) when
@@ -94,8 +100,6 @@ export interface LockFileOptions {
   /** How long to wait for a held lock (0: one look). */
   readonly waitMs: number;
   readonly signal?: AbortSignal | undefined;
-  /** Write the content under a name of this process and link it into place (see above). */
-  readonly viaLink?: boolean;
 }
 
 /** The lock is held by someone else, and was not released or stale within the wait time. */
@@ -142,14 +146,18 @@ export class LockFile {
       opts.signal?.throwIfAborted();
       hold(abs, 1); // before the file exists: another acquirer in this process must not take it for left over
       try {
-        await (opts.viaLink === true ? createViaLink(abs, opts) : writeExclusive(abs, opts.format.content(), { mode: opts.mode }));
+        await createViaLink(abs, opts);
         return new LockFile(abs, opts.staleMs);
       } catch (e) {
         hold(abs, -1);
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       }
       const { state, owner } = await judge(abs, opts);
-      if (state === 'stale') await fs.unlink(abs).catch(() => undefined);
+      if (state === 'stale') {
+        await fs.unlink(abs).catch(() => undefined);
+        // Its holder died: so may have others while making it, leaving their own names behind.
+        await removeDeadLinkTemps(abs);
+      }
       // Stale or gone: try again at once (a few times: someone may be taking it just as fast).
       if (state !== 'held' && attempt < 20) continue;
       if (Date.now() >= deadline) throw new LockBusyError(abs, owner);
@@ -194,14 +202,22 @@ async function judge(file: string, opts: LockFileOptions): Promise<{ state: 'hel
 /** errno codes of file systems without hard links. */
 const NO_LINK = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
 
-/** The name under which this process writes a lock before linking it into place (viaLink). */
-function linkTemp(file: string): string {
-  return `${file}.poplar.${HOST}.${process.pid}`;
+/** Counts this process's link temps, so two takers of one lock in this process never share one. */
+let linkTemps = 0;
+
+/** The name under which this process writes a lock before linking it into place: `<lock>.poplar.<host>.<pid>.<n>`. */
+function linkTemp(file: string, n: number): string {
+  return `${file}.poplar.${HOST}.${process.pid}.${n}`;
+}
+
+/** The name the next lock of `file` this process takes is written under before the link (what tests plant things at). */
+export function nextLinkTemp(file: string): string {
+  return linkTemp(path.resolve(file), linkTemps);
 }
 
 async function createViaLink(file: string, opts: LockFileOptions): Promise<void> {
-  const tmp = linkTemp(file);
-  // One already there is this pid's, left by an earlier process: replaced, never written through.
+  const tmp = linkTemp(file, linkTemps++);
+  // One already there was left by an earlier process with this pid: replaced, never written through.
   await writeExclusive(tmp, opts.format.content(), { mode: opts.mode, replaceStale: true });
   try {
     await fs.link(tmp, file);
@@ -216,16 +232,18 @@ async function createViaLink(file: string, opts: LockFileOptions): Promise<void>
 
 /**
  * Remove the names under which processes of this host that no longer run
- * were making a lock of `file` with `viaLink`: one killed at that moment
- * leaves its own behind.
+ * were making a lock of `file`: one killed at that moment leaves its own
+ * behind.
  */
 export async function removeDeadLinkTemps(file: string): Promise<void> {
   const dir = path.dirname(file);
-  const prefix = path.basename(linkTemp(file)).replace(/\d+$/, '');
+  const prefix = `${path.basename(file)}.poplar.${HOST}.`;
   const names = await fs.readdir(dir).catch(() => [] as string[]);
   for (const n of names) {
-    if (!n.startsWith(prefix) || !/^\d+$/.test(n.slice(prefix.length))) continue;
-    const pid = Number(n.slice(prefix.length));
+    // <pid>.<n>, or <pid> alone as earlier versions named it.
+    const m = n.startsWith(prefix) ? /^(\d+)(?:\.\d+)?$/.exec(n.slice(prefix.length)) : null;
+    if (m === null) continue;
+    const pid = Number(m[1]);
     if (pid !== process.pid && !processAlive(pid)) await fs.unlink(path.join(dir, n)).catch(() => undefined);
   }
 }

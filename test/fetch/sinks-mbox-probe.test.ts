@@ -216,7 +216,7 @@ await new MboxSink({ path: process.argv[2], spool: false }).deliver(Readable.fro
     await fs.rm(lock);
 
     // A process killed while it was making the lock leaves its own file; the probe removes it.
-    const half = `${lock}.poplar.${os.hostname()}.${sleeper.pid!}`;
+    const half = `${lock}.poplar.${os.hostname()}.${sleeper.pid!}.0`;
     await fs.writeFile(half, `${sleeper.pid!} ${os.hostname()}\n`);
     expect(await probe(pending('b', B))).toEqual(['b']);
     expect(await fs.readdir(dir)).toEqual(['inbox']);

@@ -457,7 +457,7 @@ export class MboxSink implements Sink {
  */
 async function acquireDotlock(file: string, deadline: number, staleMs: number, signal: AbortSignal | undefined): Promise<LockFile> {
   try {
-    return await LockFile.acquire(file, { format: LOCK_FORMATS.mbox, mode: 0o644, staleMs, waitMs: Math.max(0, deadline - Date.now()), signal, viaLink: true });
+    return await LockFile.acquire(file, { format: LOCK_FORMATS.mbox, mode: 0o644, staleMs, waitMs: Math.max(0, deadline - Date.now()), signal });
   } catch (e) {
     if (e instanceof LockBusyError) throw new SinkError(`timed out waiting for the dotlock ${file}`, { temporary: true, cause: e });
     if ((e as Error).name === 'AbortError') throw e;
