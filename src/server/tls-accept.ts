@@ -17,7 +17,11 @@ export type ServerNameCallback = (servername: string, cb: (err: Error | null, ct
 
 /**
  * Resolves once the handshake is done: null when it completed, else why it
- * did not (an error, the timeout, the client leaving, or `signal`).
+ * did not (an error, the timeout, the client leaving, or `signal`). A client
+ * that leaves just as its handshake ends may be seen only as the end of its
+ * input, with neither 'secure' nor 'close' ever following (the socket is
+ * half-open): that counts as leaving, or the connection would keep its slot
+ * until the timeout.
  */
 export function handshake(secure: tls.TLSSocket, timeoutMs: number, signal?: AbortSignal): Promise<Error | null> {
   return new Promise((resolve) => {
@@ -26,6 +30,7 @@ export function handshake(secure: tls.TLSSocket, timeoutMs: number, signal?: Abo
       secure.off('secure', onSecure);
       secure.off('error', onError);
       secure.off('close', onClose);
+      secure.off('end', onClose);
       signal?.removeEventListener('abort', onAbort);
       resolve(why);
     };
@@ -37,6 +42,7 @@ export function handshake(secure: tls.TLSSocket, timeoutMs: number, signal?: Abo
     secure.once('secure', onSecure);
     secure.once('error', onError);
     secure.once('close', onClose);
+    secure.once('end', onClose);
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }

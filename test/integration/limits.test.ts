@@ -5,6 +5,7 @@
 import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import net from 'node:net';
+import tls from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ServerSettings } from '../../src/server/context.js';
@@ -109,6 +110,33 @@ describe('connection limits', () => {
     for (let i = 0; i < 5; i++) await refused(srv.port);
     a.close();
     await admittedEventually(srv.port);
+  });
+
+  it('a client that leaves just as its TLS handshake ends frees its slot at once, not at the login timeout (implicit TLS and STLS)', async () => {
+    const srv = await server({ max_connections_per_ip: 1, login_timeout: 120 });
+    // The slot of the connection closed just before may not be free yet on the server's side: try again.
+    const handshaken = async (): Promise<tls.TLSSocket> => {
+      for (let i = 0; ; i++) {
+        const s = tls.connect({ host: '127.0.0.1', port: srv.tlsPort, rejectUnauthorized: false, servername: 'localhost' });
+        s.on('error', () => undefined);
+        const ok = await once(s, 'secureConnect').then(() => true, () => false);
+        if (ok) return s;
+        if (i > 100) throw new Error('never admitted');
+        await sleep(20);
+      }
+    };
+    for (let i = 0; i < 3; i++) {
+      (await handshaken()).destroy();
+      (await admittedEventually(srv.port)).close();
+    }
+    for (let i = 0; i < 3; i++) {
+      const w = await admittedEventually(srv.port);
+      expect(await w.cmd('STLS')).toMatch(/^\+OK/);
+      const s = tls.connect({ socket: w.socket, rejectUnauthorized: false, servername: 'localhost' });
+      await once(s, 'secureConnect');
+      s.destroy();
+      (await admittedEventually(srv.port)).close();
+    }
   });
 });
 
