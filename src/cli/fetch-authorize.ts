@@ -9,6 +9,7 @@ interface AuthorizeFlags {
   browser?: boolean;
   open?: boolean | undefined;
   wait?: number | undefined;
+  sink?: boolean;
 }
 
 function seconds(v: string): number {
@@ -20,8 +21,9 @@ function seconds(v: string): number {
 export function registerAuthorizeCommand(fetch: Command): void {
   fetch
     .command('authorize')
-    .description('sign in with OAuth 2.0 and keep the refresh token in the account\'s token cache (see docs/fetch.md)')
+    .description('sign in with OAuth 2.0 and keep the refresh token in the account\'s token cache, or with --sink in its IMAP sink\'s (see docs/fetch.md)')
     .argument('<account>', 'the account\'s name in the config')
+    .option('--sink', 'sign in for the IMAP sink the account delivers into (a Gmail or Microsoft 365 mailbox), not for the POP3 account')
     .option('--config <file>', 'TOML file with [[account]] tables')
     .option('--device', 'device flow: print a URL and a code to enter on any device')
     .option('--browser', 'browser flow: sign in in a browser on this machine (loopback redirect, PKCE)')
@@ -33,7 +35,7 @@ export function registerAuthorizeCommand(fetch: Command): void {
 }
 
 async function authorizeCommand(account: string, opts: AuthorizeFlags): Promise<number> {
-  const [{ loadFetchConfig }, { authorizeAccount }, { CredentialError }] = await Promise.all([
+  const [{ loadFetchConfig }, { authorizeAccount, authorizeImapSinks }, { CredentialError }] = await Promise.all([
     import('../fetch/config.js'),
     import('../fetch/authorize.js'),
     import('../fetch/credential-error.js'),
@@ -48,14 +50,15 @@ async function authorizeCommand(account: string, opts: AuthorizeFlags): Promise<
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    const r = await authorizeAccount(acct, {
-      flow: opts.device === true ? 'device' : opts.browser === true ? 'browser' : undefined,
+    const how = {
+      flow: opts.device === true ? ('device' as const) : opts.browser === true ? ('browser' as const) : undefined,
       open: opts.open,
       waitSeconds: opts.wait,
-      say: (line) => process.stderr.write(`${line}\n`),
+      say: (line: string) => process.stderr.write(`${line}\n`),
       signal: stop.signal,
-    });
-    process.stdout.write(`${account}: signed in; the refresh token is kept in ${r.cacheFile}\n`);
+    };
+    const files = opts.sink === true ? (await authorizeImapSinks(cfg, account, how)).flatMap((r) => r.cacheFiles) : (await authorizeAccount(acct, how)).cacheFiles;
+    process.stdout.write(`${account}${opts.sink === true ? ' (IMAP sink)' : ''}: signed in; the refresh token is kept in ${files.join(', ')}\n`);
     return EX_OK;
   } catch (e) {
     if (!(e instanceof CredentialError)) throw e;

@@ -140,7 +140,7 @@ async function fetchCommand(opts: FetchFlags): Promise<number> {
   process.on('SIGINT', onSignal);
 
   const deps: SessionDeps = {
-    createSink: (spec, acct): Promise<Sink> => createSink(sinkSpecFor(spec, acct) as SinkSpecInput, { env: process.env, stateFile: path.resolve(acct.state) }),
+    createSink: (spec, acct): Promise<Sink> => createSink(sinkSpecFor(spec, acct) as SinkSpecInput, { env: process.env, stateFile: path.resolve(acct.state), account: acct.name }),
     now: fetchClock(),
     stop: soft.signal,
     signal: hard.signal,

@@ -20,11 +20,13 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import { ConfigError } from '../config/errors.js';
-import type { ResolvedAccount } from './config.js';
+import type { ResolvedAccount, ResolvedFetchConfig } from './config.js';
 import { tokenCacheFile } from './connect.js';
 import { CredentialError } from './credential-error.js';
 import { clientSecret, grantErrorMessage, type OAuth2Settings } from './credentials.js';
 import { oauthEndpoints, type AuthorizeFlow, type OAuthEndpoints } from './oauth-presets.js';
+import { ImapSinkSchema } from './sinks/schema.js';
+import { imapTokenCacheFile } from './sinks/index.js';
 import { checkEndpointUrl, OAuthGrantError, oauthError, postForm, requestToken, writeTokenCache, type TokenGrant } from './oauth-token.js';
 
 export interface AuthorizeOptions {
@@ -43,7 +45,8 @@ export interface AuthorizeOptions {
 
 export interface AuthorizeResult {
   readonly flow: AuthorizeFlow;
-  readonly cacheFile: string;
+  /** The token caches the refresh token was stored in. */
+  readonly cacheFiles: readonly string[];
 }
 
 const DEFAULT_WAIT_S = 600;
@@ -74,48 +77,96 @@ export function hasDesktop(env: NodeJS.ProcessEnv): boolean {
 
 /** Sign in for `acct` and store the refresh token. Rejects with ConfigError or CredentialError. */
 export async function authorizeAccount(acct: ResolvedAccount, opts: AuthorizeOptions): Promise<AuthorizeResult> {
-  const o: OAuth2Settings | undefined = acct.oauth2;
-  if (o === undefined || o.token_command !== undefined) {
-    throw new ConfigError(`account ${acct.name}: authorize needs an [account.oauth2] table with provider or token_endpoint (not token_command)`);
+  return signIn({ who: `account ${acct.name}`, table: '[account.oauth2]', rerun: acct.name }, acct.oauth2, [path.resolve(tokenCacheFile(acct))], opts);
+}
+
+/**
+ * Sign in for the IMAP sinks `account` delivers into (its sink and its
+ * rules' sinks) that log in with OAuth 2.0 through a token endpoint, one
+ * sign-in per mailbox (user at host). The refresh token is stored in the
+ * sink's token cache of every account of `cfg` that delivers into that same
+ * mailbox, so several POP3 accounts flowing into one Gmail need one sign-in.
+ */
+export async function authorizeImapSinks(cfg: ResolvedFetchConfig, account: string, opts: AuthorizeOptions): Promise<AuthorizeResult[]> {
+  const acct = cfg.accounts.find((a) => a.name === account);
+  if (acct === undefined) throw new ConfigError(`no account named ${account}`);
+  const mine = oauthImapSinks(acct);
+  if (mine.size === 0) {
+    throw new ConfigError(`account ${account}: it delivers into no IMAP sink with an [oauth2] table that has a provider or token_endpoint (a token_command needs no sign-in)`);
   }
-  if (o.client_id === undefined) throw new ConfigError(`account ${acct.name}: [account.oauth2] needs client_id`);
+  const results: AuthorizeResult[] = [];
+  for (const [key, sink] of mine) {
+    const caches = cfg.accounts.filter((a) => oauthImapSinks(a).has(key)).map((a) => path.resolve(imapTokenCacheFile(a.state, sink.user, sink.host)));
+    if (mine.size > 1) opts.say(`Signing in for the IMAP mailbox ${key}:`);
+    results.push(await signIn({ who: `IMAP sink ${key}`, table: 'the sink\'s [oauth2]', rerun: `${account} --sink` }, sink.oauth2, caches, opts));
+  }
+  return results;
+}
+
+/** The IMAP sinks of `acct` that sign in through a token endpoint, by mailbox (`user@host`). */
+function oauthImapSinks(acct: ResolvedAccount): Map<string, { user: string; host: string; oauth2: OAuth2Settings }> {
+  const found = new Map<string, { user: string; host: string; oauth2: OAuth2Settings }>();
+  for (const spec of [acct.sink, ...acct.rule.map((r) => r.sink)]) {
+    const p = spec === undefined ? undefined : ImapSinkSchema.safeParse(spec);
+    if (p === undefined || !p.success || p.data.oauth2 === undefined || p.data.oauth2.token_command !== undefined) continue;
+    found.set(`${p.data.user}@${p.data.host}`, { user: p.data.user, host: p.data.host, oauth2: p.data.oauth2 });
+  }
+  return found;
+}
+
+/**
+ * The sign-in itself; the grant goes into every one of `cacheFiles`. For
+ * messages: `who` signs in, with the settings of `table`, and
+ * `poplar fetch authorize <rerun>` signs in again.
+ */
+async function signIn(
+  { who, table, rerun }: { who: string; table: string; rerun: string },
+  o: OAuth2Settings | undefined,
+  cacheFiles: string[],
+  opts: AuthorizeOptions,
+): Promise<AuthorizeResult> {
+  if (o === undefined || o.token_command !== undefined) {
+    throw new ConfigError(`${who}: authorize needs an ${table} table with provider or token_endpoint (not token_command)`);
+  }
+  if (o.client_id === undefined) throw new ConfigError(`${who}: ${table} needs client_id`);
   let ep: OAuthEndpoints;
   try {
     ep = oauthEndpoints(o);
   } catch (e) {
-    throw new ConfigError(`account ${acct.name}: ${(e as Error).message}`);
+    throw new ConfigError(`${who}: ${(e as Error).message}`);
   }
   const env = opts.env ?? process.env;
-  const flow = chooseFlow(acct.name, ep, opts.flow, env);
+  const flow = chooseFlow(who, ep, opts.flow, env);
   const secret = await clientSecret(o, env, opts.signal);
   const now = opts.now ?? Date.now;
   const client = { id: o.client_id, secret };
   const waitMs = (opts.waitSeconds ?? DEFAULT_WAIT_S) * 1000;
-  const grant = flow === 'device' ? await deviceFlow(acct.name, ep, client, opts, waitMs, now) : await browserFlow(ep, client, opts, waitMs, env);
+  const grant = flow === 'device' ? await deviceFlow(rerun, ep, client, opts, waitMs, now) : await browserFlow(ep, client, opts, waitMs, env);
   if (grant.refresh_token === undefined) {
     const hint = ep.provider === 'microsoft' ? ' (the scope needs offline_access)' : ep.provider === 'google' ? ' (the request needs access_type=offline)' : '';
     throw new CredentialError(`the provider signed you in but sent no refresh token${hint}`, false);
   }
-  const cacheFile = path.resolve(tokenCacheFile(acct));
-  try {
-    await writeTokenCache(cacheFile, { access_token: grant.access_token, expires_at: now() + grant.expires_in * 1000, refresh_token: grant.refresh_token });
-  } catch (e) {
-    throw new CredentialError(`cannot write the token cache ${cacheFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, false, { cause: e });
+  for (const cacheFile of cacheFiles) {
+    try {
+      await writeTokenCache(cacheFile, { access_token: grant.access_token, expires_at: now() + grant.expires_in * 1000, refresh_token: grant.refresh_token });
+    } catch (e) {
+      throw new CredentialError(`cannot write the token cache ${cacheFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, false, { cause: e });
+    }
   }
-  return { flow, cacheFile };
+  return { flow, cacheFiles };
 }
 
-function chooseFlow(account: string, ep: OAuthEndpoints, asked: AuthorizeFlow | undefined, env: NodeJS.ProcessEnv): AuthorizeFlow {
+function chooseFlow(who: string, ep: OAuthEndpoints, asked: AuthorizeFlow | undefined, env: NodeJS.ProcessEnv): AuthorizeFlow {
   const can = { device: ep.device_authorization_endpoint !== undefined, browser: ep.authorization_endpoint !== undefined };
   if (asked !== undefined) {
-    if (!can[asked]) throw new ConfigError(`account ${account}: the ${asked} flow needs ${asked === 'device' ? 'device_authorization_endpoint' : 'authorization_endpoint'} (or a provider)`);
+    if (!can[asked]) throw new ConfigError(`${who}: the ${asked} flow needs ${asked === 'device' ? 'device_authorization_endpoint' : 'authorization_endpoint'} (or a provider)`);
     return asked;
   }
   const preferred: AuthorizeFlow = ep.flow ?? (hasDesktop(env) ? 'browser' : 'device');
   if (can[preferred]) return preferred;
   const other: AuthorizeFlow = preferred === 'device' ? 'browser' : 'device';
   if (can[other]) return other;
-  throw new ConfigError(`account ${account}: set authorization_endpoint or device_authorization_endpoint (or a provider) to sign in`);
+  throw new ConfigError(`${who}: set authorization_endpoint or device_authorization_endpoint (or a provider) to sign in`);
 }
 
 interface Client {
@@ -132,7 +183,7 @@ function clientForm(client: Client, fields: Record<string, string>): URLSearchPa
 // ---------------------------------------------------------------------------
 // Device authorization grant (RFC 8628)
 
-async function deviceFlow(account: string, ep: OAuthEndpoints, client: Client, opts: AuthorizeOptions, waitMs: number, now: () => number): Promise<TokenGrant> {
+async function deviceFlow(rerun: string, ep: OAuthEndpoints, client: Client, opts: AuthorizeOptions, waitMs: number, now: () => number): Promise<TokenGrant> {
   const start = clientForm(client, ep.scope !== undefined ? { scope: ep.scope } : {});
   const what = 'device authorization endpoint';
   const { status, json } = await postForm(ep.device_authorization_endpoint!, start, what, opts.signal);
@@ -168,7 +219,7 @@ async function deviceFlow(account: string, ep: OAuthEndpoints, client: Client, o
         }
         if (e.error === 'access_denied') throw new CredentialError('the sign-in was declined', false);
         if (e.error === 'expired_token') throw new CredentialError('the code expired before the sign-in finished: run the command again', true);
-        throw new CredentialError(grantErrorMessage(e, account), e.temporary, { cause: e });
+        throw new CredentialError(grantErrorMessage(e, rerun), e.temporary, { cause: e });
       }
       // Unreachable for a moment: back off, as RFC 8628 §3.5 asks, until the code expires.
       if (e instanceof CredentialError && e.temporary) {

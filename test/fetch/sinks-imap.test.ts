@@ -7,6 +7,7 @@
  * twice over, and not there.
  */
 import { promises as fs } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
@@ -19,6 +20,7 @@ import { fetchAccount, newReport } from '../../src/fetch/session.js';
 import { createSink, type SinkSpecInput } from '../../src/fetch/sinks/index.js';
 import { ImapSink, type ImapSinkOptions } from '../../src/fetch/sinks/imap.js';
 import { bufferSource, SinkError } from '../../src/fetch/sinks/util.js';
+import { runPoplar } from '../helpers/cli.js';
 import { startDovecot, type DovecotHandle } from '../helpers/dovecot.js';
 import { lacks } from '../helpers/peers.js';
 import { fillMaildrop } from './crash-helpers.js';
@@ -34,6 +36,30 @@ const tokens = new Map<string, string>([['good-token', 'oauthbox']]);
 const introspected: string[] = [];
 
 const info = (uidl: string) => ({ account: 'test', uidl, size: 0 });
+
+/** Refresh tokens the sign-in endpoints issued, and the access tokens they gave out (for user `signin`). */
+const issuedRefresh = new Set<string>();
+const issuedAccess: string[] = [];
+
+/**
+ * A device authorization endpoint and a token endpoint (RFC 8628, RFC 6749 §6)
+ * beside the introspection endpoint: the sign-in is approved at the first
+ * poll, and every access token issued is one Dovecot will accept for `signin`.
+ */
+function signInEndpoints(url: string, p: URLSearchParams, res: http.ServerResponse): void {
+  const json = (status: number, body: unknown): void => void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+  if (p.get('client_id') !== 'poplar-imap-test') return json(401, { error: 'invalid_client' });
+  if (url === '/device') return json(200, { device_code: 'dc-imap', user_code: 'IMAP-SINK', verification_uri: 'http://127.0.0.1/activate', expires_in: 600, interval: 1 });
+  const grant = p.get('grant_type');
+  const ok = grant === 'urn:ietf:params:oauth:grant-type:device_code' ? p.get('device_code') === 'dc-imap' : grant === 'refresh_token' && issuedRefresh.delete(p.get('refresh_token') ?? '');
+  if (!ok) return json(400, { error: 'invalid_grant' });
+  const access_token = `at-${randomBytes(16).toString('hex')}`;
+  const refresh_token = `rt-${randomBytes(16).toString('hex')}`;
+  tokens.set(access_token, 'signin');
+  issuedAccess.push(access_token);
+  issuedRefresh.add(refresh_token);
+  json(200, { access_token, token_type: 'Bearer', expires_in: 3600, refresh_token });
+}
 
 function msg(subject: string, extra = ''): Buffer {
   return Buffer.from(`From: a@example.org\r\nTo: b@example.org\r\nSubject: ${subject}\r\nMessage-ID: <${subject.replace(/\W/g, '')}@example.org>\r\nDate: Tue, 1 Jul 2025 10:00:00 +0000\r\n\r\nbody of ${subject}\r\n${extra}`, 'latin1');
@@ -77,6 +103,7 @@ describe.skipIf(lacks('dovecot') || lacks('dovecot-imapd'))('IMAP sink against D
       let body = '';
       req.on('data', (d: Buffer) => (body += d.toString()));
       req.on('end', () => {
+        if (req.url === '/device' || req.url === '/token') return signInEndpoints(req.url, new URLSearchParams(body), res);
         const token = new URLSearchParams(body).get('token') ?? /^Bearer (.*)$/.exec(req.headers.authorization ?? '')?.[1] ?? '';
         introspected.push(token);
         const user = tokens.get(token);
@@ -88,7 +115,8 @@ describe.skipIf(lacks('dovecot') || lacks('dovecot-imapd'))('IMAP sink against D
     const url = `http://127.0.0.1:${(introspection.address() as AddressInfo).port}/introspect`;
     const mail = path.join(root, 'mail');
     await fillMaildrop(mail, 'popsrc', 30);
-    const users = ['box', 'tls', 'starttls', 'probe', 'oauthbox', 'dst', 'hostile', 'popsrc', 'popsrc2'].map((name) => ({ name, password: 'pw' }));
+    await fillMaildrop(mail, 'popsrc3', 5);
+    const users = ['box', 'tls', 'starttls', 'probe', 'oauthbox', 'dst', 'hostile', 'popsrc', 'popsrc2', 'popsrc3', 'signin'].map((name) => ({ name, password: 'pw' }));
     await fillMaildrop(mail, 'popsrc2', 12);
     dc = await startDovecot({ maildirRoot: mail, users, imap: true, oauth2IntrospectionUrl: url, extraConf: 'auth_failure_delay = 0' });
     caPem = await fs.readFile(dc.certFile);
@@ -269,4 +297,54 @@ describe.skipIf(lacks('dovecot') || lacks('dovecot-imapd'))('IMAP sink against D
     expect(got.sort((x, y) => x - y)).toEqual(Array.from({ length: 30 }, (_, i) => i));
     for (const b of all) expect(b.toString('latin1')).toBe(seqMessage(Number(/^X-Seq: (\d+)\r$/m.exec(b.toString('latin1'))![1]), 120));
   });
+  it('poplar fetch authorize --sink: one sign-in serves every account delivering into that mailbox; the fetch then logs in to IMAP with the stored token', async () => {
+    const dir = path.join(root, 'signin');
+    await fs.mkdir(dir, { recursive: true });
+    const base = `http://127.0.0.1:${(introspection.address() as AddressInfo).port}`;
+    const account = (name: string, sink: string): string => `[[account]]\nname = "${name}"\nhost = "127.0.0.1"\nport = ${dc.port}\ntls = "none"\nuser = "popsrc3"\npassword = "pw"\nsink = ${sink}\n`;
+    const file = path.join(dir, 'fetch.toml');
+    await fs.writeFile(
+      file,
+      [
+        `[fetch]\nstate_dir = "${dir}/state"\n`,
+        `[sinks.gmail]\ntype = "imap"\nhost = "127.0.0.1"\nport = ${dc.imapsPort}\nca = "${dc.certFile}"\nservername = "localhost"\nuser = "signin"\nconnections = 1`,
+        `[sinks.gmail.oauth2]\ntoken_endpoint = "${base}/token"\ndevice_authorization_endpoint = "${base}/device"\nclient_id = "poplar-imap-test"\n`,
+        account('a1', '"gmail"'),
+        account('a2', '"gmail"'),
+        account('local', `{ type = "maildir", path = "${dir}/Maildir" }`),
+      ].join('\n'),
+    );
+    const cache = (name: string): string => path.join(dir, 'state', `${name}.ledger.imap-signin@127.0.0.1.token`);
+
+    const r = await runPoplar(['fetch', 'authorize', 'a1', '--sink', '--device', '--config', file]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/enter the code IMAP-SINK/);
+    expect(r.stdout).toContain(cache('a1'));
+    expect(r.stdout).toContain(cache('a2'));
+    for (const name of ['a1', 'a2']) {
+      expect((await fs.stat(cache(name))).mode & 0o777).toBe(0o600);
+      expect(issuedRefresh.has((JSON.parse(await fs.readFile(cache(name), 'utf8')) as { refresh_token: string }).refresh_token)).toBe(true);
+    }
+    // The POP3 account's own cache is another thing: nothing was written there.
+    await expect(fs.stat(path.join(dir, 'state', 'a1.ledger.token'))).rejects.toMatchObject({ code: 'ENOENT' });
+    // An account that delivers into no such sink is told so.
+    const none = await runPoplar(['fetch', 'authorize', 'local', '--sink', '--device', '--config', file]);
+    expect(none.code).toBe(78);
+    expect(none.stderr).toMatch(/delivers into no IMAP sink with an \[oauth2\] table/);
+
+    const f = await runPoplar(['fetch', '--once', '--quiet', '--config', file, '--account', 'a1']);
+    expect(f.code, f.stderr).toBe(0);
+    expect((await stored('signin')).length).toBe(5);
+    expect(introspected).toContain(issuedAccess[0]);
+    expect(await fs.readFile(path.join(dc.dir, 'dovecot.log'), 'utf8')).toMatch(/Login: user=<signin>, method=OAUTHBEARER/);
+    for (const t of [...issuedAccess, ...issuedRefresh]) expect(f.stdout + f.stderr + r.stdout + r.stderr).not.toContain(t);
+
+    // The refresh token revoked and the access token expired: exit 78, told how to sign the sink in again.
+    const c = JSON.parse(await fs.readFile(cache('a2'), 'utf8')) as Record<string, unknown>;
+    await fs.writeFile(cache('a2'), JSON.stringify({ ...c, expires_at: 0 }), { mode: 0o600 });
+    issuedRefresh.clear();
+    const revoked = await runPoplar(['fetch', '--once', '--quiet', '--config', file, '--account', 'a2']);
+    expect(revoked.code).toBe(78);
+    expect(revoked.stderr).toContain('run `poplar fetch authorize a2 --sink`');
+  }, 60_000);
 });

@@ -45,6 +45,13 @@ export interface SinkDeps {
    * access token beside it (`<ledger>.imap-<user>@<host>.token`, mode 0600).
    */
   readonly stateFile?: string;
+  /** The account's name, for the sign-in an error message asks for (`poplar fetch authorize ACCOUNT --sink`). */
+  readonly account?: string;
+}
+
+/** Where an IMAP sink of `user` at `host` caches its tokens for the account whose ledger is `stateFile`. */
+export function imapTokenCacheFile(stateFile: string, user: string, host: string): string {
+  return `${stateFile}.imap-${`${user}@${host}`.replace(/[^A-Za-z0-9._@+-]/g, '_')}.token`;
 }
 
 function sizeOf(v: number | string): number {
@@ -58,8 +65,8 @@ function imapCredentials(s: z.output<typeof ImapSinkSchema>, deps: SinkDeps): Im
   if (s.oauth2 === undefined) {
     return { kind: 'password', get: (signal) => readSecret({ value: s.password, env: s.password_env, command: s.password_command }, 'IMAP sink password', env, signal) };
   }
-  const cacheFile = deps.stateFile !== undefined && s.oauth2.token_command === undefined ? `${deps.stateFile}.imap-${`${s.user}@${s.host}`.replace(/[^A-Za-z0-9._@+-]/g, '_')}.token` : undefined;
-  const tokens = new TokenSource(s.oauth2, { env, ...(cacheFile !== undefined ? { cacheFile } : {}) });
+  const cacheFile = deps.stateFile !== undefined && s.oauth2.token_command === undefined ? imapTokenCacheFile(deps.stateFile, s.user, s.host) : undefined;
+  const tokens = new TokenSource(s.oauth2, { env, ...(cacheFile !== undefined ? { cacheFile } : {}), account: `${deps.account ?? 'ACCOUNT'} --sink` });
   return { kind: 'oauth2', get: (signal, fresh) => tokens.get(signal, fresh) };
 }
 
