@@ -1,0 +1,143 @@
+/**
+ * Quick CPU figure of `poplar fetch` while working on it (no report written):
+ * one private Dovecot serving the bench:fetch mailbox (2000 messages of
+ * 8 KiB), then `poplar fetch` RUNS times (and mpop as many times, unless
+ * `--no-mpop`) into fresh Maildirs in keep mode, alternating. Prints each
+ * run's wall time and CPU time (user + system, from the reaped child) and
+ * the medians per message. Needs root, Dovecot and a built dist/.
+ *
+ *   flock /tmp/bench.lock node --import tsx bench/fetch-cpu.ts [--runs N] [--no-mpop] [--dir DIR]
+ *
+ * `--profile DIR`: poplar runs with `node --cpu-prof --cpu-prof-dir DIR`.
+ */
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { run } from '../test/interop/run.js';
+import { startDovecotBench } from './servers.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const MESSAGES = 2000;
+const MESSAGE_SIZE = 8192;
+const USER = 'bench';
+const PASSWORD = 'bench-secret';
+
+function flag(name: string): string | undefined {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+const RUNS = Number(flag('--runs') ?? 5);
+const MPOP = !process.argv.includes('--no-mpop');
+const PROFILE = flag('--profile');
+
+function message(i: number): Buffer {
+  const head = [
+    `From: Sender ${i % 50} <sender${i % 50}@example.org>`,
+    `To: ${USER}@example.org`,
+    `Subject: fetch benchmark message ${i}`,
+    'Date: Mon, 01 Jan 2024 00:00:00 +0000',
+    `Message-ID: <fetch-bench-${i}@example.org>`,
+    'MIME-Version: 1.0',
+    'Content-Type: text/plain; charset=us-ascii',
+    '',
+    '',
+  ].join('\n');
+  let body = '';
+  let line = 0;
+  while (head.length + body.length < MESSAGE_SIZE) {
+    body += `${String(i).padStart(5, '0')}-${String(line++).padStart(4, '0')} ${'abcdefghijklmnopqrstuvwxyz0123456789'.repeat(2).slice(0, 64)}\n`;
+  }
+  return Buffer.from((head + body).slice(0, MESSAGE_SIZE - 1) + '\n', 'latin1');
+}
+
+function makeMaildir(md: string): void {
+  for (const sub of ['cur', 'new', 'tmp']) mkdirSync(path.join(md, sub), { recursive: true });
+}
+
+/** CPU seconds of this process's reaped children (cutime + cstime). */
+function childrenCpu(): { user: number; sys: number } {
+  const s = readFileSync('/proc/self/stat', 'latin1');
+  const f = s.slice(s.lastIndexOf(')') + 2).trim().split(' ');
+  return { user: Number(f[13]) / 100, sys: Number(f[14]) / 100 };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+async function main(): Promise<void> {
+  const base = flag('--dir') ?? '/var/tmp';
+  const dir = mkdtempSync(path.join(base, 'poplar-fetch-cpu-'));
+  chmodSync(dir, 0o755);
+  const mail = path.join(dir, 'mail', USER);
+  makeMaildir(mail);
+  for (let i = 1; i <= MESSAGES; i++) {
+    const buf = message(i);
+    writeFileSync(path.join(mail, 'cur', `${1_700_000_000 + i}.M${i}P1.fetchbench,S=${buf.length}:2,S`), buf);
+  }
+  const dovecot = await startDovecotBench(path.join(dir, 'mail'), [{ name: USER, password: PASSWORD }]);
+  const results: Record<string, { ms: number[]; cpu: number[] }> = { poplar: { ms: [], cpu: [] }, mpop: { ms: [], cpu: [] } };
+  try {
+    const env = { PATH: `${path.dirname(process.execPath)}:${process.env['PATH'] ?? '/usr/bin:/bin'}`, HOME: dir, LC_ALL: 'C', TZ: 'UTC', BENCH_PW: PASSWORD };
+    // One untimed run first: Dovecot builds its index, the page cache warms.
+    for (let r = -1; r < RUNS; r++) {
+      for (const key of MPOP ? ['poplar', 'mpop'] : ['poplar']) {
+        execFileSync('sync');
+        const d = path.join(dir, `${key}-${r + 1}`);
+        const md = path.join(d, 'Maildir');
+        makeMaildir(md);
+        let file: string;
+        let args: string[];
+        if (key === 'poplar') {
+          file = PROFILE !== undefined ? process.execPath : path.join(ROOT, 'bin', 'poplar');
+          args = [
+            ...(PROFILE !== undefined ? ['--cpu-prof', '--cpu-prof-dir', PROFILE, path.join(ROOT, 'dist', 'cli', 'main.js')] : []),
+            'fetch', '--once', '--json', '--no-progress', '--host', '127.0.0.1', '--port', String(dovecot.port), '--tls', 'none',
+            '--user', USER, '--password-env', 'BENCH_PW', '--keep', '--maildir', md, '--state', path.join(d, 'ledger'),
+          ];
+        } else {
+          const conf = path.join(d, 'mpoprc');
+          writeFileSync(
+            conf,
+            [
+              'account bench', 'host 127.0.0.1', `port ${dovecot.port}`, 'tls off', 'timeout 60', 'auth user', `user ${USER}`,
+              `passwordeval "echo ${PASSWORD}"`, `delivery maildir ${md}`, `uidls_file ${path.join(d, 'uidls')}`, 'keep on', 'only_new off', 'received_header off', '',
+            ].join('\n'),
+            { mode: 0o600 },
+          );
+          file = 'mpop';
+          args = ['-C', conf, '-q', '-a'];
+        }
+        const c0 = childrenCpu();
+        const res = await run(file, args, { env, timeoutMs: 120_000 });
+        const c1 = childrenCpu();
+        const user = c1.user - c0.user;
+        const sys = c1.sys - c0.sys;
+        const cpu = user + sys;
+        const count = readdirSync(path.join(md, 'new')).length + readdirSync(path.join(md, 'cur')).length;
+        if (res.code !== 0 || count !== MESSAGES) throw new Error(`${key}: exit ${String(res.code)}, ${count} files\n${res.describe}`);
+        rmSync(d, { recursive: true, force: true });
+        if (r < 0) continue;
+        results[key]!.ms.push(res.ms);
+        results[key]!.cpu.push(cpu);
+        process.stderr.write(`${key} run ${r + 1}: ${res.ms} ms, cpu ${(user * 1000).toFixed(0)}+${(sys * 1000).toFixed(0)} ms (${((cpu / MESSAGES) * 1e6).toFixed(0)} µs/msg)\n`);
+      }
+    }
+  } finally {
+    await dovecot.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  for (const [key, r] of Object.entries(results)) {
+    if (r.ms.length === 0) continue;
+    const cpu = median(r.cpu);
+    process.stdout.write(`${key}: median ${median(r.ms)} ms, cpu ${(cpu * 1000).toFixed(0)} ms = ${((cpu / MESSAGES) * 1e6).toFixed(0)} µs/msg (cpu runs: ${r.cpu.map((c) => (c * 1000).toFixed(0)).join(' ')})\n`);
+  }
+  if (MPOP && results['mpop']!.ms.length > 0) {
+    process.stdout.write(`speed poplar/mpop: ${(median(results['mpop']!.ms) / median(results['poplar']!.ms)).toFixed(2)}×, cpu ${(median(results['poplar']!.cpu) / median(results['mpop']!.cpu)).toFixed(2)}×\n`);
+  }
+}
+
+await main();
