@@ -251,6 +251,8 @@ static napi_value read_stuffed_into(napi_env env, napi_callback_info info) {
 
 /* native/crlfsize.c */
 napi_value crlf_sizes(napi_env env, napi_callback_info info);
+/* native/maildirwrite.c */
+napi_value maildir_write_init(napi_env env, napi_value exports);
 
 static napi_value init(napi_env env, napi_value exports) {
   static const struct { const char *name; napi_callback fn; } fns[] = {
@@ -264,7 +266,7 @@ static napi_value init(napi_env env, napi_value exports) {
     if (napi_create_function(env, fns[k].name, NAPI_AUTO_LENGTH, fns[k].fn, NULL, &fn) != napi_ok) return NULL;
     if (napi_set_named_property(env, exports, fns[k].name, fn) != napi_ok) return NULL;
   }
-  return exports;
+  return maildir_write_init(env, exports);
 }
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -29,6 +29,17 @@ export interface NativeCodec {
    * be read (native/crlfsize.c).
    */
   crlfSizes?(paths: string[]): Promise<Float64Array>;
+  /**
+   * A message in memory into a Maildir in one call (native/maildirwrite.c):
+   * `tmp` created exclusively with `mode`, `data` written (CRLF stored as LF
+   * when `toLf`), then, with `newPrefix`, linked to
+   * `<newPrefix>,S=<octets>,W=<crlf octets>` and `tmp` unlinked; returns that
+   * path (undefined without `newPrefix`). out = [descriptor left open, octets,
+   * crlf octets]. Throws a Node-style errno error, leaving nothing behind.
+   */
+  writeMessage?(tmp: string, newPrefix: string | null, data: Buffer, toLf: boolean, mode: number, out: Float64Array): string | undefined;
+  /** fsync then close each descriptor, in one thread-pool job; 0 or the fsync's errno for each. */
+  fsyncClose?(fds: Int32Array): Promise<Int32Array>;
 }
 
 function load(): NativeCodec | undefined {

@@ -10,6 +10,8 @@ import type { DeliveryInfo } from '../../src/fetch/sinks/types.js';
 import { MaildirStore } from '../../src/store/maildir/maildir-store.js';
 import { silentLogger } from '../../src/observability/log.js';
 import { crlfSize } from '../../src/protocol/message-size.js';
+import { native } from '../../src/protocol/native.js';
+import { deliverBufferCases, nativeWrites } from './maildir-buffer-cases.js';
 
 let root: string;
 let box: string;
@@ -243,89 +245,9 @@ describe('MaildirSink', () => {
     expect(await list(path.join(box, 'new'))).toHaveLength(50);
   });
 
-  describe('deliverBuffer (a message already in memory)', () => {
-    it('writes the same file, under the same kind of name, as deliver', async () => {
-      const sink = new MaildirSink({ path: box, fsync: false });
-      await sink.deliver(Readable.from([MSG]), info());
-      await sink.deliverBuffer(MSG, info({ uidl: 'u2' }));
-      const names = await list(path.join(box, 'new'));
-      expect(names).toHaveLength(2);
-      for (const n of names) {
-        expect(n).toMatch(/^\d+\.M\d+P\d+Q\d+R[0-9a-f]+\..+,S=\d+,W=\d+$/);
-        expect(n.endsWith(`,S=${MSG_LF.length},W=${crlfSize(MSG)}`)).toBe(true);
-        expect((await fs.readFile(path.join(box, 'new', n))).equals(MSG_LF)).toBe(true);
-      }
-      expect(await list(path.join(box, 'tmp'))).toEqual([]);
-      const crlf = new MaildirSink({ path: path.join(root, 'crlf'), lineEnding: 'crlf', fsync: false });
-      await crlf.deliverBuffer(MSG, info());
-      const [name] = await list(path.join(root, 'crlf', 'new'));
-      expect((await fs.readFile(path.join(root, 'crlf', 'new', name!))).equals(MSG)).toBe(true);
-      expect(name).toContain(`,S=${MSG.length},W=${MSG.length}`);
-    });
-
-    it('fsync true: file and new/ synced before it resolves; group: each file synced once at flush through its open descriptor, which is then closed', async () => {
-      await fs.mkdir(box);
-      for (const sub of ['cur', 'new', 'tmp']) await fs.mkdir(path.join(box, sub));
-      const probe = await fs.open(path.join(root, 'probe'), 'w');
-      const proto = Object.getPrototypeOf(probe) as { sync: () => Promise<void> };
-      await probe.close();
-      const dirSync = vi.spyOn(proto, 'sync');
-      const fdSync = vi.spyOn(fsSync, 'fsync');
-      const fdClose = vi.spyOn(fsSync, 'closeSync');
-
-      const perMessage = new MaildirSink({ path: box });
-      await perMessage.deliverBuffer(MSG, info());
-      expect(fdSync).toHaveBeenCalledTimes(1); // the file
-      expect(dirSync).toHaveBeenCalledTimes(1); // new/
-
-      fdSync.mockClear();
-      dirSync.mockClear();
-      fdClose.mockClear();
-      const group = new MaildirSink({ path: box, fsync: 'group' });
-      for (let i = 0; i < 5; i++) await group.deliverBuffer(MSG, info({ uidl: `g${i}` }));
-      expect(fdSync).not.toHaveBeenCalled();
-      expect(dirSync).not.toHaveBeenCalled();
-      expect(group.pending).toBe(5);
-      await group.flush();
-      expect(fdSync).toHaveBeenCalledTimes(5);
-      expect(dirSync).toHaveBeenCalledTimes(1); // new/ once
-      expect(fdClose).toHaveBeenCalledTimes(5); // no descriptor left open
-      expect(group.pending).toBe(0);
-      await group.close();
-    });
-
-    it('a failed fsync at flush takes every pending message back and closes their descriptors', async () => {
-      const group = new MaildirSink({ path: box, fsync: 'group' });
-      for (let i = 0; i < 3; i++) await group.deliverBuffer(MSG, info({ uidl: `g${i}` }));
-      expect(await list(path.join(box, 'new'))).toHaveLength(3);
-      let calls = 0;
-      const real = fsSync.fsync;
-      vi.spyOn(fsSync, 'fsync').mockImplementation(((fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => {
-        if (++calls === 2) cb(Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' }));
-        else real(fd, cb);
-      }) as typeof fsSync.fsync);
-      const fdClose = vi.spyOn(fsSync, 'closeSync');
-      await expect(group.flush()).rejects.toThrow(/EIO/);
-      expect(await list(path.join(box, 'new'))).toEqual([]);
-      expect(fdClose).toHaveBeenCalledTimes(3);
-      expect(group.pending).toBe(0);
-    });
-
-    it('a file that cannot be created rejects and leaves nothing in new/', async () => {
-      await fs.mkdir(path.join(box, 'new'), { recursive: true });
-      await fs.mkdir(path.join(box, 'cur'));
-      await fs.writeFile(path.join(box, 'tmp'), 'not a directory');
-      const sink = new MaildirSink({ path: box });
-      await expect(sink.deliverBuffer(MSG, info())).rejects.toThrow(/ENOTDIR/);
-      expect(await list(path.join(box, 'new'))).toEqual([]);
-    });
-
-    it('an aborted signal rejects before anything is written', async () => {
-      const sink = new MaildirSink({ path: box });
-      const ac = new AbortController();
-      ac.abort(new Error('stop'));
-      await expect(sink.deliverBuffer(MSG, info(), ac.signal)).rejects.toThrow(/stop/);
-      expect(await list(root)).toEqual([]); // not even the Maildir
-    });
+  it('uses the native write path where the module is built', () => {
+    expect(nativeWrites).toBe(native !== undefined);
   });
+
+  deliverBufferCases(() => ({ root, box }));
 });

@@ -28,7 +28,10 @@
 import fsSync, { promises as fs, constants as C } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
+import { getSystemErrorName } from 'node:util';
 import { fsyncDir, fsyncFd } from '../../platform/fsync.js';
+import { native } from '../../protocol/native.js';
+import { uniqueName } from '../../store/maildir/names.js';
 import { discardTmpSync, publish, publishSync, writeTmp, writeTmpSync } from '../../store/maildir/writer.js';
 import { findInMaildirs } from '../reconcile.js';
 import type { DeliveryInfo, PendingMessage, Sink } from './types.js';
@@ -55,6 +58,11 @@ export interface MaildirSinkOptions {
 const FLUSH_CONCURRENCY = 32;
 /** Group mode keeps up to this many written files open until `flush` (so it need not open them again). */
 const MAX_OPEN_PENDING = 128;
+/** With the native module: how many thread-pool jobs `flush` splits the open descriptors into (the pool has 16 threads under bin/poplar). */
+const FLUSH_CONCURRENCY_NATIVE = 16;
+const NO_DIRS: readonly string[] = [];
+/** writeMessage's results: descriptor, octets, CRLF octets (reused: read right after each call). */
+const WRITE_OUT = new Float64Array(3);
 
 /**
  * The directory of a Maildir++ folder name such as ".Lists.node" (a leading
@@ -125,14 +133,18 @@ export class MaildirSink implements Sink {
    * still open) for `flush`; with fsync on, make the directory entries
    * durable, or take the message back so that the rejection means "not delivered".
    */
-  async #linked(dir: string, final: string, fd: number | undefined, newDirs: readonly string[]): Promise<void> {
+  #linked(dir: string, final: string, fd: number | undefined, newDirs: readonly string[]): Promise<void> | undefined {
     if (this.#fsync === 'group') {
       this.#pendingFiles.set(final, fd);
-      this.#pendingDirs.add(path.join(dir, 'new'));
+      this.#pendingDirs.add(`${dir}/new`);
       for (const d of newDirs) this.#pendingDirs.add(d);
-      return;
+      return undefined;
     }
-    if (this.#fsync !== true) return;
+    if (this.#fsync !== true) return undefined;
+    return this.#syncLinked(dir, final, newDirs);
+  }
+
+  async #syncLinked(dir: string, final: string, newDirs: readonly string[]): Promise<void> {
     try {
       await this.#syncDir(path.join(dir, 'new'));
       for (const d of newDirs) await fsyncDir(d);
@@ -154,9 +166,22 @@ export class MaildirSink implements Sink {
     if (this.#closed) throw new SinkError('the Maildir sink is closed', { temporary: true });
     signal?.throwIfAborted();
     const dir = maildirFolderPath(this.#root, info.folder);
-    const newDirs = await this.#ensureFolder(dir);
-    const data = this.#lf ? crlfToLf(message) : message;
-    const tmp = writeTmpSync(dir, data, this.#mode);
+    const newDirs = this.#ready.has(dir) ? NO_DIRS : await this.#ensureFolder(dir);
+    const write = native?.writeMessage;
+    if (write !== undefined && this.#fsync !== true) {
+      // One native call: the file written (CRLF stored as LF), linked into new/, tmp/ unlinked; nothing left on failure.
+      signal?.throwIfAborted(); // last chance to give up cleanly; from the link on the message is delivered
+      const base = uniqueName();
+      const final = write(`${dir}/tmp/${base}`, `${dir}/new/${base}`, message, this.#lf, this.#mode, WRITE_OUT)!;
+      let fd: number | undefined = WRITE_OUT[0]!;
+      if (this.#fsync !== 'group' || this.#pendingFiles.size >= MAX_OPEN_PENDING) {
+        fsSync.closeSync(fd);
+        fd = undefined;
+      }
+      this.#linked(dir, final, fd, newDirs);
+      return;
+    }
+    const tmp = writeTmpSync(dir, this.#lf ? crlfToLf(message) : message, this.#mode);
     let fd: number | undefined = tmp.fd;
     let final: string;
     try {
@@ -182,7 +207,7 @@ export class MaildirSink implements Sink {
    * counts as delivered and a later fetch brings them without duplicates.
    */
   async flush(): Promise<void> {
-    const pending = [...this.#pendingFiles];
+    let pending = [...this.#pendingFiles];
     const dirs = [...this.#pendingDirs];
     this.#pendingFiles = new Map();
     this.#pendingDirs = new Set();
@@ -191,6 +216,28 @@ export class MaildirSink implements Sink {
     try {
       let next = 0;
       let failure: unknown;
+      const syncClose = native?.fsyncClose;
+      const batches: Promise<void>[] = [];
+      if (syncClose !== undefined) {
+        // Open descriptors are fsynced and closed in C, a few to a thread-pool job, the jobs running side by side.
+        const open = pending.filter(([, fd]) => fd !== undefined);
+        const jobs = Math.min(FLUSH_CONCURRENCY_NATIVE, open.length);
+        for (let j = 0, at = 0; j < jobs; j++) {
+          const part = open.slice(at, (at = Math.round(((j + 1) * open.length) / jobs)));
+          try {
+            batches.push(
+              syncClose(Int32Array.from(part, ([, fd]) => fd!)).then((errs) => {
+                const k = errs.findIndex((e) => e !== 0);
+                if (k >= 0) failure ??= errnoError(errs[k]!, 'fsync', part[k]![0]);
+              }),
+            );
+          } catch (e) {
+            failure ??= e;
+            for (const [, fd] of part) closeQuietly(fd!);
+          }
+        }
+        pending = pending.filter(([, fd]) => fd === undefined);
+      }
       const worker = async (): Promise<void> => {
         while (next < pending.length) {
           const [file, fd] = pending[next++]!;
@@ -204,7 +251,7 @@ export class MaildirSink implements Sink {
           }
         }
       };
-      await Promise.all(Array.from({ length: Math.min(FLUSH_CONCURRENCY, pending.length) }, worker));
+      await Promise.all([...batches, ...Array.from({ length: Math.min(FLUSH_CONCURRENCY, pending.length) }, worker)]);
       if (failure !== undefined) throw failure;
       // Deepest first: new/ holds the file names, the folder holds new/, the root holds the folder.
       dirs.sort((a, b) => b.length - a.length);
@@ -330,6 +377,12 @@ async function mkdirTracked(dir: string, parents: boolean): Promise<string[]> {
     if ((e as NodeJS.ErrnoException).code === 'EEXIST') return [];
     throw e;
   }
+}
+
+/** An error like Node's for a failed system call. */
+function errnoError(errno: number, syscall: string, file: string): NodeJS.ErrnoException {
+  const code = getSystemErrorName(-errno);
+  return Object.assign(new Error(`${code}: ${syscall} '${file}'`), { code, errno: -errno, syscall, path: file });
 }
 
 function closeQuietly(fd: number): void {
