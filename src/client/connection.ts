@@ -124,6 +124,9 @@ export class Pop3Connection {
   #pausedBy: Request | undefined;
   #draining = false;
   #timer: NodeJS.Timeout | undefined;
+  /** The watchdog's period, and the command it waits for (for its message). */
+  #timerMs = 0;
+  #timerLabel = '';
   #closed = false;
   #failure: Error | undefined;
   #maxInFlight = 0;
@@ -657,17 +660,30 @@ export class Pop3Connection {
   }
 
   #armTimer(): void {
-    this.#stopTimer();
     const head = this.#inFlight[0];
-    if (this.#closed || head === undefined) return;
+    if (this.#closed || head === undefined) {
+      this.#stopTimer();
+      return;
+    }
     if (head.deadlineMs !== undefined && head.deadline === undefined) {
       const total = head.deadlineMs;
       // Counts while a slow consumer holds the socket paused too: the bound is on the whole reply.
       head.deadline = setTimeout(() => this.destroy(new Pop3TimeoutError(`the reply to ${head.label} took longer than ${total} ms in all`)), total);
     }
-    if (this.#pausedBy !== undefined) return;
+    if (this.#pausedBy !== undefined) {
+      this.#stopTimer();
+      return;
+    }
+    this.#timerLabel = head.label;
     const ms = head.timeoutMs;
-    this.#timer = setTimeout(() => this.destroy(new Pop3TimeoutError(`no reply to ${head.label} within ${ms} ms`)), ms);
+    // Restarted on every chunk and every reply: the same timer object is refreshed rather than replaced.
+    if (this.#timer !== undefined && this.#timerMs === ms) {
+      this.#timer.refresh();
+      return;
+    }
+    this.#stopTimer();
+    this.#timerMs = ms;
+    this.#timer = setTimeout(() => this.destroy(new Pop3TimeoutError(`no reply to ${this.#timerLabel} within ${ms} ms`)), ms);
   }
 
   #stopTimer(): void {
