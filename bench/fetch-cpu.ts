@@ -9,6 +9,8 @@
  *   flock /tmp/bench.lock node --import tsx bench/fetch-cpu.ts [--runs N] [--no-mpop] [--dir DIR]
  *
  * `--profile DIR`: poplar runs with `node --cpu-prof --cpu-prof-dir DIR`.
+ * `--base DIR`: also run the poplar of another checkout or copy (DIR/bin/poplar,
+ * with its dist/), alternating with this one, for an A/B comparison on a busy machine.
  */
 import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -30,6 +32,7 @@ function flag(name: string): string | undefined {
 const RUNS = Number(flag('--runs') ?? 5);
 const MPOP = !process.argv.includes('--no-mpop');
 const PROFILE = flag('--profile');
+const BASE = flag('--base');
 
 function message(i: number): Buffer {
   const head = [
@@ -79,22 +82,23 @@ async function main(): Promise<void> {
     writeFileSync(path.join(mail, 'cur', `${1_700_000_000 + i}.M${i}P1.fetchbench,S=${buf.length}:2,S`), buf);
   }
   const dovecot = await startDovecotBench(path.join(dir, 'mail'), [{ name: USER, password: PASSWORD }]);
-  const results: Record<string, { ms: number[]; cpu: number[] }> = { poplar: { ms: [], cpu: [] }, mpop: { ms: [], cpu: [] } };
+  const results: Record<string, { ms: number[]; cpu: number[] }> = { poplar: { ms: [], cpu: [] }, base: { ms: [], cpu: [] }, mpop: { ms: [], cpu: [] } };
   try {
     const env = { PATH: `${path.dirname(process.execPath)}:${process.env['PATH'] ?? '/usr/bin:/bin'}`, HOME: dir, LC_ALL: 'C', TZ: 'UTC', BENCH_PW: PASSWORD };
     // One untimed run first: Dovecot builds its index, the page cache warms.
     for (let r = -1; r < RUNS; r++) {
-      for (const key of MPOP ? ['poplar', 'mpop'] : ['poplar']) {
+      for (const key of [...(BASE !== undefined ? ['base'] : []), 'poplar', ...(MPOP ? ['mpop'] : [])]) {
         execFileSync('sync');
         const d = path.join(dir, `${key}-${r + 1}`);
         const md = path.join(d, 'Maildir');
         makeMaildir(md);
         let file: string;
         let args: string[];
-        if (key === 'poplar') {
-          file = PROFILE !== undefined ? process.execPath : path.join(ROOT, 'bin', 'poplar');
+        if (key === 'poplar' || key === 'base') {
+          const root = key === 'base' ? BASE! : ROOT;
+          file = PROFILE !== undefined ? process.execPath : path.join(root, 'bin', 'poplar');
           args = [
-            ...(PROFILE !== undefined ? ['--cpu-prof', '--cpu-prof-dir', PROFILE, path.join(ROOT, 'dist', 'cli', 'main.js')] : []),
+            ...(PROFILE !== undefined ? ['--cpu-prof', '--cpu-prof-interval', '50', '--cpu-prof-dir', PROFILE, path.join(root, 'dist', 'cli', 'main.js')] : []),
             'fetch', '--once', '--json', '--no-progress', '--host', '127.0.0.1', '--port', String(dovecot.port), '--tls', 'none',
             '--user', USER, '--password-env', 'BENCH_PW', '--keep', '--maildir', md, '--state', path.join(d, 'ledger'),
           ];
@@ -134,6 +138,9 @@ async function main(): Promise<void> {
     if (r.ms.length === 0) continue;
     const cpu = median(r.cpu);
     process.stdout.write(`${key}: median ${median(r.ms)} ms, cpu ${(cpu * 1000).toFixed(0)} ms = ${((cpu / MESSAGES) * 1e6).toFixed(0)} µs/msg (cpu runs: ${r.cpu.map((c) => (c * 1000).toFixed(0)).join(' ')})\n`);
+  }
+  if (BASE !== undefined) {
+    process.stdout.write(`poplar/base: cpu ${(median(results['poplar']!.cpu) / median(results['base']!.cpu)).toFixed(3)}×, wall ${(median(results['poplar']!.ms) / median(results['base']!.ms)).toFixed(3)}×\n`);
   }
   if (MPOP && results['mpop']!.ms.length > 0) {
     process.stdout.write(`speed poplar/mpop: ${(median(results['mpop']!.ms) / median(results['poplar']!.ms)).toFixed(2)}×, cpu ${(median(results['poplar']!.cpu) / median(results['mpop']!.cpu)).toFixed(2)}×\n`);
