@@ -7,9 +7,7 @@
 import net from 'node:net';
 import type { Readable } from 'node:stream';
 import type tls from 'node:tls';
-import { apopDigest } from '../protocol/sasl/apop.js';
 import { decodeBase64Strict } from '../protocol/sasl/base64.js';
-import { clientMechanism } from '../protocol/sasl/index.js';
 import type { ClientMechanism } from '../protocol/sasl/mechanism.js';
 import { PIPELINE_WINDOW, Pop3Connection, type CallOptions, type StreamReply } from './connection.js';
 import { Pop3AbortError, Pop3PolicyError, Pop3ProtocolError, Pop3ServerError, Pop3TimeoutError, Pop3TlsError } from './errors.js';
@@ -80,6 +78,9 @@ export interface RetrEachOptions extends CallOptions {
 }
 
 const DEFAULT_TIMEOUT_MS = 30_000;
+
+/** The SASL mechanisms (and what they need: hashes, SASLprep) load only for a login that uses one, not for USER/PASS. */
+const loadSasl = (): Promise<typeof import('../protocol/sasl/index.js')> => import('../protocol/sasl/index.js');
 /** RFC 5034 §4: an AUTH line with its initial response must fit in 255 octets, else the response waits for a challenge. */
 const MAX_AUTH_LINE = 255;
 /** A CAPA reply is a few dozen short lines; these bounds leave room for any real server. */
@@ -258,6 +259,7 @@ export class Pop3Client {
     if (method === 'USER') await this.#userPass(user, password, opts);
     else if (method === 'APOP') await this.#apop(user, password, opts);
     else {
+      const { clientMechanism } = await loadSasl();
       const mech = clientMechanism(method, {
         username: user,
         password,
@@ -278,6 +280,7 @@ export class Pop3Client {
     const method = opts.mechanism ?? (offered.includes('OAUTHBEARER') ? 'OAUTHBEARER' : offered.includes('XOAUTH2') ? 'XOAUTH2' : undefined);
     if (method === undefined) throw new Pop3PolicyError('the server offers neither OAUTHBEARER nor XOAUTH2');
     if (!this.#cleartextOk()) throw this.#refuseCleartext(method);
+    const { clientMechanism } = await loadSasl();
     const mech = clientMechanism(method, {
       username: user,
       token,
@@ -544,6 +547,7 @@ export class Pop3Client {
   async #apop(user: string, password: string, opts: CallOptions): Promise<void> {
     if (this.#apopTimestamp === undefined) throw new Pop3PolicyError('the greeting carries no APOP timestamp');
     if (/\s/.test(user)) throw new RangeError('an APOP user name cannot contain white space');
+    const { apopDigest } = await import('../protocol/sasl/apop.js');
     await this.#simple(`APOP ${user} ${apopDigest(this.#apopTimestamp, password)}`, opts);
     this.#loggedIn();
   }

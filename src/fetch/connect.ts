@@ -4,7 +4,8 @@
  * configuration problem, found before any connection.
  */
 import { readFile } from 'node:fs/promises';
-import { Pop3Client, Pop3ServerError } from '../client/index.js';
+import { Pop3ServerError } from '../client/errors.js';
+import { Pop3Client } from '../client/pop3-client.js';
 import type { ResolvedAccount } from './config.js';
 import { CredentialError, readSecret, TokenSource } from './credentials.js';
 

@@ -1,5 +1,5 @@
 /** What went wrong in a fetch, as a sysexits.h code and a short kind (docs/fetch.md, "Exit codes"). */
-import { Pop3AbortError, Pop3ConnectionLostError, Pop3LimitError, Pop3PolicyError, Pop3ProtocolError, Pop3ServerError, Pop3TimeoutError, Pop3TlsError } from '../client/index.js';
+import { Pop3AbortError, Pop3ConnectionLostError, Pop3LimitError, Pop3PolicyError, Pop3ProtocolError, Pop3ServerError, Pop3TimeoutError, Pop3TlsError } from '../client/errors.js';
 import { EX_CONFIG, EX_IOERR, EX_NOHOST, EX_NOPERM, EX_PROTOCOL, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE } from '../cli/exit-codes.js';
 import { ConfigError } from '../config/errors.js';
 import { CredentialError } from './credentials.js';

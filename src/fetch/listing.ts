@@ -2,7 +2,9 @@
  * Step 2 of a fetch: UIDL and LIST, both bounded (max_list_lines,
  * max_list_octets, message_timeout), and the listings a safe fetch can use.
  */
-import { isValidUid, Pop3LimitError, Pop3ServerError, type Pop3Client, type UidlEntry } from '../client/index.js';
+import { Pop3LimitError, Pop3ServerError } from '../client/errors.js';
+import type { Pop3Client } from '../client/pop3-client.js';
+import { isValidUid, type UidlEntry } from '../client/reply.js';
 import { printable } from '../client/errors.js';
 import type { ResolvedAccount } from './config.js';
 

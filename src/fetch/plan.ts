@@ -4,7 +4,9 @@
  * where each message to fetch goes, by the rules (TOP n 0 where a rule
  * looks at headers).
  */
-import { Pop3ServerError, type Pop3Client, type UidlEntry } from '../client/index.js';
+import { Pop3ServerError } from '../client/errors.js';
+import type { Pop3Client } from '../client/pop3-client.js';
+import type { UidlEntry } from '../client/reply.js';
 import { printable } from '../client/errors.js';
 import type { ResolvedAccount } from './config.js';
 import type { LedgerEntry } from './ledger.js';

@@ -26,7 +26,7 @@
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { ImapFlow, type ImapFlowOptions } from 'imapflow';
-import { isLoopback } from '../../client/index.js';
+import { isLoopback } from '../../client/policy.js';
 import type { DeliveryInfo, MessageSource, PendingMessage, Sink } from './types.js';
 import { abortReason, chunksOf, destroyOnAbort, onAbort, SinkError, toError } from './util.js';
 
