@@ -9,7 +9,7 @@
  *   <passwd-file>.lock     user database   "<pid>\n"
  *
  * Creating: the content is first written under a name of this process's own
- * (`<lock>.poplar.<host>.<pid>`, O_CREAT|O_EXCL|O_NOFOLLOW) and hard-linked
+ * (`<lock>.poplar.<host>.<pid>.<n>`, O_CREAT|O_EXCL|O_NOFOLLOW) and hard-linked
  * into place, as MTAs make mbox locks and Dovecot its dotlocks. So nothing
  * already at the lock's name (a lock of another process, a planted link) is
  * ever opened or written through, and the lock is never seen empty: a
