@@ -191,7 +191,7 @@ const poplar: Tool = {
   version: `poplar ${(JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version} (dist/, ${process.version})`,
   durability:
     'per-message durability: every message file is fsynced, and new/ after it, before the ledger records its UIDL (ledger fdatasync) and before any DELE; ' +
-    'group commit (`batch` 64): the files of a group are fsynced together (up to 32 fsyncs waiting on the disk at once, on a thread pool of 16) while the next group downloads, ' +
+    'group commit (`batch` 64): the files of a group are fsynced together (16 thread-pool jobs of about 4 fsyncs each, so up to 16 waiting on the disk at once) while the next group downloads, ' +
     'then new/ once, then the group\'s UIDLs with one fdatasync; intents are synced before delivery',
   available: existsSync(POPLAR_MAIN),
   async once(dir, port) {
