@@ -13,17 +13,14 @@
  * with its dist/), alternating with this one, for an A/B comparison on a busy machine.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from '../test/interop/run.js';
+import { makeMaildir, MESSAGES, PASSWORD, USER, writeMailbox } from './fetch-mailbox.js';
 import { startDovecotBench } from './servers.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const MESSAGES = 2000;
-const MESSAGE_SIZE = 8192;
-const USER = 'bench';
-const PASSWORD = 'bench-secret';
 
 function flag(name: string): string | undefined {
   const i = process.argv.indexOf(name);
@@ -34,29 +31,7 @@ const MPOP = !process.argv.includes('--no-mpop');
 const PROFILE = flag('--profile');
 const BASE = flag('--base');
 
-function message(i: number): Buffer {
-  const head = [
-    `From: Sender ${i % 50} <sender${i % 50}@example.org>`,
-    `To: ${USER}@example.org`,
-    `Subject: fetch benchmark message ${i}`,
-    'Date: Mon, 01 Jan 2024 00:00:00 +0000',
-    `Message-ID: <fetch-bench-${i}@example.org>`,
-    'MIME-Version: 1.0',
-    'Content-Type: text/plain; charset=us-ascii',
-    '',
-    '',
-  ].join('\n');
-  let body = '';
-  let line = 0;
-  while (head.length + body.length < MESSAGE_SIZE) {
-    body += `${String(i).padStart(5, '0')}-${String(line++).padStart(4, '0')} ${'abcdefghijklmnopqrstuvwxyz0123456789'.repeat(2).slice(0, 64)}\n`;
-  }
-  return Buffer.from((head + body).slice(0, MESSAGE_SIZE - 1) + '\n', 'latin1');
-}
 
-function makeMaildir(md: string): void {
-  for (const sub of ['cur', 'new', 'tmp']) mkdirSync(path.join(md, sub), { recursive: true });
-}
 
 /** CPU seconds of this process's reaped children (cutime + cstime). */
 function childrenCpu(): { user: number; sys: number } {
@@ -75,12 +50,7 @@ async function main(): Promise<void> {
   const base = flag('--dir') ?? '/var/tmp';
   const dir = mkdtempSync(path.join(base, 'poplar-fetch-cpu-'));
   chmodSync(dir, 0o755);
-  const mail = path.join(dir, 'mail', USER);
-  makeMaildir(mail);
-  for (let i = 1; i <= MESSAGES; i++) {
-    const buf = message(i);
-    writeFileSync(path.join(mail, 'cur', `${1_700_000_000 + i}.M${i}P1.fetchbench,S=${buf.length}:2,S`), buf);
-  }
+  writeMailbox(path.join(dir, 'mail'));
   const dovecot = await startDovecotBench(path.join(dir, 'mail'), [{ name: USER, password: PASSWORD }]);
   const results: Record<string, { ms: number[]; cpu: number[] }> = { poplar: { ms: [], cpu: [] }, base: { ms: [], cpu: [] }, mpop: { ms: [], cpu: [] } };
   try {

@@ -29,6 +29,7 @@ import { fileURLToPath } from 'node:url';
 import { dovecotAvailable } from '../test/helpers/dovecot.js';
 import { run, which, shebangInterpreter, type RunResult } from '../test/interop/run.js';
 import { machineInfo, systemBusySeconds } from './procfs.js';
+import { makeMaildir, MESSAGE_SIZE, MESSAGES, PASSWORD, USER, writeMailbox } from './fetch-mailbox.js';
 import { startDovecotBench } from './servers.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -38,8 +39,6 @@ const POPLAR_MAIN = path.join(ROOT, 'dist', 'cli', 'main.js');
 const POPLAR_BIN = path.join(ROOT, 'bin', 'poplar');
 const DOVECOT_BIN = '/usr/sbin/dovecot';
 
-const MESSAGES = 2000;
-const MESSAGE_SIZE = 8192; // octets on disk (LF line ends)
 /** `--runs N` and `--only poplar,mpop` are for quick comparisons while working; they do not write the report. */
 function flag(name: string): string | undefined {
   const i = process.argv.indexOf(name);
@@ -51,8 +50,6 @@ const ONLY = flag('--only')?.split(',');
 const DIR = flag('--dir');
 /** Size of the loop-mounted ext4 image. */
 const SCRATCH_FS_BYTES = 2 * 1024 ** 3;
-const USER = 'bench';
-const PASSWORD = 'bench-secret';
 const RUN_TIMEOUT_MS = 120_000;
 /** getmail6 needs ~0.1 s per message on a slow disk; a run is cut off here and reported as partial. */
 const GETMAIL_TIMEOUT_MS = 110_000;
@@ -96,10 +93,6 @@ function cleanEnv(home: string, extra: Record<string, string> = {}): NodeJS.Proc
   return { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: home, LC_ALL: 'C', TZ: 'UTC', ...extra };
 }
 
-function makeMaildir(md: string, mode?: number): void {
-  for (const sub of ['cur', 'new', 'tmp']) mkdirSync(path.join(md, sub), { recursive: true });
-  if (mode !== undefined) for (const d of [md, ...['cur', 'new', 'tmp'].map((s) => path.join(md, s))]) chmodSync(d, mode);
-}
 
 /** Files in new/ and cur/ (tmp/ must be empty). */
 function countDelivered(md: string): { count: number; tmp: number } {
@@ -113,38 +106,7 @@ function countDelivered(md: string): { count: number; tmp: number } {
   return { count: files('new').length + files('cur').length, tmp: files('tmp').length };
 }
 
-/** One 8 KiB message with LF line ends, exactly MESSAGE_SIZE octets. */
-function message(i: number): Buffer {
-  const head = [
-    `From: Sender ${i % 50} <sender${i % 50}@example.org>`,
-    `To: ${USER}@example.org`,
-    `Subject: fetch benchmark message ${i}`,
-    `Date: Mon, 01 Jan 2024 00:00:00 +0000`,
-    `Message-ID: <fetch-bench-${i}@example.org>`,
-    'MIME-Version: 1.0',
-    'Content-Type: text/plain; charset=us-ascii',
-    '',
-    '',
-  ].join('\n');
-  let body = '';
-  let line = 0;
-  while (head.length + body.length < MESSAGE_SIZE) {
-    body += `${String(i).padStart(5, '0')}-${String(line++).padStart(4, '0')} ${'abcdefghijklmnopqrstuvwxyz0123456789'.repeat(2).slice(0, 64)}\n`;
-  }
-  const all = (head + body).slice(0, MESSAGE_SIZE - 1) + '\n';
-  return Buffer.from(all, 'latin1');
-}
 
-/** The mailbox, written before Dovecot starts: in cur/ with the Seen flag, so RETR renames nothing. */
-function writeMailbox(root: string): void {
-  const md = path.join(root, USER);
-  makeMaildir(md);
-  const t = 1_700_000_000;
-  for (let i = 1; i <= MESSAGES; i++) {
-    const buf = message(i);
-    writeFileSync(path.join(md, 'cur', `${t + i}.M${i}P1.fetchbench,S=${buf.length}:2,S`), buf);
-  }
-}
 
 /** One raw POP3 session (USER/PASS/UIDL/LIST/QUIT) so Dovecot builds its index before anything is timed. */
 function warmUp(port: number): Promise<number> {
