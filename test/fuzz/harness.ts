@@ -44,6 +44,18 @@ export interface TargetResult {
 }
 
 /** Heap that may stay behind after a target's runs and a full collection. */
+/** mulberry32: a small seeded PRNG, so a failing run replays with its seed (POPLAR_FUZZ_SEED). */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 export const HEAP_GROWTH_BOUND = 64 * 1024 * 1024;
 
 class Hang extends Error {

@@ -17,6 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { poplarArgs, ROOT, runPoplar } from '../helpers/cli.js';
 import { seqCounts, seqMessage } from '../fetch/helpers.js';
+import { prng } from './harness.js';
 
 /** Accounts the daemon fetches (user0..3) and accounts of the --once runs (user4, user5). */
 const DAEMON_USERS = 4;
@@ -25,17 +26,6 @@ const MESSAGES = 5;
 const HOSTILE_MS = 20_000;
 /** Exit codes a hostile run may end with (docs/fetch.md): never 70, never a signal. */
 const DOCUMENTED = new Set([0, 69, 75, 76, 77]);
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Stored {
   readonly uid: string;

@@ -16,23 +16,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServe, type ServeProcess } from '../helpers/cli.js';
 import { Wire } from '../helpers/wire.js';
+import { prng } from './harness.js';
 
 const LINES = 100_000;
 const USERS = 6;
 /** Resident memory may end at most this far above where it started. */
 const RSS_BOUND = 256 * 1024 * 1024;
-
-/** mulberry32: seeded, so a failing run replays with POPLAR_FUZZ_SEED. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const MECHS = ['PLAIN', 'LOGIN', 'CRAM-MD5', 'SCRAM-SHA-1', 'SCRAM-SHA-256', 'SCRAM-SHA-256-PLUS', 'EXTERNAL', 'XOAUTH2', 'OAUTHBEARER', 'GSSAPI', 'plain', ''];
 // Logins here fail with a wrong password of a real user: a right one would wait for the maildrop another

@@ -10,22 +10,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestServer, type TestServer } from '../helpers/server.js';
 import { Wire } from '../helpers/wire.js';
+import { prng } from '../fuzz/harness.js';
 
 const SESSIONS = 400;
 const PARALLEL = 8;
 const LOGIN_TIMEOUT_S = 2;
-
-/** mulberry32: a small seeded PRNG, so a failing run can be replayed with its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const MECHANISMS = ['PLAIN', 'LOGIN', 'CRAM-MD5', 'SCRAM-SHA-1', 'SCRAM-SHA-256', 'EXTERNAL', 'XOAUTH2', 'OAUTHBEARER', 'NOPE'];
 const COMMANDS = ['USER alice', 'PASS secret', 'PASS wrong', 'CAPA', 'STAT', 'LIST', 'UIDL', 'RETR 1', 'TOP 1 0', 'DELE 1', 'NOOP', 'RSET', 'AUTH', 'APOP alice 0123456789abcdef0123456789abcdef', 'QUIT'];
