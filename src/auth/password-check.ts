@@ -1,4 +1,4 @@
-import { dummyVerify, inspectSecret, verifyPassword } from './schemes.js';
+import { dummyVerify, inspectSecret, isSlowSecret, verifyPassword } from './schemes.js';
 import type { Credentials } from './types.js';
 
 const FORBIDDEN = /[\r\n\0]/;
@@ -32,8 +32,13 @@ export interface PasswordCheckerOptions {
 
 /**
  * Checks a password against a user's stored `{SCHEME}secret`. An unknown
- * user or an unusable secret costs one dummy verification, so every "no"
- * takes as long as a wrong password; an unusable secret is logged once.
+ * user or an unusable secret costs one dummy verification, and so does a
+ * wrong password under a scheme cheaper than argon2 or bcrypt ({PLAIN}, a
+ * digest, SHA-crypt). Every "no" then does the same work at the same moment,
+ * so its timing does not tell an unknown name from a known one even while
+ * the machine's load changes from one login to the next; the server's
+ * padding to recent decision times covers the rest. An unusable secret is
+ * logged once.
  */
 export class PasswordChecker {
   readonly #label: string;
@@ -66,6 +71,8 @@ export class PasswordChecker {
       await this.#dummy(password);
       return false;
     }
-    return this.#verify(password, user.secret);
+    const ok = await this.#verify(password, user.secret);
+    if (!ok && !isSlowSecret(user.secret)) await this.#dummy(password);
+    return ok;
   }
 }

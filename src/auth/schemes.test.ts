@@ -6,7 +6,7 @@ vi.mock('argon2', async (importOriginal) => {
   return { ...actual, hash: vi.fn(actual.hash) };
 });
 
-import { ARGON2_DEFAULTS, HASH_SCHEMES, KNOWN_SCHEMES, dummyVerify, hashPassword, inspectSecret, verifyPassword } from './schemes.js';
+import { ARGON2_DEFAULTS, HASH_SCHEMES, KNOWN_SCHEMES, dummyVerify, hashPassword, inspectSecret, isSlowSecret, verifyPassword } from './schemes.js';
 import { lacks } from '../../test/helpers/peers.js';
 
 // Vectors for the password "pencil". Generated with `doveadm pw -s SCHEME -p pencil`
@@ -161,6 +161,20 @@ describe('hashPassword', () => {
 
   it('KNOWN_SCHEMES lists every scheme hashPassword can produce', () => {
     for (const s of HASH_SCHEMES) expect(KNOWN_SCHEMES).toContain(s);
+  });
+});
+
+describe('isSlowSecret', () => {
+  it('is true for argon2 and bcrypt (under any prefix), false for the cheap schemes', async () => {
+    expect(isSlowSecret(await hashPassword('x'))).toBe(true);
+    const bcrypt = await hashPassword('x', 'BLF-CRYPT');
+    expect(isSlowSecret(bcrypt)).toBe(true);
+    expect(isSlowSecret(bcrypt.replace('{BLF-CRYPT}', '{CRYPT}'))).toBe(true);
+    expect(isSlowSecret(bcrypt.replace('{BLF-CRYPT}', ''))).toBe(true);
+    expect(isSlowSecret(await hashPassword('x', 'SHA512-CRYPT'))).toBe(false);
+    expect(isSlowSecret('{PLAIN}x')).toBe(false);
+    expect(isSlowSecret('{SHA256.HEX}2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881')).toBe(false);
+    expect(isSlowSecret('')).toBe(false);
   });
 });
 

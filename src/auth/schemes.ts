@@ -396,6 +396,20 @@ export function inspectSecret(stored: string): { readonly scheme: string | undef
   }
 }
 
+/**
+ * Whether checking a password against `stored` costs at least a dummyVerify:
+ * an argon2 hash or a bcrypt one (under {BLF-CRYPT} or {CRYPT}). Every other
+ * scheme is checked in microseconds (plain, digests) or a few milliseconds
+ * (SHA-crypt).
+ */
+export function isSlowSecret(stored: string): boolean {
+  const mt = PREFIX_RE.exec(stored);
+  const scheme = mt ? (mt[1] ?? '').toUpperCase() : 'CRYPT';
+  const value = mt ? stored.slice(mt[0].length) : stored;
+  if (scheme === 'ARGON2ID' || scheme === 'ARGON2I') return true;
+  return (scheme === 'CRYPT' || scheme === 'BLF-CRYPT') && BCRYPT_RE.test(value);
+}
+
 /** Verifies `password` against a stored `{SCHEME}...` secret. Never throws. */
 export async function verifyPassword(password: string, stored: string): Promise<boolean> {
   try {

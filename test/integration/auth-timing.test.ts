@@ -50,27 +50,35 @@ async function compare(settings: Partial<ServerSettings>): Promise<void> {
   srv = await startTestServer({ users: [{ name: 'alice', password: 'secret' }], settings: { auth_block_after: 0, ...settings } });
   const w = await Wire.connect(srv.port);
   expect(await w.line()).toBe('+OK Poplar ready.');
-  const costs: number[] = [];
   const methods = {
     'USER/PASS': (u: string, p: string) => [`USER ${u}`, `PASS ${p}`],
     'AUTH PLAIN': (u: string, p: string) => [plain(u, p)],
   };
   for (const [method, lines] of Object.entries(methods)) {
-    const wrong: number[] = [];
-    const unknown: number[] = [];
-    for (let i = 0; i < ROUNDS; i++) {
-      // Interleaved, so a burst of load on the machine lands on both kinds and on the reference cost.
-      const a = await answerTime(w, lines('alice', `wrong${i}`));
-      const b = await answerTime(w, lines(`nobody${i}`, `wrong${i}`));
-      expect([a.reply, b.reply]).toEqual(['-ERR [AUTH] Authentication failed.', '-ERR [AUTH] Authentication failed.']);
-      wrong.push(a.ms);
-      unknown.push(b.ms);
-      costs.push(await dummyCost());
+    // A leak shows in every attempt (the gap is the dummy's cost each time); a burst of load on a
+    // busy machine shows in one. So the property holds if one of three attempts finds no gap.
+    const attempts: string[] = [];
+    let same = false;
+    for (let attempt = 0; attempt < 3 && !same; attempt++) {
+      const wrong: number[] = [];
+      const unknown: number[] = [];
+      const costs: number[] = [];
+      for (let i = 0; i < ROUNDS; i++) {
+        // Interleaved, so a burst of load on the machine lands on both kinds and on the reference cost.
+        const a = await answerTime(w, lines('alice', `wrong${i}`));
+        const b = await answerTime(w, lines(`nobody${attempt}x${i}`, `wrong${i}`));
+        expect([a.reply, b.reply]).toEqual(['-ERR [AUTH] Authentication failed.', '-ERR [AUTH] Authentication failed.']);
+        wrong.push(a.ms);
+        unknown.push(b.ms);
+        costs.push(await dummyCost());
+      }
+      const gap = Math.abs(median(unknown) - median(wrong));
+      const cost = median(costs);
+      attempts.push(`wrong password median ${median(wrong).toFixed(1)} ms, unknown user ${median(unknown).toFixed(1)} ms, dummy argon2id ${cost.toFixed(1)} ms`);
+      // Unpadded, the gap is the dummy verification itself (cost); padded, it is noise.
+      same = gap < cost / 3;
     }
-    const gap = Math.abs(median(unknown) - median(wrong));
-    const cost = median(costs);
-    // Unpadded, the gap is the dummy verification itself (cost); padded, it is noise.
-    expect(gap, `${method}: wrong password median ${median(wrong).toFixed(1)} ms, unknown user ${median(unknown).toFixed(1)} ms, dummy argon2id ${cost.toFixed(1)} ms`).toBeLessThan(cost / 3);
+    expect(same, `${method}: ${attempts.join('; ')}`).toBe(true);
   }
   // A right password is still answered at once (no padding on success).
   expect(await w.cmd('USER alice')).toBe('+OK');
@@ -79,11 +87,11 @@ async function compare(settings: Partial<ServerSettings>): Promise<void> {
 }
 
 describe('failed logins do not reveal whether the user exists', () => {
-  it('with a failure delay: wrong password and unknown user are answered after the same time', { timeout: 60_000 }, async () => {
+  it('with a failure delay: wrong password and unknown user are answered after the same time', { timeout: 240_000 }, async () => {
     await compare({ auth_failure_delay: 0.08, auth_failure_max_delay: 0.08 });
   });
 
-  it('with no failure delay at all: still the same time', { timeout: 60_000 }, async () => {
+  it('with no failure delay at all: still the same time', { timeout: 240_000 }, async () => {
     await compare({ auth_failure_delay: 0, auth_failure_max_delay: 0 });
   });
 });

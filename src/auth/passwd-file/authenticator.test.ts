@@ -70,6 +70,22 @@ describe('PasswdFileAuthenticator', () => {
     expect(s.dummy).toHaveBeenCalledTimes(1);
   });
 
+  it('follows a wrong password under a cheap scheme with a dummyVerify, so it costs what an unknown user does', async () => {
+    const s = spies();
+    const auth = new PasswdFileAuthenticator(path, s);
+    // {PLAIN} and SHA512-CRYPT: wrong costs one dummy each; right costs none
+    expect(await auth.authenticate({ kind: 'password', username: 'carol', password: 'wrong' }, CONN)).toBeNull();
+    expect(s.dummy).toHaveBeenCalledTimes(1);
+    expect(await auth.authenticate({ kind: 'password', username: 'bob', password: 'wrong' }, CONN)).toBeNull();
+    expect(s.dummy).toHaveBeenCalledTimes(2);
+    expect(await auth.authenticate({ kind: 'password', username: 'carol', password: 'pencil' }, CONN)).toEqual({ username: 'carol' });
+    expect(await auth.authenticate({ kind: 'password', username: 'bob', password: 'pencil' }, CONN)).toEqual({ username: 'bob' });
+    // argon2id already costs a dummy's worth: no second one
+    expect(await auth.authenticate({ kind: 'password', username: 'alice', password: 'wrong' }, CONN)).toBeNull();
+    expect(s.dummy).toHaveBeenCalledTimes(2);
+    expect(s.verify).toHaveBeenCalledTimes(5);
+  });
+
   it('treats unusable stored secrets like unknown users and warns once per user', async () => {
     const s = spies();
     const logs: string[] = [];
