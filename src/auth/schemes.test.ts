@@ -165,12 +165,14 @@ describe('hashPassword', () => {
 });
 
 describe('isSlowSecret', () => {
-  it('is true for argon2 and bcrypt (under any prefix), false for the cheap schemes', async () => {
+  it('is true for argon2 and bcrypt (under any prefix) at their usual cost, false for cheap parameters and the cheap schemes', async () => {
     expect(isSlowSecret(await hashPassword('x'))).toBe(true);
     const bcrypt = await hashPassword('x', 'BLF-CRYPT');
     expect(isSlowSecret(bcrypt)).toBe(true);
     expect(isSlowSecret(bcrypt.replace('{BLF-CRYPT}', '{CRYPT}'))).toBe(true);
     expect(isSlowSecret(bcrypt.replace('{BLF-CRYPT}', ''))).toBe(true);
+    expect(isSlowSecret(bcrypt.replace(/^\{BLF-CRYPT\}\$2(.)\$\d\d/, '{BLF-CRYPT}$2$1$04'))).toBe(false);
+    expect(isSlowSecret(await hashPassword('x', 'ARGON2ID', { argon2: { memoryCost: 1024, timeCost: 1, parallelism: 1 } }))).toBe(false);
     expect(isSlowSecret(await hashPassword('x', 'SHA512-CRYPT'))).toBe(false);
     expect(isSlowSecret('{PLAIN}x')).toBe(false);
     expect(isSlowSecret('{SHA256.HEX}2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881')).toBe(false);

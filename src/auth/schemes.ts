@@ -397,17 +397,21 @@ export function inspectSecret(stored: string): { readonly scheme: string | undef
 }
 
 /**
- * Whether checking a password against `stored` costs at least a dummyVerify:
- * an argon2 hash or a bcrypt one (under {BLF-CRYPT} or {CRYPT}). Every other
- * scheme is checked in microseconds (plain, digests) or a few milliseconds
- * (SHA-crypt).
+ * Whether checking a password against `stored` costs about a dummyVerify or
+ * more: an argon2 hash with at least the default memory × passes, or a
+ * bcrypt one (under {BLF-CRYPT} or {CRYPT}) of cost 8 or more. Every other
+ * secret is checked in microseconds (plain, digests) or a few milliseconds
+ * (SHA-crypt, cheap parameters).
  */
 export function isSlowSecret(stored: string): boolean {
   const mt = PREFIX_RE.exec(stored);
   const scheme = mt ? (mt[1] ?? '').toUpperCase() : 'CRYPT';
   const value = mt ? stored.slice(mt[0].length) : stored;
-  if (scheme === 'ARGON2ID' || scheme === 'ARGON2I') return true;
-  return (scheme === 'CRYPT' || scheme === 'BLF-CRYPT') && BCRYPT_RE.test(value);
+  if (scheme === 'ARGON2ID' || scheme === 'ARGON2I') {
+    const phc = parseArgon2(value);
+    return typeof phc !== 'string' && phc.m * phc.t >= ARGON2_DEFAULTS.memoryCost * ARGON2_DEFAULTS.timeCost;
+  }
+  return (scheme === 'CRYPT' || scheme === 'BLF-CRYPT') && BCRYPT_RE.test(value) && Number(value.slice(4, 6)) >= 8;
 }
 
 /** Verifies `password` against a stored `{SCHEME}...` secret. Never throws. */
