@@ -14,6 +14,7 @@
  */
 #define _GNU_SOURCE
 #include <node_api.h>
+#include "settle.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -87,18 +88,7 @@ static void free_batch(batch_t *b) {
 
 static void complete(napi_env env, napi_status status, void *data) {
   batch_t *b = data;
-  napi_value ab, result;
-  void *out = NULL;
-  if (status == napi_ok && napi_create_arraybuffer(env, b->n * sizeof(double), &out, &ab) == napi_ok &&
-      napi_create_typedarray(env, napi_float64_array, b->n, ab, 0, &result) == napi_ok) {
-    if (b->n > 0) memcpy(out, b->sizes, b->n * sizeof(double));
-    napi_resolve_deferred(env, b->deferred, result);
-  } else {
-    napi_value msg, err;
-    napi_create_string_utf8(env, "crlfSizes failed", NAPI_AUTO_LENGTH, &msg);
-    napi_create_error(env, NULL, msg, &err);
-    napi_reject_deferred(env, b->deferred, err);
-  }
+  settle_typed_array(env, status, b->deferred, napi_float64_array, sizeof(double), b->n, b->sizes, "crlfSizes failed");
   napi_delete_async_work(env, b->work);
   free_batch(b);
 }

@@ -252,7 +252,8 @@ static napi_value read_stuffed_into(napi_env env, napi_callback_info info) {
 /* native/crlfsize.c */
 napi_value crlf_sizes(napi_env env, napi_callback_info info);
 /* native/maildirwrite.c */
-napi_value maildir_write_init(napi_env env, napi_value exports);
+napi_value write_message(napi_env env, napi_callback_info info);
+napi_value fsync_close(napi_env env, napi_callback_info info);
 
 static napi_value init(napi_env env, napi_value exports) {
   static const struct { const char *name; napi_callback fn; } fns[] = {
@@ -260,13 +261,15 @@ static napi_value init(napi_env env, napi_value exports) {
     {"stuffInto", stuff_into},
     {"readStuffedInto", read_stuffed_into},
     {"crlfSizes", crlf_sizes},
+    {"writeMessage", write_message},
+    {"fsyncClose", fsync_close},
   };
   for (size_t k = 0; k < sizeof fns / sizeof fns[0]; k++) {
     napi_value fn;
     if (napi_create_function(env, fns[k].name, NAPI_AUTO_LENGTH, fns[k].fn, NULL, &fn) != napi_ok) return NULL;
     if (napi_set_named_property(env, exports, fns[k].name, fn) != napi_ok) return NULL;
   }
-  return maildir_write_init(env, exports);
+  return exports;
 }
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -30,6 +30,7 @@
  */
 #define _GNU_SOURCE
 #include <node_api.h>
+#include "settle.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -120,7 +121,7 @@ static bool no_link(int err) {
   return err == EPERM || err == ENOTSUP || err == EOPNOTSUPP || err == ENOSYS || err == EMLINK;
 }
 
-static napi_value write_message(napi_env env, napi_callback_info info) {
+napi_value write_message(napi_env env, napi_callback_info info) {
   size_t argc = 6;
   napi_value argv[6];
   char tmp[4096], final[4200];
@@ -231,24 +232,13 @@ static void fsync_execute(napi_env env, void *data) {
 
 static void fsync_complete(napi_env env, napi_status status, void *data) {
   fsync_batch_t *b = data;
-  napi_value ab, result;
-  void *out = NULL;
-  if (status == napi_ok && napi_create_arraybuffer(env, b->n * sizeof(int32_t), &out, &ab) == napi_ok &&
-      napi_create_typedarray(env, napi_int32_array, b->n, ab, 0, &result) == napi_ok) {
-    if (b->n > 0) memcpy(out, b->fds, b->n * sizeof(int32_t));
-    napi_resolve_deferred(env, b->deferred, result);
-  } else {
-    napi_value msg, err;
-    napi_create_string_utf8(env, "fsyncClose failed", NAPI_AUTO_LENGTH, &msg);
-    napi_create_error(env, NULL, msg, &err);
-    napi_reject_deferred(env, b->deferred, err);
-  }
+  settle_typed_array(env, status, b->deferred, napi_int32_array, sizeof(int32_t), b->n, b->fds, "fsyncClose failed");
   napi_delete_async_work(env, b->work);
   free(b->fds);
   free(b);
 }
 
-static napi_value fsync_close(napi_env env, napi_callback_info info) {
+napi_value fsync_close(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   napi_typedarray_type type;
@@ -282,17 +272,4 @@ fail:
   free(b);
   napi_throw_error(env, NULL, "fsyncClose could not queue its work");
   return NULL;
-}
-
-napi_value maildir_write_init(napi_env env, napi_value exports) {
-  static const struct { const char *name; napi_callback fn; } fns[] = {
-    {"writeMessage", write_message},
-    {"fsyncClose", fsync_close},
-  };
-  for (size_t k = 0; k < sizeof fns / sizeof fns[0]; k++) {
-    napi_value fn;
-    if (napi_create_function(env, fns[k].name, NAPI_AUTO_LENGTH, fns[k].fn, NULL, &fn) != napi_ok) return NULL;
-    if (napi_set_named_property(env, exports, fns[k].name, fn) != napi_ok) return NULL;
-  }
-  return exports;
 }
