@@ -14,7 +14,7 @@ import { silentLogger } from '../../src/observability/log.js';
 import { STORE_HISTORY_TABLE, STORE_MIGRATIONS, STORE_SCHEMA_VERSION, storeSchemaVersion } from '../../src/store/postgres/migrations.js';
 import { PostgresStore } from '../../src/store/postgres/postgres-store.js';
 import { lacksPostgres, POSTGRES_CONNECTION } from '../helpers/peers.js';
-import { pgSchema } from './pg.js';
+import { PG_URL, pgSchema } from './pg.js';
 
 const PG_DOWN = await lacksPostgres();
 
@@ -234,6 +234,36 @@ describe.skipIf(PG_DOWN)('PostgreSQL store', async () => {
     expect(Number(rows[0]!.n)).toBe(0);
     expect(store.leases.size).toBe(0);
     console.log(`postgres store: ${N} sessions on a pool of 4: opened in ${openMs.toFixed(0)} ms, committed in ${commitMs.toFixed(0)} ms`);
+  });
+
+  describe('statement plans', () => {
+    // PostgreSQL's default plan_cache_mode planned the batched lease release (array parameters) again at
+    // every QUIT, and that planning was most of the database's CPU per session in the sessions/s bench.
+    it('plans each named statement once per connection, however many sessions log in and out', async () => {
+      const store = await PostgresStore.open({ url: PG_URL, schema: db.name, pool_size: 1, migrate: false }, { logger: silentLogger(), sweepIntervalMs: 0 });
+      try {
+        for (const u of ['plan-a', 'plan-b']) await store.deliver(u, Buffer.from('Subject: x\r\n\r\nx\r\n'));
+        for (let i = 0; i < 12; i++) {
+          const md = await store.open({ username: i % 2 === 0 ? 'plan-a' : 'plan-b' });
+          expect(md.messages).toHaveLength(1);
+          await md.release();
+        }
+        // pool_size 1: this is the connection the sessions used.
+        const { rows } = await store.pool.query<{ name: string; generic_plans: string; custom_plans: string }>(
+          'SELECT name, generic_plans, custom_plans FROM pg_prepared_statements',
+        );
+        const byName = new Map(rows.map((r) => [r.name, r]));
+        for (const name of ['poplar_store_open', 'poplar_lease_release']) {
+          const r = byName.get(name);
+          expect(r, name).toBeDefined();
+          expect(Number(r!.custom_plans), `${name}: plans made for one execution`).toBe(0);
+          expect(Number(r!.generic_plans), `${name}: executions with the kept plan`).toBeGreaterThanOrEqual(12);
+        }
+        for (const r of rows) expect(Number(r.custom_plans), r.name).toBe(0);
+      } finally {
+        await store.close();
+      }
+    });
   });
 
   describe('bodies', () => {

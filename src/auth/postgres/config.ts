@@ -25,12 +25,27 @@ export const PostgresConfigSchema = z
 export type PostgresConfig = z.output<typeof PostgresConfigSchema>;
 export type PostgresConfigInput = z.input<typeof PostgresConfigSchema>;
 
-/** What one connection of a section is made with (URL, schema, timeouts, application_name). */
+/**
+ * Startup settings of every connection: named statements keep the plan made
+ * at their first execution (plan_cache_mode). With PostgreSQL's default
+ * (`auto`) a statement whose parameters are arrays, such as the batched lease
+ * release and renewal, was planned again at every execution, because its
+ * plan for one value always looks cheaper than the general one; that
+ * planning was most of the database's CPU per POP3 session. Every statement
+ * Poplar sends looks rows up by key (the mailbox id first), so the general
+ * plan is the plan it needs whatever the values. An operator's PGOPTIONS
+ * come after this and may change it.
+ */
+export const CONNECTION_SETTINGS = '-c plan_cache_mode=force_generic_plan';
+
+/** What one connection of a section is made with (URL, schema, settings, timeouts, application_name). */
 export function postgresClientConfig(config: PostgresConfigInput): pg.ClientConfig {
   const c = PostgresConfigSchema.parse(config);
   return {
     ...(c.url !== undefined ? { connectionString: c.url } : {}),
-    ...(c.schema !== undefined ? { options: `-c search_path=${c.schema}` } : {}),
+    // PGOPTIONS (the libpq variable, which node-postgres reads only when no options are given) after
+    // Poplar's settings, so that an operator's own choice still wins; the configured schema last.
+    options: [CONNECTION_SETTINGS, process.env['PGOPTIONS'], c.schema !== undefined ? `-c search_path=${c.schema}` : undefined].filter((o) => o !== undefined && o !== '').join(' '),
     connectionTimeoutMillis: Math.round(c.connect_timeout * 1000),
     query_timeout: Math.round(c.query_timeout * 1000),
     application_name: 'poplar',
