@@ -177,6 +177,26 @@ describe.skipIf(PG_DOWN)('PostgreSQL store: the cost of a session', async () => 
     await store.close();
   });
 
+  it('by default even a two-message listing is kept: a client polling a maildrop where nothing changed reads one row', async () => {
+    const a = node();
+    for (let i = 0; i < 2; i++) await a.store.deliver('polled', msg(i));
+    const login = async (): Promise<{ uidls: string[]; rowsRead: number }> => {
+      a.seen.rows.length = 0;
+      const md = await a.store.open({ username: 'polled' });
+      const out = md.messages.map((m) => m.uidl);
+      await md.release();
+      return { uidls: out, rowsRead: a.seen.rows[0]! };
+    };
+    const first = await login();
+    expect(first.rowsRead).toBe(3);
+    expect(await login()).toEqual({ uidls: first.uidls, rowsRead: 1 });
+    await a.store.deliver('polled', msg(2));
+    const after = await login();
+    expect(after.rowsRead).toBe(4);
+    expect(after.uidls.slice(0, 2)).toEqual(first.uidls);
+    await a.store.close();
+  });
+
   it('an acquisition lost in a crash shows up as a lost lease: the session that held it removes nothing', async () => {
     const a = node();
     const b = node();

@@ -4,7 +4,7 @@
  * the open maildrop (maildrop.ts) and the migration side (migration.ts).
  *
  * open() takes the maildrop lease and reads the whole listing in one
- * statement (one round trip); a big maildrop's listing kept on this node is
+ * statement (one round trip); a maildrop's listing kept on this node is
  * reused without reading it when the mailbox row's listing_stamp shows
  * nothing changed (listing-cache.ts); deliver() writes the body in chunks and the message row in
  * one transaction, durable at COMMIT, after the quota check (with the mailbox
@@ -145,7 +145,7 @@ export class PostgresStore implements MailStore, MigratableStore {
     return this.#leases;
   }
 
-  /** Listings of big maildrops kept on this node (tests, metrics). */
+  /** Listings of maildrops kept on this node (tests, metrics). */
   get listingCache(): ListingCache {
     return this.#listings;
   }
@@ -213,7 +213,7 @@ export class PostgresStore implements MailStore, MigratableStore {
     }
   }
 
-  /** The listing alone (LISTING), kept when big enough. */
+  /** The listing alone (LISTING), kept for the next login. */
   async #listing(mailboxId: number): Promise<ListedMessage[]> {
     const { rows } = await this.pool.query<unknown[]>({ name: 'poplar_store_listing', text: LISTING, values: [mailboxId], rowMode: 'array' });
     const head = rows[0];
