@@ -12,9 +12,9 @@ import type { ListedMessage } from './rows.js';
 export interface ListingCacheOptions {
   /**
    * Listings with fewer messages are not kept. Default 1: every listing, since
-   * a client polling a maildrop where nothing changed is the common login, and
-   * skipping even 20 rows saves the parsing that was a fifth of the store's CPU
-   * per login.
+   * a client polling a maildrop where nothing changed is the common login; on
+   * a 20-message maildrop, not reading the rows took the store's CPU per login
+   * (lease, listing, release) from about 0.05 to 0.036 ms.
    */
   readonly minMessages?: number;
   /** Messages of all kept listings together, at most. Default 400 000 (some 40 MB). */
