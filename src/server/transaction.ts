@@ -145,7 +145,8 @@ function* liveLines(st: TransactionState, line: (i: number) => string): Generato
 /** Send a message (RETR) or its top (TOP) dot-stuffed, with output backpressure, through reused output buffers (retr-file.ts). */
 async function sendMessage(s: MailPort, st: TransactionState, index: number, bodyLines: number | undefined): Promise<number> {
   if (bodyLines === undefined && fileCodec !== undefined && st.maildrop.openFile !== undefined) return sendFile(s, st, index, fileCodec);
-  const stream = await st.maildrop.read(index, s.signal);
+  // sendStuffedStream encodes each chunk before it asks for the next.
+  const stream = await st.maildrop.read(index, s.signal, { transient: true });
   const size = st.maildrop.messages[index]!.size;
   s.wire.write(bodyLines === undefined ? `+OK ${size} octets\r\n` : '+OK Top of message follows\r\n');
   try {

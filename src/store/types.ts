@@ -17,8 +17,12 @@ export interface CommitOptions {
 export interface Maildrop {
   /** Snapshot at open; index i is message number i + 1 for the whole session. */
   readonly messages: readonly MessageInfo[];
-  /** Raw stored bytes of message `index` (0-based). The protocol codec converts line ends and stuffs dots. */
-  read(index: number, signal?: AbortSignal): Promise<Readable>;
+  /**
+   * Raw stored bytes of message `index` (0-based). The protocol codec converts line ends and stuffs dots.
+   * `transient`: the caller is done with each chunk before it asks for the next (RETR and TOP encode
+   * it at once), so a store may hand over the same memory again for a later chunk.
+   */
+  read(index: number, signal?: AbortSignal, options?: { readonly transient?: boolean }): Promise<Readable>;
   /**
    * The same bytes as an open file, for stores that keep each message in a
    * file of its own (Maildir). RETR then reads and encodes it without a

@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { CHUNK_SIZE, openBody } from '../../src/store/postgres/bodies.js';
+import { storeSocket } from '../../src/store/postgres/copy-socket.js';
 import { POSTGRES_CONNECTION, lacksPostgres } from '../helpers/peers.js';
 import { pgSchema } from './pg.js';
 
@@ -59,6 +60,56 @@ describe.skipIf(PG_DOWN)('PostgreSQL store: bodies read with COPY', async () => 
     for await (const p of await openBody(db.pool(1), b.mailboxId, b.bodyId, b.size)) pieces.push(p as Buffer);
     expect(Buffer.concat(pieces).equals(body)).toBe(true);
     expect(Math.max(...pieces.map((p) => p.length))).toBeLessThanOrEqual(CHUNK_SIZE);
+  });
+
+  describe('on the store\'s own connections (read straight from their read buffer)', () => {
+    const tapped = (): pg.Pool => {
+      const pool = new pg.Pool({ ...POSTGRES_CONNECTION, max: 1, options: `-c search_path=${db.name}`, stream: storeSocket as unknown as NonNullable<pg.PoolConfig['stream']> });
+      pool.on('error', () => undefined);
+      return pool;
+    };
+
+    it('a read that keeps every chunk (a migration) gets chunks that stay as they were', async () => {
+      const body = randomBytes(5 * CHUNK_SIZE + 777);
+      const b = await stored('tap-kept', body);
+      const pool = tapped();
+      try {
+        const pieces: Buffer[] = [];
+        for await (const p of await openBody(pool, b.mailboxId, b.bodyId, b.size)) pieces.push(p as Buffer);
+        // Read something else on the connection in between: nothing kept may change.
+        await drain(await openBody(pool, b.mailboxId, b.bodyId, b.size));
+        expect(Buffer.concat(pieces).equals(body)).toBe(true);
+      } finally {
+        await pool.end();
+      }
+    });
+
+    it('transient reads (RETR, TOP) of big and small bodies, one after the other and side by side, come out byte for byte', async () => {
+      const big = randomBytes(9 * CHUNK_SIZE + 4321); // three batches: every buffer of the ring is used
+      const mid = randomBytes(3 * CHUNK_SIZE + 5); // one batch, one buffer of its own
+      const small = Buffer.from('Subject: s\r\n\r\nsmall\r\n');
+      const bodies = [big, mid, small];
+      const ids = await Promise.all(bodies.map((body, i) => stored(`tap-transient-${i}`, body)));
+      const pool = new pg.Pool({ ...POSTGRES_CONNECTION, max: 3, options: `-c search_path=${db.name}`, stream: storeSocket as unknown as NonNullable<pg.PoolConfig['stream']> });
+      pool.on('error', () => undefined);
+      // A transient consumer: each chunk is used (here: hashed into a copy) before the next is asked for.
+      const readTransient = async (i: number): Promise<Buffer> => {
+        const parts: Buffer[] = [];
+        const b = ids[i]!;
+        for await (const p of await openBody(pool, b.mailboxId, b.bodyId, b.size, undefined, true)) {
+          parts.push(Buffer.from(p as Buffer));
+          await new Promise((r) => setImmediate(r)); // the socket keeps reading meanwhile
+        }
+        return Buffer.concat(parts);
+      };
+      try {
+        for (let round = 0; round < 2; round++) for (let i = 0; i < 3; i++) expect((await readTransient(i)).equals(bodies[i]!)).toBe(true);
+        const side = await Promise.all([0, 1, 2, 0, 1, 0].map((i) => readTransient(i)));
+        expect(side.map((got, k) => got.equals(bodies[[0, 1, 2, 0, 1, 0][k]!]!))).toEqual([true, true, true, true, true, true]);
+      } finally {
+        await pool.end();
+      }
+    });
   });
 
   it('an error from the database fails the read, and the pool serves the next read', async () => {

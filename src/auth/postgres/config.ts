@@ -57,9 +57,9 @@ export function postgresClientConfig(config: PostgresConfigInput): pg.ClientConf
  * network cut) are reported to `logger` instead of crashing the process; the
  * pool reconnects on the next query.
  */
-export function createPostgresPool(config: PostgresConfigInput, logger?: (message: string) => void): Pool {
+export function createPostgresPool(config: PostgresConfigInput, logger?: (message: string) => void, extra: Partial<pg.PoolConfig> = {}): Pool {
   const c = PostgresConfigSchema.parse(config);
-  const pool = new pg.Pool({ ...postgresClientConfig(c), max: c.pool_size, idleTimeoutMillis: 30_000 });
+  const pool = new pg.Pool({ ...postgresClientConfig(c), max: c.pool_size, idleTimeoutMillis: 30_000, ...extra });
   pool.on('error', (e) => logger?.(`postgres: idle connection failed: ${e.message}`));
   return pool;
 }

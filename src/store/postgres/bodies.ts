@@ -17,11 +17,12 @@
  */
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
-import type { Pool, PoolClient } from 'pg';
+import type { Connection, Pool, PoolClient, QueryConfig } from 'pg';
 import copyStreams from 'pg-copy-streams';
 import { MessageUnavailable } from '../../errors.js';
 import { CrlfSizeCounter } from '../../protocol/message-size.js';
 import { bodyBytesRead } from './collect.js';
+import { CopyOut, tappedSocketOf } from './copy-socket.js';
 import { inTransaction } from '../../auth/postgres/tx.js';
 
 export const CHUNK_SIZE = 256 * 1024;
@@ -109,7 +110,7 @@ export async function shareBody(client: PoolClient, mailboxId: number, body: Wri
  * views into those buffers: nothing is copied or joined.
  * COPY takes no parameters: the ids are integers this process checked.
  */
-async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: number): Promise<Chunk[]> {
+async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: number, arena?: Buffer): Promise<Chunk[]> {
   for (const n of [mailboxId, bodyId, from]) if (!Number.isSafeInteger(n) || n < 0) throw new RangeError('bad id');
   // The body's last chunk comes with its seq as -1 - seq, so a reader knows it has the whole body
   // without asking again (a body of exactly CHUNKS_PER_QUERY chunks would otherwise cost an empty query).
@@ -120,6 +121,21 @@ async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: 
   const client = await pool.connect();
   let broken = false;
   try {
+    if (tappedSocketOf((client as unknown as { connection: Connection }).connection) !== undefined) {
+      // Straight from the connection's read buffer into one buffer per chunk (copy-socket.ts).
+      const parser = new BinaryCopyParser(arena !== undefined ? { copy: true, arena } : { copy: true });
+      const copy = new CopyOut(sql, (part) => parser.push(part));
+      const timer = setTimeout(() => copy.abandon(new Error('reading a message body timed out')), COPY_TIMEOUT_MS);
+      try {
+        void client.query(copy as unknown as QueryConfig);
+        await copy.done;
+      } finally {
+        clearTimeout(timer);
+      }
+      // Only memory allocated for this read waits for a collection; the socket's buffer and an arena are reused.
+      bodyBytesRead(parser.allocatedOctets);
+      return parser.finish();
+    }
     const stream = client.query(copyTo(sql));
     const timer = setTimeout(() => stream.destroy(new Error('reading a message body timed out')), COPY_TIMEOUT_MS);
     const parser = new BinaryCopyParser();
@@ -142,6 +158,9 @@ async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: 
   }
 }
 
+/** A chunk row longer than this is not one Poplar wrote (CHUNK_SIZE), and is not given memory. */
+const MAX_ROW_OCTETS = 16 * CHUNK_SIZE;
+
 const COPY_SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
 
 /** What the parser waits for next. */
@@ -161,17 +180,36 @@ const END = 5;
 export class BinaryCopyParser {
   readonly #rows: Chunk[] = [];
   readonly #scratch = Buffer.alloc(19);
+  /** Copy each row's data into a buffer of its own (the parts are reused by the caller) instead of keeping views. */
+  readonly #copy: boolean;
+  /** With #copy: the current row's buffer and how much of it is filled. */
+  #row: Buffer | undefined;
+  #filled = 0;
   #state = SIGNATURE;
   #need = 19;
   #have = 0;
   #left = 0;
+
+  /** With #copy: rows are placed one after the other in this buffer while they fit. */
+  readonly #arena: Buffer | undefined;
+  /** With #copy: bytes of row buffers allocated (rows outside the arena). */
+  allocatedOctets = 0;
+  #arenaUsed = 0;
+
+  constructor(options: { copy?: boolean; arena?: Buffer } = {}) {
+    this.#copy = options.copy === true;
+    this.#arena = options.arena;
+  }
 
   push(part: Buffer): void {
     let at = 0;
     while (at < part.length) {
       if (this.#state === DATA || this.#state === SKIP) {
         const n = Math.min(this.#left, part.length - at);
-        if (this.#state === DATA) this.#rows[this.#rows.length - 1]!.data.push(part.subarray(at, at + n));
+        if (this.#state === DATA) {
+          if (this.#row !== undefined) this.#filled += part.copy(this.#row, this.#filled, at, at + n);
+          else this.#rows[this.#rows.length - 1]!.data.push(part.subarray(at, at + n));
+        }
         at += n;
         this.#left -= n;
         if (this.#left === 0) this.#expect(FIELDS, 2);
@@ -221,8 +259,22 @@ export class BinaryCopyParser {
         const len = b.readInt32BE(8);
         if (b.readInt32BE(0) !== 4 || len < 0) bad();
         const seq = b.readInt32BE(4);
-        this.#rows.push(seq < 0 ? { seq: -1 - seq, last: true, data: [] } : { seq, last: false, data: [] });
+        const row: Chunk = seq < 0 ? { seq: -1 - seq, last: true, data: [] } : { seq, last: false, data: [] };
+        this.#rows.push(row);
+        this.#row = undefined;
         if (len === 0) return this.#expect(FIELDS, 2);
+        if (this.#copy) {
+          if (len > MAX_ROW_OCTETS) bad();
+          const arena = this.#arena;
+          if (arena !== undefined && arena.length - this.#arenaUsed >= len) {
+            this.#row = arena.subarray(this.#arenaUsed, (this.#arenaUsed += len));
+          } else {
+            this.#row = Buffer.allocUnsafeSlow(len);
+            this.allocatedOctets += len;
+          }
+          this.#filled = 0;
+          row.data.push(this.#row);
+        }
         this.#state = DATA;
         this.#left = len;
       }
@@ -240,10 +292,56 @@ function bad(): never {
  * anything is sent; `size` (the CRLF size from the listing) tells an empty
  * body from a missing one.
  */
-export async function openBody(pool: Pool, mailboxId: number, bodyId: number, size: number, signal?: AbortSignal): Promise<Readable> {
-  const first = await fetchChunks(pool, mailboxId, bodyId, 0);
-  if (first.length === 0 && size > 0) throw new MessageUnavailable('Message body is missing.');
-  return new BodyStream(pool, mailboxId, bodyId, first, signal);
+export async function openBody(pool: Pool, mailboxId: number, bodyId: number, size: number, signal?: AbortSignal, transient = false): Promise<Readable> {
+  // A transient read of a body bigger than one batch reuses three batch buffers (ArenaRing); a smaller
+  // body is read in one batch into one buffer of its size (the CRLF size is never below the stored size).
+  const ring = transient && size > BATCH_OCTETS ? new ArenaRing() : undefined;
+  const single = transient && ring === undefined && size > 0 ? Buffer.allocUnsafeSlow(size) : undefined;
+  if (single !== undefined) bodyBytesRead(single.length);
+  let first: Chunk[];
+  try {
+    first = await fetchChunks(pool, mailboxId, bodyId, 0, ring?.arena(0) ?? single);
+  } catch (e) {
+    ring?.release();
+    throw e;
+  }
+  if (first.length === 0 && size > 0) {
+    ring?.release();
+    throw new MessageUnavailable('Message body is missing.');
+  }
+  return new BodyStream(pool, mailboxId, bodyId, first, signal, ring);
+}
+
+/** The stored bytes of one batch at most. */
+const BATCH_OCTETS = CHUNKS_PER_QUERY * CHUNK_SIZE;
+/** Batch buffers kept for the next transient reads (process-wide). */
+const freeArenas: Buffer[] = [];
+const MAX_FREE_ARENAS = 16;
+
+/**
+ * The buffers of a transient body read: batch k is read into buffer k mod 3.
+ * A batch is fetched once the one two before it has been handed over whole
+ * (BodyStream#_read), and its bytes arrive in later socket reads, by which
+ * time the consumer has encoded every chunk it was given (the `transient`
+ * promise), so a buffer is only written again when nothing refers to it.
+ * The buffers go back to a process-wide free list when the stream is
+ * destroyed and no fetch is under way any more.
+ */
+class ArenaRing {
+  readonly #arenas: (Buffer | undefined)[] = [undefined, undefined, undefined];
+
+  arena(batch: number): Buffer {
+    const k = batch % this.#arenas.length;
+    return (this.#arenas[k] ??= freeArenas.pop() ?? Buffer.allocUnsafeSlow(BATCH_OCTETS));
+  }
+
+  release(): void {
+    for (let k = 0; k < this.#arenas.length; k++) {
+      const b = this.#arenas[k];
+      if (b !== undefined && freeArenas.length < MAX_FREE_ARENAS) freeArenas.push(b);
+      this.#arenas[k] = undefined;
+    }
+  }
 }
 
 
@@ -259,8 +357,13 @@ class BodyStream extends Readable {
   #ready: Promise<Chunk[]> | null;
   #next = 0;
   #busy = false;
+  readonly #ring: ArenaRing | undefined;
+  /** Batches fetched so far (the first by openBody). */
+  #batches = 1;
+  /** The fetch under way, if any (its bytes may still land in the ring). */
+  #inFlight: Promise<unknown> | undefined;
 
-  constructor(pool: Pool, mailboxId: number, bodyId: number, first: Chunk[], signal?: AbortSignal) {
+  constructor(pool: Pool, mailboxId: number, bodyId: number, first: Chunk[], signal?: AbortSignal, ring?: ArenaRing) {
     // Object mode: each piece goes out as the buffer it is (a byte stream would join what it holds
     // into a new one); at most one batch waits in the stream while the next is fetched.
     super({ objectMode: true, highWaterMark: 1, ...(signal ? { signal } : {}) });
@@ -268,12 +371,32 @@ class BodyStream extends Readable {
     this.#mailboxId = mailboxId;
     this.#bodyId = bodyId;
     this.#ready = Promise.resolve(first);
+    this.#ring = ring;
   }
 
   #fetch(from: number): Promise<Chunk[]> {
-    const p = fetchChunks(this.#pool, this.#mailboxId, this.#bodyId, from);
+    const p = fetchChunks(this.#pool, this.#mailboxId, this.#bodyId, from, this.#ring?.arena(this.#batches++));
     p.catch(() => undefined); // reported when the stream gets to it; nothing if it is destroyed first
+    const settled = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#inFlight = settled;
+    void settled.then(() => {
+      if (this.#inFlight === settled) this.#inFlight = undefined;
+    });
     return p;
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    const ring = this.#ring;
+    if (ring !== undefined) {
+      // The buffers go back only once no fetch can still write into them.
+      const inFlight = this.#inFlight;
+      if (inFlight === undefined) ring.release();
+      else void inFlight.then(() => ring.release());
+    }
+    callback(err);
   }
 
   override _read(): void {

@@ -2,7 +2,9 @@
  * The `[store.postgres]` section: the same connection settings as
  * `[auth.postgres]` (the two may name one database) plus the maildrop lease.
  */
+import type pg from 'pg';
 import type { Pool } from 'pg';
+import { storeSocket } from './copy-socket.js';
 import { z } from 'zod';
 import { PostgresConfigSchema, createPostgresPool } from '../../auth/postgres/config.js';
 
@@ -18,8 +20,12 @@ export const PostgresStoreConfigSchema = PostgresConfigSchema.extend({
 export type PostgresStoreConfig = z.output<typeof PostgresStoreConfigSchema>;
 export type PostgresStoreConfigInput = z.input<typeof PostgresStoreConfigSchema>;
 
-/** The pool for the store (the users backend's pool settings, without the lease). */
+/**
+ * The pool for the store (the users backend's pool settings, without the
+ * lease). Its connections read message bodies straight from their read
+ * buffer (copy-socket.ts).
+ */
 export function createStorePool(config: PostgresStoreConfigInput, logger?: (message: string) => void): Pool {
   const { lease_timeout: _lease, ...connection } = PostgresStoreConfigSchema.parse(config);
-  return createPostgresPool(connection, logger);
+  return createPostgresPool(connection, logger, { stream: storeSocket as unknown as NonNullable<pg.PoolConfig['stream']> });
 }

@@ -39,11 +39,11 @@ export class PostgresMaildrop implements Maildrop {
     return this.#lease.mailboxId;
   }
 
-  async read(index: number, signal?: AbortSignal): Promise<Readable> {
+  async read(index: number, signal?: AbortSignal, options: { readonly transient?: boolean } = {}): Promise<Readable> {
     const m = this.#listed[index];
     if (m === undefined) throw new RangeError(`no message ${index}`);
     try {
-      return await openBody(this.#pool, this.#lease.mailboxId, m.bodyId, m.size, signal);
+      return await openBody(this.#pool, this.#lease.mailboxId, m.bodyId, m.size, signal, options.transient === true);
     } catch (e) {
       if (e instanceof Error && 'kind' in e) throw e;
       throw new TemporaryFailure('The maildrop cannot be read, try again later.', { cause: e });
