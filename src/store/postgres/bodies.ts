@@ -106,8 +106,11 @@ export async function shareBody(client: PoolClient, mailboxId: number, body: Wri
  * with COPY ... TO STDOUT in binary format: node-postgres returns bytea
  * query results as hex text (twice the bytes, and a string per chunk for the
  * garbage collector), where COPY hands over the stored bytes as they are.
- * The rows are parsed as the socket's buffers arrive and a chunk's data stay
- * views into those buffers: nothing is copied or joined.
+ * On the store's own connections (copy-socket.ts) the rows are taken from
+ * the connection's read buffer and copied once, into `arena` while they fit
+ * (a transient read's batch buffer) or into a buffer per row; on any other
+ * connection (TLS) they are parsed as the socket's buffers arrive and a
+ * chunk's data stay views into those buffers.
  * COPY takes no parameters: the ids are integers this process checked.
  */
 async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: number, arena?: Buffer): Promise<Chunk[]> {

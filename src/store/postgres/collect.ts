@@ -1,13 +1,15 @@
 /**
- * Hands the buffers of message bodies read from PostgreSQL back to the
- * system early. Every socket read of the database connection arrives in a
- * fresh buffer, and V8 frees such memory only when it collects the small
+ * Hands memory allocated for message bodies read from PostgreSQL back to
+ * the system early: the buffer of a small body, the rows of a read that
+ * keeps its chunks, every socket read of a connection with TLS (see
+ * copy-socket.ts; a transient read of a big body reuses its buffers and
+ * allocates nothing). V8 frees such memory only when it collects the small
  * objects that own it, which it does when its own heap fills, not when the
- * memory outside the heap grows: streaming a 50 MB body left some 30 MB of
- * dead buffers resident. So every COLLECT_EVERY bytes of bodies read, in the
- * whole process, one young-generation collection runs (a scavenge: it visits
- * only the live young objects, well under a millisecond here), and those
- * buffers, which die young, go with it.
+ * memory outside the heap grows: streaming a 50 MB body that way left some
+ * 30 MB of dead buffers resident. So every COLLECT_EVERY bytes of such
+ * memory, in the whole process, one young-generation collection runs (a
+ * scavenge: it visits only the live young objects), and those buffers,
+ * which die young, go with it.
  *
  * The collector is reached with the documented V8 flag --expose-gc, set for
  * one new context and cleared again, so nothing else in the process sees a
@@ -17,7 +19,7 @@
 import v8 from 'node:v8';
 import vm from 'node:vm';
 
-/** Body bytes read between two collections (process-wide). */
+/** Bytes allocated for bodies between two collections (process-wide). */
 export const COLLECT_EVERY = 4 * 1024 * 1024;
 
 type Gc = (options: { type: 'minor' | 'major'; execution: 'sync' | 'async' }) => void;
@@ -40,7 +42,7 @@ function load(): Gc | null {
   }
 }
 
-/** `bytes` of body data were read (and their buffers are, or soon will be, released). */
+/** `bytes` were allocated for body data (and are, or soon will be, released). */
 export function bodyBytesRead(bytes: number): void {
   since += bytes;
   if (since < COLLECT_EVERY) return;
