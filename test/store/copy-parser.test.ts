@@ -72,4 +72,33 @@ describe('BinaryCopyParser (bodies read from PostgreSQL)', () => {
     ];
     for (const b of bad) expect(() => parse(split(b, 3)), b.toString('latin1')).toThrow(/malformed COPY data/);
   });
+
+  it('in copy mode: rows are copied out of the pieces (which the socket reuses), into the arena while they fit', () => {
+    const buf = copyOutput(rows);
+    for (const arena of [undefined, Buffer.alloc(64), Buffer.alloc(8)]) {
+      for (const size of [1, 7, buf.length]) {
+        const p = new BinaryCopyParser({ copy: true, ...(arena !== undefined ? { arena } : {}) });
+        const scratch = Buffer.alloc(size);
+        for (const piece of split(buf, size)) {
+          piece.copy(scratch);
+          p.push(scratch.subarray(0, piece.length));
+          scratch.fill(0x2a); // the next read overwrites the buffer
+        }
+        const got = p.finish();
+        expect(got.map((r) => ({ seq: r.seq, data: Buffer.concat(r.data).toString('latin1') }))).toEqual(want);
+        if (arena?.length === 64) expect(got[0]!.data[0]!.buffer).toBe(arena.buffer);
+        if (arena?.length === 8) {
+          // The first row (20 bytes) does not fit and gets a buffer of its own; the last (8 bytes) does.
+          expect(p.allocatedOctets).toBe(rows[0]!.data.length);
+          expect(got[2]!.data[0]!.buffer).toBe(arena.buffer);
+        }
+      }
+    }
+  });
+
+  it('refuses more rows than were asked for, and a row longer than any chunk, before giving them memory', () => {
+    expect(() => new BinaryCopyParser({ maxRows: 2 }).push(copyOutput(rows))).toThrow(/malformed COPY data/);
+    const huge = Buffer.concat([SIGNATURE, int(0, 4), int(0, 4), int(2, 2), int(4, 4), int(0, 4), int(0x7fffffff, 4)]);
+    expect(() => new BinaryCopyParser({ copy: true }).push(huge)).toThrow(/malformed COPY data/);
+  });
 });

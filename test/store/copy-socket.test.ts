@@ -93,6 +93,45 @@ describe('CopyOut on a TappedSocket (framing)', () => {
   });
 });
 
+describe('CopyOut on a TappedSocket (hostile server)', () => {
+  it('random bytes after the CopyOutResponse never crash the process nor reach the sink beyond what was sent', async () => {
+    let seed = 12345;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    for (let round = 0; round < 30; round++) {
+      // Messages of COPY's types with random lengths (some far longer than what follows), or plain garbage.
+      const parts: Buffer[] = [message('H', Buffer.from([0, 0, 0]))];
+      for (let k = 0; k < 6; k++) {
+        if (rand(3) === 0) parts.push(Buffer.from(Array.from({ length: rand(40) }, () => rand(256))));
+        else {
+          const head = Buffer.alloc(5);
+          head.write('dcNSA'[rand(5)]!, 0, 'latin1');
+          head.writeInt32BE(rand(4) === 0 ? 0x7fffffff - rand(100) : 4 + rand(50), 1);
+          parts.push(head, Buffer.from(Array.from({ length: rand(50) }, () => rand(256))));
+        }
+      }
+      const wire = Buffer.concat(parts);
+      const server = await trickle(wire, 1 + rand(9));
+      const socket = new TappedSocket();
+      socket.on('error', () => undefined);
+      let sunk = 0;
+      let passed = 0;
+      socket.on('data', (d: Buffer) => (passed += d.length));
+      const copy = new CopyOut('COPY x TO STDOUT', (p) => (sunk += p.length));
+      await new Promise<void>((r) => socket.connect(server.port, '127.0.0.1', r));
+      copy.submit({ stream: socket, query: () => undefined } as unknown as Connection);
+      await new Promise((r) => setTimeout(r, 30));
+      expect(sunk + passed).toBeLessThanOrEqual(wire.length);
+      copy.abandon(new Error('stop'));
+      await expect(copy.done).rejects.toThrow();
+      socket.destroy();
+      server.close();
+    }
+  });
+});
+
 describe.skipIf(PG_DOWN)('CopyOut against PostgreSQL', () => {
   const tappedPool = (): pg.Pool => {
     const pool = new pg.Pool({ ...POSTGRES_CONNECTION, max: 1, stream: storeSocket as unknown as NonNullable<pg.PoolConfig['stream']> });

@@ -126,7 +126,7 @@ async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: 
   try {
     if (tappedSocketOf((client as unknown as { connection: Connection }).connection) !== undefined) {
       // Straight from the connection's read buffer into one buffer per chunk (copy-socket.ts).
-      const parser = new BinaryCopyParser(arena !== undefined ? { copy: true, arena } : { copy: true });
+      const parser = new BinaryCopyParser({ copy: true, maxRows: CHUNKS_PER_QUERY, ...(arena !== undefined ? { arena } : {}) });
       const copy = new CopyOut(sql, (part) => parser.push(part));
       const timer = setTimeout(() => copy.abandon(new Error('reading a message body timed out')), COPY_TIMEOUT_MS);
       try {
@@ -141,7 +141,7 @@ async function fetchChunks(pool: Pool, mailboxId: number, bodyId: number, from: 
     }
     const stream = client.query(copyTo(sql));
     const timer = setTimeout(() => stream.destroy(new Error('reading a message body timed out')), COPY_TIMEOUT_MS);
-    const parser = new BinaryCopyParser();
+    const parser = new BinaryCopyParser({ maxRows: CHUNKS_PER_QUERY });
     let octets = 0;
     try {
       for await (const part of stream) {
@@ -199,9 +199,13 @@ export class BinaryCopyParser {
   allocatedOctets = 0;
   #arenaUsed = 0;
 
-  constructor(options: { copy?: boolean; arena?: Buffer } = {}) {
+  /** More rows than this are not what was asked for (a hostile or broken server): an error, not more memory. */
+  readonly #maxRows: number;
+
+  constructor(options: { copy?: boolean; arena?: Buffer; maxRows?: number } = {}) {
     this.#copy = options.copy === true;
     this.#arena = options.arena;
+    this.#maxRows = options.maxRows ?? Infinity;
   }
 
   push(part: Buffer): void {
@@ -263,6 +267,7 @@ export class BinaryCopyParser {
         if (b.readInt32BE(0) !== 4 || len < 0) bad();
         const seq = b.readInt32BE(4);
         const row: Chunk = seq < 0 ? { seq: -1 - seq, last: true, data: [] } : { seq, last: false, data: [] };
+        if (this.#rows.length >= this.#maxRows) bad();
         this.#rows.push(row);
         this.#row = undefined;
         if (len === 0) return this.#expect(FIELDS, 2);
