@@ -183,24 +183,22 @@ const END = 5;
 export class BinaryCopyParser {
   readonly #rows: Chunk[] = [];
   readonly #scratch = Buffer.alloc(19);
-  /** Copy each row's data into a buffer of its own (the parts are reused by the caller) instead of keeping views. */
-  readonly #copy: boolean;
-  /** With #copy: the current row's buffer and how much of it is filled. */
-  #row: Buffer | undefined;
-  #filled = 0;
   #state = SIGNATURE;
   #need = 19;
   #have = 0;
   #left = 0;
-
-  /** With #copy: rows are placed one after the other in this buffer while they fit. */
-  readonly #arena: Buffer | undefined;
-  /** With #copy: bytes of row buffers allocated (rows outside the arena). */
-  allocatedOctets = 0;
-  #arenaUsed = 0;
-
   /** More rows than this are not what was asked for (a hostile or broken server): an error, not more memory. */
   readonly #maxRows: number;
+  /** Copy each row's data out of the parts (which the caller reuses) instead of keeping views of them. */
+  readonly #copy: boolean;
+  /** With #copy: rows are placed one after the other in this buffer while they fit, */
+  readonly #arena: Buffer | undefined;
+  #arenaUsed = 0;
+  /** the others get a buffer of their own, counted here. */
+  allocatedOctets = 0;
+  /** With #copy: the current row's buffer and how much of it is filled. */
+  #row: Buffer | undefined;
+  #filled = 0;
 
   constructor(options: { copy?: boolean; arena?: Buffer; maxRows?: number } = {}) {
     this.#copy = options.copy === true;
@@ -368,8 +366,8 @@ class BodyStream extends Readable {
   readonly #ring: ArenaRing | undefined;
   /** Batches fetched so far (the first by openBody). */
   #batches = 1;
-  /** The fetch under way, if any (its bytes may still land in the ring). */
-  #inFlight: Promise<unknown> | undefined;
+  /** The last fetch started: fetches run one after the other, so once it settles none can write into the ring. */
+  #lastFetch: Promise<unknown> = Promise.resolve();
 
   constructor(pool: Pool, mailboxId: number, bodyId: number, first: Chunk[], signal?: AbortSignal, ring?: ArenaRing) {
     // Object mode: each piece goes out as the buffer it is (a byte stream would join what it holds
@@ -385,25 +383,14 @@ class BodyStream extends Readable {
   #fetch(from: number): Promise<Chunk[]> {
     const p = fetchChunks(this.#pool, this.#mailboxId, this.#bodyId, from, this.#ring?.arena(this.#batches++));
     p.catch(() => undefined); // reported when the stream gets to it; nothing if it is destroyed first
-    const settled = p.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.#inFlight = settled;
-    void settled.then(() => {
-      if (this.#inFlight === settled) this.#inFlight = undefined;
-    });
+    this.#lastFetch = p;
     return p;
   }
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
     const ring = this.#ring;
-    if (ring !== undefined) {
-      // The buffers go back only once no fetch can still write into them.
-      const inFlight = this.#inFlight;
-      if (inFlight === undefined) ring.release();
-      else void inFlight.then(() => ring.release());
-    }
+    // The buffers go back only once no fetch can still write into them.
+    if (ring !== undefined) void this.#lastFetch.then(() => ring.release(), () => ring.release());
     callback(err);
   }
 

@@ -10,7 +10,7 @@
  * passed on to node-postgres as a copy, as before. During a body read
  * (`CopyOut`, a query node-postgres runs like any other) the COPY messages
  * are taken straight from that buffer: the rows' bytes are copied once,
- * into one buffer per row, and everything from CopyDone on (CommandComplete,
+ * into memory the read owns (bodies.ts), and everything from CopyDone on (CommandComplete,
  * ReadyForQuery), or an ErrorResponse, goes to node-postgres again.
  *
  * Only plain TCP or Unix-socket connections are made this way; a connection
